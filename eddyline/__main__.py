@@ -1,0 +1,3 @@
+from eddyline.cli import main
+
+main()

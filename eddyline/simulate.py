@@ -1,0 +1,88 @@
+"""Realistic traffic: interactions and feedback from many users, with a concept drift.
+
+Before ``drift_at``, users click news and music; after it, sports and tech: the click model's
+error jumps, which the worker's drift detector must catch.
+
+Examples:
+    >>> sim = TrafficSimulator(users=10, seed=1, drift_at=5)
+    >>> [e.action for e in sim.interactions(3)]
+    ['skip', 'click', 'click']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import numpy as np
+
+from schemas.events import FeedbackEvent, InteractionEvent
+
+CATEGORIES = ("news", "sports", "music", "tech")
+_P_CLICK_BEFORE = np.array([0.75, 0.15, 0.70, 0.20])
+_P_CLICK_AFTER = np.array([0.15, 0.75, 0.20, 0.70])
+
+
+@dataclass
+class TrafficSimulator:
+    """Seeded event generator. ``drift_at`` is the index of the first drifted interaction."""
+
+    users: int = 1_000
+    seed: int = 0
+    drift_at: int | None = None
+    app_id: str = "demo-shop"
+    items: int = 200
+
+    def __post_init__(self) -> None:
+        self._rng = np.random.default_rng(self.seed)
+        self._emitted = 0
+        self._t0 = datetime.now(UTC)
+
+    def user_id(self, i: int) -> str:
+        return f"user-{self.seed}-{i:06d}@example.com"
+
+    def interactions(self, n: int) -> Iterator[InteractionEvent]:
+        """The next ``n`` interactions (vectorised draws, then one model per event)."""
+        rng, start = self._rng, self._emitted
+        idx = np.arange(start, start + n)
+        users = rng.integers(0, self.users, n)
+        items = rng.integers(0, self.items, n)
+        cats = items % len(CATEGORIES)
+        drifted = idx >= self.drift_at if self.drift_at is not None else np.zeros(n, bool)
+        p = np.where(drifted, _P_CLICK_AFTER[cats], _P_CLICK_BEFORE[cats])
+        clicked = rng.random(n) < p
+        bought = clicked & (rng.random(n) < 0.2)
+        other = np.where(rng.random(n) < 0.5, "skip", "view")
+        actions = np.where(bought, "purchase", np.where(clicked, "click", other))
+        dwell = rng.exponential(30.0, n).round(2)
+        position = rng.integers(0, 20, n)
+        uuids = rng.bytes(16 * n)
+        self._emitted += n
+        for k in range(n):
+            yield InteractionEvent(
+                event_id=UUID(bytes=uuids[16 * k : 16 * k + 16], version=4),
+                user_id=self.user_id(int(users[k])),
+                occurred_at=self._t0 + timedelta(milliseconds=int(idx[k])),
+                app_id=self.app_id,
+                item_id=f"sku-{int(items[k])}",
+                item_category=CATEGORIES[int(cats[k])],
+                action=str(actions[k]),
+                dwell_time_s=float(dwell[k]),
+                position=int(position[k]),
+            )
+
+    def feedback(self, n: int) -> Iterator[FeedbackEvent]:
+        """``n`` feedback events; some carry a free-text comment (redacted by the worker)."""
+        rng = self._rng
+        for _ in range(n):
+            rating = int(rng.integers(1, 6))
+            yield FeedbackEvent(
+                user_id=self.user_id(int(rng.integers(0, self.users))),
+                app_id=self.app_id,
+                item_id=f"sku-{int(rng.integers(0, self.items))}",
+                rating=rating,
+                label=rating >= 4,
+                comment="loved it, mail me at fan@example.com" if rng.random() < 0.1 else None,
+            )

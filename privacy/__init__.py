@@ -1,0 +1,16 @@
+"""Differential privacy at the boundary: mechanisms, pseudonyms, policies from annotations.
+
+Uses ``schemas``; imports no Kafka client.
+"""
+
+from privacy.mechanisms import LaplaceMechanism, Mechanism
+from privacy.policy import PrivacyPolicy
+from privacy.pseudonymize import HmacPseudonymizer, load_or_create_key
+
+__all__ = [
+    "HmacPseudonymizer",
+    "LaplaceMechanism",
+    "Mechanism",
+    "PrivacyPolicy",
+    "load_or_create_key",
+]

@@ -1,0 +1,41 @@
+"""Event contracts: models, privacy annotations, Arrow schemas, the envelope codec.
+
+The bottom layer of eddyline: imports no Kafka client.
+"""
+
+from schemas.annotations import Noise, PrivacyAnnotation, Pseudonymize, Redact
+from schemas.errors import (
+    BrokerError,
+    EddylineError,
+    EnvelopeError,
+    EventValidationError,
+    MissingExtraError,
+    ProducerClosedError,
+    SchemaError,
+    TopicNotFoundError,
+    UnknownSchemaError,
+)
+from schemas.events import BaseEvent, DriftEvent, FeedbackEvent, InteractionEvent
+from schemas.registry import REGISTRY, SchemaRegistry
+
+__all__ = [
+    "REGISTRY",
+    "BaseEvent",
+    "BrokerError",
+    "DriftEvent",
+    "EddylineError",
+    "EnvelopeError",
+    "EventValidationError",
+    "FeedbackEvent",
+    "InteractionEvent",
+    "MissingExtraError",
+    "Noise",
+    "PrivacyAnnotation",
+    "ProducerClosedError",
+    "Pseudonymize",
+    "Redact",
+    "SchemaError",
+    "SchemaRegistry",
+    "TopicNotFoundError",
+    "UnknownSchemaError",
+]

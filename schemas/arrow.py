@@ -1,0 +1,190 @@
+"""Arrow schemas derived from event models, and vectorised row validation.
+
+The SDK validates each event with pydantic at ``emit``. The worker cannot trust that (any
+Kafka client may write to a raw topic), so it re-checks every row here, on columns, with
+the same constraints read off the model: required fields, numeric bounds, string lengths,
+allowed literal values.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+import annotated_types as at
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import AwareDatetime
+
+from schemas.events import BaseEvent, FeedbackEvent
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+_UUID_RE = "^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+_SCALARS: dict[type, pa.DataType] = {
+    str: pa.string(),
+    int: pa.int64(),
+    float: pa.float64(),
+    bool: pa.bool_(),
+    UUID: pa.string(),
+    datetime: TIMESTAMP,
+    AwareDatetime: TIMESTAMP,
+}
+
+
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """(inner annotation, nullable) for ``X | None``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return annotation, False
+
+
+def _arrow_type(annotation: Any) -> pa.DataType:
+    if typing.get_origin(annotation) is Literal:
+        return _SCALARS[type(typing.get_args(annotation)[0])]
+    if annotation in _SCALARS:
+        return _SCALARS[annotation]
+    if isinstance(annotation, type):
+        for kind, arrow_type in _SCALARS.items():
+            if issubclass(annotation, kind):
+                return arrow_type
+    raise TypeError(f"no Arrow type for {annotation!r}")
+
+
+def arrow_schema(model: type[BaseEvent]) -> pa.Schema:
+    """The Arrow schema of ``model``'s raw events (before the privacy stage)."""
+    fields = []
+    for name, info in model.model_fields.items():
+        inner, nullable = _unwrap(info.annotation)
+        fields.append(pa.field(name, _arrow_type(inner), nullable=nullable))
+    return pa.schema(fields, metadata={"eddyline.schema": model.schema_id()})
+
+
+@dataclass(frozen=True)
+class RowViolation:
+    """Rows of a batch that break one constraint of one field."""
+
+    field: str
+    reason: str
+    rows: pa.Array  # indices into the batch
+
+
+@dataclass
+class _FieldRule:
+    name: str
+    required: bool
+    lower: float | None = None
+    lower_strict: bool = False
+    upper: float | None = None
+    upper_strict: bool = False
+    min_len: int | None = None
+    max_len: int | None = None
+    allowed: list[Any] = field(default_factory=list)
+    pattern: str | None = None
+
+
+def _rules(model: type[BaseEvent]) -> list[_FieldRule]:
+    rules = []
+    for name, info in model.model_fields.items():
+        inner, nullable = _unwrap(info.annotation)
+        rule = _FieldRule(name, required=not nullable)
+        if typing.get_origin(inner) is Literal:
+            rule.allowed = list(typing.get_args(inner))
+        if inner is UUID:
+            rule.pattern = _UUID_RE
+        for m in info.metadata:
+            if isinstance(m, at.Ge):
+                rule.lower = float(m.ge)  # type: ignore[arg-type]  # numeric bound by construction
+            elif isinstance(m, at.Gt):
+                rule.lower, rule.lower_strict = float(m.gt), True  # type: ignore[arg-type]
+            elif isinstance(m, at.Le):
+                rule.upper = float(m.le)  # type: ignore[arg-type]
+            elif isinstance(m, at.Lt):
+                rule.upper, rule.upper_strict = float(m.lt), True  # type: ignore[arg-type]
+            elif isinstance(m, at.MinLen):
+                rule.min_len = m.min_length
+            elif isinstance(m, at.MaxLen):
+                rule.max_len = m.max_length
+        rules.append(rule)
+    return rules
+
+
+def _bad_mask(col: pa.ChunkedArray, rule: _FieldRule) -> list[tuple[str, pa.ChunkedArray]]:
+    """(reason, boolean mask of failing rows) for each check of ``rule`` on ``col``."""
+    checks: list[tuple[str, pa.ChunkedArray]] = []
+    if rule.required:
+        checks.append(("missing", pc.is_null(col)))
+    if rule.lower is not None:
+        op = pc.less_equal if rule.lower_strict else pc.less
+        checks.append(("below_minimum", op(col, rule.lower)))
+    if rule.upper is not None:
+        op = pc.greater_equal if rule.upper_strict else pc.greater
+        checks.append(("above_maximum", op(col, rule.upper)))
+    if pa.types.is_floating(col.type):
+        checks.append(("not_finite", pc.invert(pc.is_finite(col))))
+    if rule.min_len is not None:
+        checks.append(("too_short", pc.less(pc.utf8_length(col), rule.min_len)))
+    if rule.max_len is not None:
+        checks.append(("too_long", pc.greater(pc.utf8_length(col), rule.max_len)))
+    if rule.pattern is not None:
+        checks.append(("bad_format", pc.invert(pc.match_substring_regex(col, rule.pattern))))
+    if rule.allowed:
+        checks.append(("not_allowed", pc.invert(pc.is_in(col, pa.array(rule.allowed)))))
+    return checks
+
+
+def _model_checks(model: type[BaseEvent], table: pa.Table) -> list[tuple[str, str, Any]]:
+    """Cross-field rules that pydantic expresses as model validators."""
+    if issubclass(model, FeedbackEvent):
+        both_null = pc.and_(pc.is_null(table["rating"]), pc.is_null(table["label"]))
+        return [("rating", "rating_or_label_required", both_null)]
+    return []
+
+
+def conform(model: type[BaseEvent], table: pa.Table) -> pa.Table:
+    """``table`` cast to ``model``'s Arrow schema, or ``ValueError`` naming what differs.
+
+    Missing nullable columns are added as nulls; unknown columns are an error.
+    """
+    schema = arrow_schema(model)
+    extra = set(table.column_names) - set(schema.names)
+    if extra:
+        raise ValueError(f"unknown columns {sorted(extra)}")
+    columns = []
+    for f in schema:
+        if f.name in table.column_names:
+            col = table[f.name]
+            columns.append(col if col.type == f.type else col.cast(f.type))
+        elif f.nullable:
+            columns.append(pa.nulls(table.num_rows, f.type))
+        else:
+            raise ValueError(f"missing column {f.name!r}")
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def validate_table(model: type[BaseEvent], table: pa.Table) -> tuple[pa.Table, list[RowViolation]]:
+    """Split ``table`` into (valid rows, violations). One violation per failing field/reason.
+
+    A row that breaks several rules is reported once, under the first rule it breaks.
+    """
+    bad_any: Any = pa.scalar(False)
+    violations: list[RowViolation] = []
+    checks = [
+        (rule.name, reason, mask)
+        for rule in _rules(model)
+        for reason, mask in _bad_mask(table[rule.name], rule)
+    ] + _model_checks(model, table)
+    for name, reason, mask in checks:
+        mask = pc.fill_null(mask, False)
+        new = pc.and_(mask, pc.invert(bad_any))
+        if pc.any(new).as_py():
+            violations.append(RowViolation(name, reason, pc.indices_nonzero(new)))
+            bad_any = pc.or_(bad_any, new)
+    good = table.filter(pc.invert(bad_any)) if violations else table
+    return good, violations

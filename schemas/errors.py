@@ -1,0 +1,85 @@
+"""The eddyline error tree.
+
+Every error eddyline raises on purpose derives from :class:`EddylineError`::
+
+    EddylineError
+    ├── SchemaError                  a model or annotation that cannot work (raised at definition)
+    │   └── UnknownSchemaError       a schema id the registry does not know
+    ├── EventValidationError         ValueError too: an event failed validation at ``emit``
+    ├── EnvelopeError                a Kafka message that is not a valid envelope (has ``reason``)
+    ├── BrokerError                  Kafka could not be reached or refused a request
+    │   └── TopicNotFoundError       a topic the caller needs does not exist
+    ├── ProducerClosedError          ``emit`` after ``close``
+    └── MissingExtraError            ImportError too: an optional extra is not installed
+
+This module sits in ``schemas`` (the bottom layer) so every package can raise these;
+``eddyline`` re-exports them.
+"""
+
+from __future__ import annotations
+
+
+class EddylineError(Exception):
+    """Root of every error eddyline raises on purpose."""
+
+
+class SchemaError(EddylineError):
+    """An event model or privacy annotation that cannot work."""
+
+
+class UnknownSchemaError(SchemaError):
+    """A schema id (``name:version``) that is not registered."""
+
+    def __init__(self, schema_id: str) -> None:
+        super().__init__(
+            f"unknown schema {schema_id!r}: register the event model "
+            "(subclass BaseEvent with event_name/event_version) before using it"
+        )
+        self.schema_id = schema_id
+
+
+class EventValidationError(EddylineError, ValueError):
+    """An event failed validation; ``field`` names the first bad field."""
+
+    def __init__(self, message: str, *, field: str | None, reason: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.reason = reason
+
+
+class EnvelopeError(EddylineError):
+    """A Kafka message that cannot be decoded; ``reason`` is a dead-letter code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class BrokerError(EddylineError):
+    """Kafka could not be reached, or refused a request."""
+
+
+class TopicNotFoundError(BrokerError):
+    """A topic the caller needs does not exist."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(
+            f"topic {topic!r} does not exist: start a worker (`eddyline worker run`) "
+            "or create it with `eddyline topics create`"
+        )
+        self.topic = topic
+
+
+class ProducerClosedError(EddylineError):
+    """``emit`` was called after ``close``."""
+
+
+class MissingExtraError(EddylineError, ImportError):
+    """An optional extra is not installed."""
+
+    def __init__(self, extra: str, module: str) -> None:
+        super().__init__(
+            f"{module} needs the [{extra}] extra: pip install 'eddyline[{extra}]'"
+        )
+        self.extra = extra

@@ -1,0 +1,140 @@
+"""Event models: the base event, the built-in interaction and feedback events, drift events.
+
+An app defines its own event type by subclassing :class:`BaseEvent` with a stable
+``event_name`` and an integer ``event_version``; the class registers itself.
+
+Examples:
+    >>> e = InteractionEvent(user_id="u1", app_id="shop", item_id="sku-1",
+    ...                      item_category="news", action="click", dwell_time_s=12.5)
+    >>> e.schema_id()
+    'interaction:1'
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
+from uuid import UUID, uuid4
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from schemas.annotations import Noise, PrivacyAnnotation, Pseudonymize, Redact
+from schemas.errors import SchemaError
+from schemas.registry import REGISTRY
+
+Action = Literal["view", "click", "purchase", "skip"]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _base_kind(annotation: Any) -> type:
+    """The Python type under Optional/Literal, for annotation checks."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _base_kind(args[0])
+    if origin is Literal:
+        return type(args[0])
+    return annotation if isinstance(annotation, type) else object
+
+
+class BaseEvent(BaseModel):
+    """Fields every event carries. Subclasses set ``event_name`` and ``event_version``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_name: ClassVar[str] = ""
+    event_version: ClassVar[int] = 1
+
+    event_id: UUID = Field(default_factory=uuid4)
+    user_id: Annotated[str, Field(min_length=1, max_length=256), Pseudonymize()]
+    occurred_at: AwareDatetime = Field(default_factory=_now)
+    app_id: Annotated[str, Field(min_length=1, max_length=128)]
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        for name, info in cls.model_fields.items():
+            for meta in info.metadata:
+                if isinstance(meta, PrivacyAnnotation):
+                    meta.check(name, _base_kind(info.annotation))
+        if cls.event_name:
+            REGISTRY.register(cls)
+
+    @classmethod
+    def schema_id(cls) -> str:
+        """The stable id of this model on the wire: ``name:version``."""
+        if not cls.event_name:
+            raise SchemaError(f"{cls.__name__} has no event_name")
+        return f"{cls.event_name}:{cls.event_version}"
+
+    @classmethod
+    def privacy_fields(cls) -> dict[str, PrivacyAnnotation]:
+        """Each annotated field and its privacy annotation."""
+        out: dict[str, PrivacyAnnotation] = {}
+        for name, info in cls.model_fields.items():
+            for meta in info.metadata:
+                if isinstance(meta, PrivacyAnnotation):
+                    out[name] = meta
+        return out
+
+
+class InteractionEvent(BaseEvent):
+    """A user interacting with an item: a view, click, purchase or skip."""
+
+    event_name: ClassVar[str] = "interaction"
+    event_version: ClassVar[int] = 1
+
+    item_id: Annotated[str, Field(min_length=1, max_length=256)]
+    item_category: Annotated[str, Field(min_length=1, max_length=64)]
+    action: Action
+    # Validation accepts a day; the noise clamps to five minutes, the range that matters.
+    dwell_time_s: Annotated[float, Field(ge=0, le=86_400), Noise(lower=0, upper=300, epsilon=1.0)]
+    position: Annotated[int, Field(ge=0, le=1_000)] = 0
+
+
+class FeedbackEvent(BaseEvent):
+    """Explicit feedback on an item: a rating, a thumbs up/down label, an optional comment."""
+
+    event_name: ClassVar[str] = "feedback"
+    event_version: ClassVar[int] = 1
+
+    item_id: Annotated[str, Field(min_length=1, max_length=256)]
+    rating: Annotated[int | None, Field(ge=1, le=5)] = None
+    label: bool | None = None
+    comment: Annotated[str | None, Field(max_length=4_000), Redact()] = None
+
+    @model_validator(mode="after")
+    def _rating_or_label(self) -> FeedbackEvent:
+        if self.rating is None and self.label is None:
+            raise ValueError("feedback needs a rating or a label")
+        return self
+
+
+class DriftEvent(BaseModel):
+    """A drift signal from an online model, published on ``signals.drift``.
+
+    It holds no personal data: only model names, statistics and stream positions.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    drift_id: UUID = Field(default_factory=uuid4)
+    idempotency_key: str
+    model: str
+    model_version: int
+    stream: str
+    signal: Literal["error_rate", "feature", "label_rate"]
+    detector: str
+    severity: float
+    stat_before: float
+    stat_after: float
+    events_seen: int
+    # Per private-topic partition: the offset range the "after" window covers.
+    offsets_after: dict[int, tuple[int, int]]
+    lake_version: int | None = None
+    detected_at: AwareDatetime = Field(default_factory=_now)

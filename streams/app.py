@@ -1,0 +1,207 @@
+"""The Faust worker: three agents over batched Arrow envelopes.
+
+* ``privatize``: raw ``events.<stream>`` → decode, validate, privatise → ``events.<stream>.private``
+  (same partition; the source offset rides in a header); bad input → ``events.deadletter``.
+* ``lake``: private topics → Delta, exactly once (``streams.lake``); acks only after commit.
+* ``learn``: private interactions → the click model; drift → ``signals.drift``.
+
+One process is one asyncio loop; scale out with more processes in the same consumer group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict, deque
+from typing import Any
+
+import faust
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from online_learning.detectors import AdwinDetector, Alarm
+from online_learning.learner import ClickModel
+from privacy.pseudonymize import HmacPseudonymizer, load_or_create_key
+from schemas.envelope import ARROW, H_CONTENT_TYPE, H_SCHEMA, H_SOURCE, decode, encode_arrow, header_map
+from schemas.events import DriftEvent
+from streams.lake import DeltaSink
+from streams.processing import DeadLetter, Privatizer, SourceRef
+from streams.settings import KafkaSettings, WorkerSettings
+from streams.topics import Topics
+from streams.worker_metrics import WorkerMetrics
+
+log = logging.getLogger("eddyline.worker")
+STREAMS = ["interaction", "feedback"]
+_RAW = {"value_type": bytes, "value_serializer": "raw", "key_serializer": "raw"}
+_JSON_HEADERS = [(H_CONTENT_TYPE, b"application/json")]
+
+
+def _pseudonymizer(ws: WorkerSettings) -> HmacPseudonymizer:
+    if ws.pseudonym_key is not None:
+        key = ws.pseudonym_key.get_secret_value().encode()
+    else:
+        key = load_or_create_key(ws.state_dir / "pseudonym.key")
+    return HmacPseudonymizer(key, key_id=ws.pseudonym_key_id)
+
+
+class Pipeline:
+    """The worker's state, built once: privatizer, Delta sink, model, metrics, topics."""
+
+    def __init__(self, ws: WorkerSettings, ks: KafkaSettings, streams: list[str]) -> None:
+        self.ws, self.ks, self.streams = ws, ks, streams
+        self.topics = Topics(ks.namespace)
+        rng = np.random.default_rng(ws.seed)  # None: seeded from the OS CSPRNG
+        self.privatizer = Privatizer(_pseudonymizer(ws), rng)
+        self.sink = DeltaSink(ws.lake_path)
+        self.metrics = WorkerMetrics.create()
+        detector = AdwinDetector(warmup=ws.drift_warmup, cooldown=ws.drift_cooldown)
+        self.model = ClickModel(detector=detector)
+        self.stream_of = {self.topics.raw(s): s for s in streams}
+        self.stream_of.update({self.topics.private(s): s for s in streams})
+        # (events seen after this message, partition, offset) of recent learn inputs.
+        self.learned: deque[tuple[int, int, int]] = deque(maxlen=50_000)
+
+    def drift_event(self, alarm: Alarm) -> DriftEvent:
+        """A drift event naming the offsets of the data after the change."""
+        start = alarm.index - max(self.model.detector.window, 1)
+        after: dict[int, tuple[int, int]] = {}
+        for seen, partition, offset in self.learned:
+            if seen > start:
+                lo, hi = after.get(partition, (offset, offset))
+                after[partition] = (min(lo, offset), max(hi, offset))
+        key = ",".join(f"{p}:{lo}" for p, (lo, _) in sorted(after.items()))
+        return DriftEvent(
+            idempotency_key=f"{self.model.name}:{self.model.version}:error_rate:{key}",
+            model=self.model.name, model_version=self.model.version, stream=self.model.stream,
+            signal="error_rate", detector="adwin", severity=alarm.severity,
+            stat_before=alarm.before, stat_after=alarm.after, events_seen=alarm.index,
+            offsets_after=after, lake_version=self.sink.version(self.model.stream),
+        )
+
+
+def build_app(ws: WorkerSettings | None = None, ks: KafkaSettings | None = None,
+              streams: list[str] | None = None) -> tuple[faust.App, Pipeline]:
+    """The Faust app and its pipeline state, for these settings."""
+    ws, ks = ws or WorkerSettings(), ks or KafkaSettings()
+    p = Pipeline(ws, ks, streams or STREAMS)
+    app = faust.App(
+        f"{ks.namespace}.{ws.app_id}" if ks.namespace else ws.app_id,
+        broker=[f"kafka://{host}" for host in ks.bootstrap.split(",")],
+        store="memory://",
+        autodiscover=False,
+        web_host=ws.web_host,
+        web_bind=ws.web_host,
+        web_port=ws.web_port,
+        # Exactly-once rests on the offsets in each Delta commit, not on Kafka commits, so a
+        # rebalance or shutdown need not wait for in-flight events: they are replayed and
+        # de-duplicated. Waiting would hang shutdown whenever an agent holds unacked events.
+        stream_wait_empty=False,
+        topic_partitions=ks.partitions,
+        topic_replication_factor=ks.replication,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        broker_session_timeout=ws.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, ws.session_timeout_s / 3),
+        producer_max_request_size=16 * 1024 * 1024,
+    )
+    raw = app.topic(*[p.topics.raw(s) for s in p.streams], **_RAW)
+    private = app.topic(*[p.topics.private(s) for s in p.streams], **_RAW)
+    learn_in = app.topic(p.topics.private(p.model.stream), **_RAW)
+    out = {s: app.topic(p.topics.private(s), **_RAW) for s in p.streams}
+    deadletter = app.topic(p.topics.deadletter, **_RAW)
+    drift = app.topic(p.topics.drift, **_RAW)
+
+    async def dead(letters: list[DeadLetter]) -> None:
+        for letter in letters:
+            p.metrics.deadlettered.labels(letter.reason).inc(letter.count)
+            await deadletter.send(value=letter.to_json(), headers=_JSON_HEADERS)
+
+    @app.agent(raw)
+    async def privatize(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            msg = event.message
+            src = SourceRef(msg.topic, msg.partition, msg.offset)
+            name = p.stream_of[msg.topic]
+            try:
+                result = p.privatizer.process(event.value, msg.headers, src, name)
+            except Exception as exc:  # a bug must not block the partition: dead-letter it
+                log.exception("privatize failed at %s", src)
+                await dead([DeadLetter("internal.error", type(exc).__name__, src)])
+                continue
+            p.metrics.events_in.labels(name).inc(result.received)
+            await dead(result.dead)
+            if result.private is not None and result.private.num_rows:
+                value, headers = encode_arrow(result.private, result.schema_id or "",
+                                              [(H_SOURCE, src.header())])
+                await out[name].send(value=value, partition=msg.partition, headers=headers)
+                p.metrics.events_private.labels(name).inc(result.private.num_rows)
+
+    @app.agent(private)
+    async def lake(stream: faust.StreamT[bytes]) -> None:
+        async for events in stream.noack_take(ws.lake_max_messages, within=ws.lake_max_wait_s):
+            by_table: dict[str, list[Any]] = defaultdict(list)
+            for ev in events:
+                h = header_map(ev.message.headers)
+                table = decode(ev.value, h).table
+                by_table[p.stream_of[ev.message.topic]].append((table, SourceRef.parse(h[H_SOURCE])))
+            await _commit(p, by_table)
+            for ev in events:
+                await stream.ack(ev)
+
+    @app.agent(learn_in)
+    async def learn(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            table = decode(event.value, event.message.headers).table
+            assert table is not None
+            try:
+                outcome = p.model.process(table)
+            except Exception:
+                log.exception("learning failed on a batch of %d rows", table.num_rows)
+                continue
+            p.learned.append((p.model.seen, event.message.partition, event.message.offset))
+            for alarm in outcome.alarms:
+                drift_event = await asyncio.to_thread(p.drift_event, alarm)
+                await drift.send(value=drift_event.model_dump_json().encode(),
+                                 headers=[*_JSON_HEADERS, (H_SCHEMA, b"drift:1")])
+                p.metrics.drift_events.labels(p.model.name).inc()
+                log.warning("drift: %s %s %.3f -> %.3f", p.model.name, "error_rate",
+                            alarm.before, alarm.after)
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        # aiohttp refuses a charset inside content_type, so the exposition type goes as a header.
+        return web.bytes(generate_latest(p.metrics.registry),
+                         headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    del privatize, lake, learn, metrics  # registered on the app by the decorators
+    return app, p
+
+
+async def _commit(p: Pipeline, by_table: dict[str, list[Any]]) -> None:
+    """Write each table's batches in one Delta commit; retry until it lands (never drop)."""
+    for table, batches in by_table.items():
+        delay = 0.5
+        while True:
+            try:
+                with p.metrics.delta_commit.time():
+                    rows = await asyncio.to_thread(p.sink.write, table, batches)
+                break
+            except Exception:
+                log.exception("Delta commit to %s failed; retrying in %.1fs", table, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        p.metrics.events_written.labels(table).inc(rows)
+
+
+def run_worker(ws: WorkerSettings | None = None, ks: KafkaSettings | None = None,
+               loglevel: str = "info") -> None:
+    """Create missing topics, then run one worker until SIGTERM/SIGINT."""
+    from streams.topics import ensure_topics
+
+    ws, ks = ws or WorkerSettings(), ks or KafkaSettings()
+    ensure_topics(ks, STREAMS)
+    app, _ = build_app(ws, ks)
+    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+__all__ = ["ARROW", "STREAMS", "Pipeline", "build_app", "run_worker"]

@@ -1,0 +1,238 @@
+"""A local Apache Kafka broker in KRaft mode, without Docker.
+
+The broker's jars come from Maven Central: ``mvn dependency:copy-dependencies`` on the
+small pom in ``streams/kafka/pom.xml``, into a cache folder, once. One node then runs as
+broker and controller on 127.0.0.1 with Java 17+. See docs/broker.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from schemas.errors import BrokerError
+
+# The newest Kafka with which Faust (aiokafka 0.14) and confluent-kafka pass the suite.
+KAFKA_VERSION = "4.4.0"
+_JVM_OPTS = ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
+
+
+def eddyline_home() -> Path:
+    """Where jars and local broker state live: ``$EDDYLINE_HOME`` or ``~/.eddyline``."""
+    return Path(os.environ.get("EDDYLINE_HOME", Path.home() / ".eddyline"))
+
+
+def _need(tool: str, hint: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise BrokerError(f"{tool} not found on PATH: {hint}")
+    return path
+
+
+def check_java() -> str:
+    """The java executable, if it is 17 or newer."""
+    java = _need("java", "install a JDK 17+ (e.g. apt-get install openjdk-17-jre-headless)")
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr
+    match = re.search(r'version "(\d+)', out)
+    if not match or int(match.group(1)) < 17:
+        raise BrokerError(f"Kafka {KAFKA_VERSION} needs Java 17+, found: {out.splitlines()[:1]}")
+    return java
+
+
+def resolve_jars(version: str = KAFKA_VERSION, home: Path | None = None) -> Path:
+    """The folder of the broker's jars, fetched with Maven on first use (file-locked)."""
+    cache = (home or eddyline_home()) / f"kafka-{version}"
+    jars, done = cache / "jars", cache / "jars" / ".complete"
+    if done.exists():
+        return jars
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            return jars
+        mvn = _need("mvn", "install Maven 3 (e.g. apt-get install maven)")
+        pom = cache / "pom.xml"
+        pom.write_bytes(resources.files("streams.kafka").joinpath("pom.xml").read_bytes())
+        cmd = [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+               f"-DoutputDirectory={jars}", f"-Dkafka.version={version}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise BrokerError(f"mvn could not fetch Kafka {version}:\n{proc.stdout[-2000:]}")
+        done.touch()
+    return jars
+
+
+_PROPERTIES = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@{host}:{controller_port}
+listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
+advertised.listeners=PLAINTEXT://{host}:{port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs={data}
+num.partitions=3
+# eddyline creates its topics with explicit partition counts; a typo must not make a new one.
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# One node: nobody else will join, so do not wait before the first rebalance.
+group.initial.rebalance.delay.ms=0
+message.max.bytes=16777216
+num.network.threads=2
+num.io.threads=4
+"""
+
+_LOG4J = """\
+rootLogger.level = WARN
+rootLogger.appenderRef.stdout.ref = STDOUT
+appender.stdout.type = Console
+appender.stdout.name = STDOUT
+appender.stdout.layout.type = PatternLayout
+appender.stdout.layout.pattern = [%d] %p %m (%c)%n
+logger.kafka.name = kafka.server.KafkaRaftServer
+logger.kafka.level = INFO
+"""
+
+
+@dataclass(frozen=True)
+class LocalBroker:
+    """One local Kafka node. ``start`` and ``stop`` are idempotent.
+
+    Args:
+        port: the client listener on ``host``.
+        controller_port: the KRaft controller listener.
+        root: the folder for data, logs and the pid file.
+    """
+
+    port: int = 9092
+    controller_port: int = 9093
+    host: str = "127.0.0.1"
+    root: Path | None = None
+    version: str = KAFKA_VERSION
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def dir(self) -> Path:
+        return self.root or eddyline_home() / f"broker-{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "broker.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "broker.log"
+
+    def pid(self) -> int | None:
+        """The broker's pid if it is running."""
+        try:
+            pid = int(self.pid_file.read_text())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
+    def answers(self, timeout: float = 2.0) -> bool:
+        """Whether the broker answers a metadata request."""
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0,
+                             "logger": _quiet_logger()})
+        try:
+            admin.list_topics(timeout=timeout)
+        except KafkaException:
+            return False
+        return True
+
+    def start(self, timeout: float = 90.0) -> None:
+        """Fetch the jars if needed, format the storage once, start, and wait until it answers."""
+        if self.pid() is not None and self.answers():
+            return
+        java, jars = check_java(), resolve_jars(self.version)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        props, data = self.dir / "server.properties", self.dir / "data"
+        props.write_text(_PROPERTIES.format(host=self.host, port=self.port,
+                                            controller_port=self.controller_port, data=data))
+        (self.dir / "log4j2.properties").write_text(_LOG4J)
+        classpath = [java, *_JVM_OPTS, "-cp", f"{jars}/*"]
+        if not (data / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            fmt = subprocess.run([*classpath, "kafka.tools.StorageTool", "format", "-t",
+                                  cluster_id, "-c", str(props)], capture_output=True, text=True,
+                                 check=False)
+            if fmt.returncode != 0:
+                raise BrokerError(f"formatting the broker storage failed:\n{fmt.stdout}{fmt.stderr}")
+        log4j = f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}"
+        with open(self.log_file, "ab") as out:
+            proc = subprocess.Popen([*classpath, log4j, "kafka.Kafka", str(props)], stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid_file.write_text(str(proc.pid))
+        self._wait_ready(proc, timeout)
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = self.log_file.read_text(errors="replace")[-3000:]
+                raise BrokerError(f"Kafka exited with {proc.returncode}; log tail:\n{tail}")
+            if self.answers(timeout=1.0):
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise BrokerError(f"Kafka did not answer on {self.bootstrap} within {timeout:.0f}s; "
+                          f"see {self.log_file}")
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the broker (SIGTERM, then SIGKILL after ``timeout``); False if none was running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _quiet_logger() -> object:
+    import logging
+
+    quiet = logging.getLogger("eddyline.broker.probe")
+    quiet.setLevel(logging.CRITICAL)
+    return quiet

@@ -1,0 +1,84 @@
+"""Settings, one frozen pydantic-settings model per component, read from ``EDDYLINE_*``.
+
+librdkafka options merge in this order, later wins: our defaults, the security fields,
+then ``extra_config`` (copied, never mutated).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_ENV = SettingsConfigDict(env_prefix="EDDYLINE_", frozen=True, extra="ignore")
+
+
+class KafkaSettings(BaseSettings):
+    """Where Kafka is and how to talk to it (``EDDYLINE_BOOTSTRAP``, ``EDDYLINE_SASL_*``...)."""
+
+    model_config = _ENV
+
+    bootstrap: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    # A prefix for every topic name, so several deployments (or tests) share one cluster.
+    namespace: str = ""
+    partitions: int = Field(default=3, ge=1)
+    replication: int = Field(default=1, ge=1)
+    extra_config: dict[str, Any] = Field(default_factory=dict)
+
+    def librdkafka(self, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A fresh librdkafka config: ``defaults``, then security, then ``extra_config``."""
+        conf: dict[str, Any] = dict(defaults or {})
+        conf["bootstrap.servers"] = self.bootstrap
+        conf["security.protocol"] = self.security_protocol
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        conf.update(dict(self.extra_config))
+        return conf
+
+
+class ProducerSettings(BaseSettings):
+    """The SDK's batching (``EDDYLINE_BATCH_MAX_EVENTS``, ``EDDYLINE_LINGER_MS``...)."""
+
+    model_config = _ENV
+
+    # ~1-5k events per envelope keeps Faust's per-message cost negligible (ARCHITECTURE.md).
+    batch_max_events: int = Field(default=2_000, ge=1)
+    linger_ms: int = Field(default=50, ge=0)
+    delivery_timeout_ms: int = Field(default=300_000, ge=1_000)
+
+
+class WorkerSettings(BaseSettings):
+    """The Faust worker (``EDDYLINE_APP_ID``, ``EDDYLINE_LAKE_PATH``...)."""
+
+    model_config = _ENV
+
+    app_id: str = "eddyline"
+    lake_path: str = "./lake"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    # The HMAC key for pseudonyms. Unset: a key is made once and kept in ``state_dir``.
+    pseudonym_key: SecretStr | None = None
+    pseudonym_key_id: str = "k1"
+    state_dir: Path = Path(".eddyline")
+    # The lake agent gathers up to this many envelopes, or waits this long, per Delta commit.
+    lake_max_messages: int = Field(default=200, ge=1)
+    lake_max_wait_s: float = Field(default=1.0, gt=0)
+    # Online learning: no drift alarm before this many events, none within the cooldown.
+    drift_warmup: int = Field(default=1_000, ge=0)
+    drift_cooldown: int = Field(default=2_000, ge=0)
+    # A worker killed with -9 holds its partitions until this expires; keep it short.
+    session_timeout_s: float = Field(default=10.0, gt=1)
+    seed: int | None = None  # fixed randomness, for tests only

@@ -1,0 +1,100 @@
+"""Topic names and their creation.
+
+``events.<stream>`` (raw), ``events.<stream>.private`` (past the privacy boundary),
+``events.deadletter``, ``signals.drift``; each behind the optional namespace prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from schemas.errors import BrokerError
+from streams.settings import KafkaSettings
+
+# Raw events hold personal data: keep them only as long as a worker could be behind.
+RAW_RETENTION_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic name eddyline uses, for one namespace."""
+
+    namespace: str = ""
+
+    def _name(self, base: str) -> str:
+        return f"{self.namespace}.{base}" if self.namespace else base
+
+    def raw(self, stream: str) -> str:
+        return self._name(f"events.{stream}")
+
+    def private(self, stream: str) -> str:
+        return self._name(f"events.{stream}.private")
+
+    @property
+    def deadletter(self) -> str:
+        return self._name("events.deadletter")
+
+    @property
+    def drift(self) -> str:
+        return self._name("signals.drift")
+
+    def all(self, streams: list[str]) -> list[str]:
+        names = [self.raw(s) for s in streams] + [self.private(s) for s in streams]
+        return [*names, self.deadletter, self.drift]
+
+
+def ensure_topics(settings: KafkaSettings, streams: list[str], timeout: float = 30.0) -> list[str]:
+    """Create whichever eddyline topics are missing; return the names created."""
+    topics = Topics(settings.namespace)
+    admin = AdminClient(settings.librdkafka())
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise BrokerError(f"cannot reach Kafka at {settings.bootstrap}: {exc}") from exc
+    wanted = []
+    for name in topics.all(streams):
+        if name in existing:
+            continue
+        config = {"retention.ms": str(RAW_RETENTION_MS)} if name in map(topics.raw, streams) else {}
+        wanted.append(NewTopic(name, settings.partitions, settings.replication, config=config))
+    if not wanted:
+        return []
+    for name, future in admin.create_topics(wanted, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise BrokerError(f"cannot create topic {name!r}: {exc}") from exc
+    return [t.topic for t in wanted]
+
+
+def read_all(settings: KafkaSettings, topic: str, timeout: float = 10.0) -> list[tuple[bytes, dict[str, bytes]]]:
+    """Every message now in ``topic`` (value, headers), read from the start to the high mark."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(settings.librdkafka({"group.id": "eddyline-read-all",
+                                             "enable.auto.commit": False}))
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
+        if meta.error is not None:
+            return []
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+                for p in meta.partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p, end in ends.items() if end > 0])
+        out: list[tuple[bytes, dict[str, bytes]]] = []
+        pending = {p for p, end in ends.items() if end > 0}
+        while pending:
+            msg = consumer.poll(timeout)
+            if msg is None:
+                break
+            if msg.error() is not None:
+                continue
+            out.append((msg.value() or b"", dict(msg.headers() or [])))
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                pending.discard(msg.partition())
+        return out
+    finally:
+        consumer.close()

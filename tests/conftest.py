@@ -1,0 +1,62 @@
+"""Shared fixtures. The Kafka broker starts lazily, only for tests that ask for it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.broker import LocalBroker
+from streams.settings import KafkaSettings
+from streams.topics import ensure_topics
+
+STREAMS = ["interaction", "feedback"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Kafka: ``EDDYLINE_BOOTSTRAP`` if set, else a local broker for this session."""
+    existing = os.environ.get("EDDYLINE_BOOTSTRAP")
+    if existing:
+        yield existing
+        return
+    broker = LocalBroker(port=free_port(), controller_port=free_port(),
+                         root=tmp_path_factory.mktemp("broker"))
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def kafka(kafka_bootstrap: str) -> KafkaSettings:
+    """Settings with a namespace of its own, so each test has fresh topics."""
+    settings = KafkaSettings(bootstrap=kafka_bootstrap, namespace=f"t{uuid.uuid4().hex[:10]}")
+    ensure_topics(settings, STREAMS)
+    return settings
+
+
+@pytest.fixture
+def worker_env(kafka: KafkaSettings, tmp_path: Path) -> dict[str, str]:
+    """Environment for a worker child process on ``kafka``'s namespace."""
+    return {
+        "EDDYLINE_BOOTSTRAP": kafka.bootstrap,
+        "EDDYLINE_NAMESPACE": kafka.namespace,
+        "EDDYLINE_LAKE_PATH": str(tmp_path / "lake"),
+        "EDDYLINE_STATE_DIR": str(tmp_path / "state"),
+        "EDDYLINE_PSEUDONYM_KEY": "test-key-0123456789abcdef",
+        "EDDYLINE_SEED": "11",
+        "EDDYLINE_DRIFT_WARMUP": "1000",
+        "EDDYLINE_LAKE_MAX_WAIT_S": "0.5",
+    }

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from deltalake import DeltaTable
+
+from schemas.envelope import decode
+from streams.settings import KafkaSettings
+from streams.topics import Topics, read_all
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, every: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def delta_ids(lake: Path, table: str) -> list[str]:
+    if not DeltaTable.is_deltatable(str(lake / table)):
+        return []
+    return DeltaTable(str(lake / table)).to_pyarrow_table(columns=["event_id"])["event_id"].to_pylist()
+
+
+def deadletters(kafka: KafkaSettings) -> list[dict]:
+    return [json.loads(v) for v, _ in read_all(kafka, Topics(kafka.namespace).deadletter)]
+
+
+def topic_event_ids(kafka: KafkaSettings, topic: str) -> list[str]:
+    ids: list[str] = []
+    for value, headers in read_all(kafka, topic):
+        env = decode(value, headers)
+        assert env.table is not None
+        ids += env.table["event_id"].to_pylist()
+    return ids
