@@ -21,7 +21,9 @@ install: $(STAMP)  ## create .venv and install eddyline with the worker, query a
 demo: install  ## start the local broker, run a worker and the simulator with a drift, print a summary
 	$(VENV)/bin/eddyline demo
 
-test: install  ## the whole suite against a real local Kafka broker (started by the session fixture)
+test: install  ## lint, types, then the whole suite against a real local Kafka broker
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 test-unit: install  ## unit tests only (no broker)

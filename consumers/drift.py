@@ -30,8 +30,9 @@ class DriftSubscriber:
         from_beginning: start at the oldest drift event when the group is new.
     """
 
-    def __init__(self, *, group_id: str, kafka: KafkaSettings | None = None,
-                 from_beginning: bool = True) -> None:
+    def __init__(
+        self, *, group_id: str, kafka: KafkaSettings | None = None, from_beginning: bool = True
+    ) -> None:
         self.kafka = kafka or KafkaSettings()
         self.group_id = group_id
         self.topic = Topics(self.kafka.namespace).drift
@@ -40,11 +41,15 @@ class DriftSubscriber:
 
     def _client(self) -> Consumer:
         if self._consumer is None:
-            self._consumer = Consumer(self.kafka.librdkafka({
-                "group.id": self.group_id,
-                "auto.offset.reset": self._reset,
-                "enable.auto.commit": False,
-            }))
+            self._consumer = Consumer(
+                self.kafka.librdkafka(
+                    {
+                        "group.id": self.group_id,
+                        "auto.offset.reset": self._reset,
+                        "enable.auto.commit": False,
+                    }
+                )
+            )
             self._consumer.subscribe([self.topic])
         return self._consumer
 
@@ -57,9 +62,10 @@ class DriftSubscriber:
             msg = consumer.poll(left)
             if msg is None:
                 return None
-            if msg.error() is not None:
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("drift topic error: %s", msg.error())
+            error = msg.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("drift topic error: %s", error)
                 continue
             consumer.commit(message=msg, asynchronous=False)
             try:

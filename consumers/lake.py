@@ -24,23 +24,35 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 class Lake:
     """The eddyline Delta tables under one root folder (or object-store URI)."""
 
-    def __init__(self, root: str | Path = "./lake", *,
-                 storage_options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, root: str | Path = "./lake", *, storage_options: dict[str, str] | None = None
+    ) -> None:
         self.root = str(root).rstrip("/")
         self.storage_options = storage_options
 
     def tables(self) -> list[str]:
         """The tables present (local roots only)."""
         root = Path(self.root)
-        return sorted(p.name for p in root.iterdir() if (p / "_delta_log").is_dir()) if root.is_dir() else []
+        return (
+            sorted(p.name for p in root.iterdir() if (p / "_delta_log").is_dir())
+            if root.is_dir()
+            else []
+        )
 
     def table(self, name: str, *, version: int | None = None) -> DeltaTable:
         """The Delta table for event ``name``, at ``version`` (time travel) or the latest."""
-        return DeltaTable(f"{self.root}/{name}", version=version,
-                          storage_options=self.storage_options)
+        return DeltaTable(
+            f"{self.root}/{name}", version=version, storage_options=self.storage_options
+        )
 
-    def read(self, name: str, *, version: int | None = None, columns: list[str] | None = None,
-             filters: Any = None) -> pa.Table:
+    def read(
+        self,
+        name: str,
+        *,
+        version: int | None = None,
+        columns: list[str] | None = None,
+        filters: Any = None,
+    ) -> pa.Table:
         """The table as Arrow; ``filters`` are deltalake DNF filters."""
         return self.table(name, version=version).to_pyarrow_table(columns=columns, filters=filters)
 
@@ -48,8 +60,9 @@ class Lake:
         """The table as a lazy polars frame."""
         import polars as pl
 
-        return pl.scan_delta(f"{self.root}/{name}", version=version,
-                             storage_options=self.storage_options)
+        return pl.scan_delta(
+            f"{self.root}/{name}", version=version, storage_options=self.storage_options
+        )
 
     def sql(self, query: str) -> pa.Table:
         """Run DuckDB SQL where each table is a view of its name (``SELECT * FROM interaction``)."""

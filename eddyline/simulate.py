@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import cast
 from uuid import UUID
 
 import numpy as np
 
-from schemas.events import FeedbackEvent, InteractionEvent
+from schemas.events import Action, FeedbackEvent, InteractionEvent
 
 CATEGORIES = ("news", "sports", "music", "tech")
 _P_CLICK_BEFORE = np.array([0.75, 0.15, 0.70, 0.20])
@@ -68,7 +69,7 @@ class TrafficSimulator:
                 app_id=self.app_id,
                 item_id=f"sku-{int(items[k])}",
                 item_category=CATEGORIES[int(cats[k])],
-                action=str(actions[k]),
+                action=cast(Action, str(actions[k])),
                 dwell_time_s=float(dwell[k]),
                 position=int(position[k]),
             )

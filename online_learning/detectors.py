@@ -49,7 +49,7 @@ class AdwinDetector:
     _last_alarm: int = field(default=-(10**12), init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._adwin = drift.ADWIN(delta=self.delta)
+        self._adwin = drift.ADWIN(delta=self.delta)  # type: ignore[no-untyped-call]  # River is untyped
 
     def update_many(self, values: np.ndarray) -> list[Alarm]:
         """Feed values in order; return the alarms they raise."""
@@ -58,7 +58,7 @@ class AdwinDetector:
         # ADWIN is sequential by nature; River's update is ~10M/s, far from the bottleneck.
         for v in values.tolist():
             before = adwin.estimation
-            adwin.update(v)
+            adwin.update(v)  # type: ignore[no-untyped-call]  # River is untyped
             self.seen += 1
             if adwin.drift_detected and self._should_alarm(before, adwin.estimation):
                 alarms.append(Alarm(self.seen, before, adwin.estimation))

@@ -56,9 +56,7 @@ class ClickModel:
     def features(self, batch: pa.Table) -> pl.DataFrame:
         frame = pl.from_arrow(batch.select(["item_category", "position", "dwell_time_s"]))
         assert isinstance(frame, pl.DataFrame)
-        return frame.with_columns(pl.col("position").cast(pl.Float64)).to_dummies(
-            "item_category"
-        )
+        return frame.with_columns(pl.col("position").cast(pl.Float64)).to_dummies("item_category")
 
     def target(self, batch: pa.Table) -> pl.Series:
         actions = pl.from_arrow(batch["action"])

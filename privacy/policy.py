@@ -43,8 +43,9 @@ class PrivacyPolicy:
                 raise SchemaError(f"{model.__name__}.{name}: no mechanism for {ann!r}")
         return cls(model, tuple(pseud), tuple(redact), tuple(noise))
 
-    def apply(self, table: pa.Table, pseudonymizer: HmacPseudonymizer,
-              rng: np.random.Generator) -> pa.Table:
+    def apply(
+        self, table: pa.Table, pseudonymizer: HmacPseudonymizer, rng: np.random.Generator
+    ) -> pa.Table:
         """The privatised batch: pseudonyms (+ key id), redactions dropped, numbers noised."""
         out = table.drop_columns(list(self.redacted))
         for name, mech in self.noised:
@@ -53,8 +54,11 @@ class PrivacyPolicy:
             out = out.set_column(idx, name, pa.array(mech.apply(values, rng), pa.float64()))
         for name in self.pseudonymized:
             idx = out.schema.get_field_index(name)
-            out = out.set_column(idx, f"{name[:-3] if name.endswith('_id') else name}_pid",
-                                 pseudonymizer.apply(out[name]))
+            out = out.set_column(
+                idx,
+                f"{name[:-3] if name.endswith('_id') else name}_pid",
+                pseudonymizer.apply(out[name]),
+            )
         if self.pseudonymized:
             key_ids = pc.fill_null(pa.nulls(out.num_rows, pa.string()), pseudonymizer.key_id)
             out = out.append_column("key_id", key_ids)

@@ -37,6 +37,8 @@ H_COUNT = "eddyline-count"
 H_SOURCE = "eddyline-source"
 
 Headers = list[tuple[str, bytes]]
+# confluent-kafka's type for the same list (its values may also be str or None).
+KafkaHeaders = list[tuple[str, str | bytes | None]]
 
 
 @dataclass(frozen=True)
@@ -50,16 +52,22 @@ class Envelope:
     headers: Mapping[str, str] | None = None
 
 
-def header_map(headers: Iterable[tuple[str, bytes | None]] | Mapping[str, bytes | str] | None) -> dict[str, str]:
+def header_map(
+    headers: Iterable[tuple[str, bytes | None]] | Mapping[str, bytes | str] | None,
+) -> dict[str, str]:
     """Kafka headers (list of pairs, or a mapping) as a str -> str dict; bad bytes replaced."""
     if not headers:
         return {}
     pairs = headers.items() if isinstance(headers, Mapping) else headers
-    return {k.lower(): v if isinstance(v, str) else (v or b"").decode("utf-8", "replace")
-            for k, v in pairs}
+    return {
+        k.lower(): v if isinstance(v, str) else (v or b"").decode("utf-8", "replace")
+        for k, v in pairs
+    }
 
 
-def encode_arrow(table: pa.Table, schema_id: str, extra: Headers | None = None) -> tuple[bytes, Headers]:
+def encode_arrow(
+    table: pa.Table, schema_id: str, extra: Headers | None = None
+) -> tuple[bytes, Headers]:
     """One Arrow IPC stream (a single record batch) and its headers."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
@@ -95,7 +103,10 @@ def _decode_json(value: bytes) -> dict[str, Any]:
     return obj
 
 
-def decode(value: bytes | None, headers: Iterable[tuple[str, bytes | None]] | Mapping[str, bytes | str] | None) -> Envelope:
+def decode(
+    value: bytes | None,
+    headers: Iterable[tuple[str, bytes | None]] | Mapping[str, bytes | str] | None,
+) -> Envelope:
     """Decode one Kafka message, or raise :class:`EnvelopeError` with a dead-letter code.
 
     A message without a content type is taken as JSON when it starts with ``{``.

@@ -79,7 +79,5 @@ class MissingExtraError(EddylineError, ImportError):
     """An optional extra is not installed."""
 
     def __init__(self, extra: str, module: str) -> None:
-        super().__init__(
-            f"{module} needs the [{extra}] extra: pip install 'eddyline[{extra}]'"
-        )
+        super().__init__(f"{module} needs the [{extra}] extra: pip install 'eddyline[{extra}]'")
         self.extra = extra

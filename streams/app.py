@@ -22,7 +22,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from online_learning.detectors import AdwinDetector, Alarm
 from online_learning.learner import ClickModel
 from privacy.pseudonymize import HmacPseudonymizer, load_or_create_key
-from schemas.envelope import ARROW, H_CONTENT_TYPE, H_SCHEMA, H_SOURCE, decode, encode_arrow, header_map
+from schemas.envelope import (
+    ARROW,
+    H_CONTENT_TYPE,
+    H_SCHEMA,
+    H_SOURCE,
+    decode,
+    encode_arrow,
+    header_map,
+)
 from schemas.events import DriftEvent
 from streams.lake import DeltaSink
 from streams.processing import DeadLetter, Privatizer, SourceRef
@@ -32,8 +40,12 @@ from streams.worker_metrics import WorkerMetrics
 
 log = logging.getLogger("eddyline.worker")
 STREAMS = ["interaction", "feedback"]
-_RAW = {"value_type": bytes, "value_serializer": "raw", "key_serializer": "raw"}
 _JSON_HEADERS = [(H_CONTENT_TYPE, b"application/json")]
+
+
+def _raw_topic(app: faust.App, *names: str) -> faust.TopicT:
+    """A topic of raw bytes: envelopes are decoded by our code, not by Faust's codecs."""
+    return app.topic(*names, value_type=bytes, value_serializer="raw", key_serializer="raw")
 
 
 def _pseudonymizer(ws: WorkerSettings) -> HmacPseudonymizer:
@@ -72,15 +84,25 @@ class Pipeline:
         key = ",".join(f"{p}:{lo}" for p, (lo, _) in sorted(after.items()))
         return DriftEvent(
             idempotency_key=f"{self.model.name}:{self.model.version}:error_rate:{key}",
-            model=self.model.name, model_version=self.model.version, stream=self.model.stream,
-            signal="error_rate", detector="adwin", severity=alarm.severity,
-            stat_before=alarm.before, stat_after=alarm.after, events_seen=alarm.index,
-            offsets_after=after, lake_version=self.sink.version(self.model.stream),
+            model=self.model.name,
+            model_version=self.model.version,
+            stream=self.model.stream,
+            signal="error_rate",
+            detector="adwin",
+            severity=alarm.severity,
+            stat_before=alarm.before,
+            stat_after=alarm.after,
+            events_seen=alarm.index,
+            offsets_after=after,
+            lake_version=self.sink.version(self.model.stream),
         )
 
 
-def build_app(ws: WorkerSettings | None = None, ks: KafkaSettings | None = None,
-              streams: list[str] | None = None) -> tuple[faust.App, Pipeline]:
+def build_app(
+    ws: WorkerSettings | None = None,
+    ks: KafkaSettings | None = None,
+    streams: list[str] | None = None,
+) -> tuple[faust.App, Pipeline]:
     """The Faust app and its pipeline state, for these settings."""
     ws, ks = ws or WorkerSettings(), ks or KafkaSettings()
     p = Pipeline(ws, ks, streams or STREAMS)
@@ -104,12 +126,12 @@ def build_app(ws: WorkerSettings | None = None, ks: KafkaSettings | None = None,
         broker_heartbeat_interval=min(3.0, ws.session_timeout_s / 3),
         producer_max_request_size=16 * 1024 * 1024,
     )
-    raw = app.topic(*[p.topics.raw(s) for s in p.streams], **_RAW)
-    private = app.topic(*[p.topics.private(s) for s in p.streams], **_RAW)
-    learn_in = app.topic(p.topics.private(p.model.stream), **_RAW)
-    out = {s: app.topic(p.topics.private(s), **_RAW) for s in p.streams}
-    deadletter = app.topic(p.topics.deadletter, **_RAW)
-    drift = app.topic(p.topics.drift, **_RAW)
+    raw = _raw_topic(app, *[p.topics.raw(s) for s in p.streams])
+    private = _raw_topic(app, *[p.topics.private(s) for s in p.streams])
+    learn_in = _raw_topic(app, p.topics.private(p.model.stream))
+    out = {s: _raw_topic(app, p.topics.private(s)) for s in p.streams}
+    deadletter = _raw_topic(app, p.topics.deadletter)
+    drift = _raw_topic(app, p.topics.drift)
 
     async def dead(letters: list[DeadLetter]) -> None:
         for letter in letters:
@@ -131,19 +153,24 @@ def build_app(ws: WorkerSettings | None = None, ks: KafkaSettings | None = None,
             p.metrics.events_in.labels(name).inc(result.received)
             await dead(result.dead)
             if result.private is not None and result.private.num_rows:
-                value, headers = encode_arrow(result.private, result.schema_id or "",
-                                              [(H_SOURCE, src.header())])
+                value, headers = encode_arrow(
+                    result.private, result.schema_id or "", [(H_SOURCE, src.header())]
+                )
                 await out[name].send(value=value, partition=msg.partition, headers=headers)
                 p.metrics.events_private.labels(name).inc(result.private.num_rows)
 
     @app.agent(private)
     async def lake(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.noack_take(ws.lake_max_messages, within=ws.lake_max_wait_s):
+        async for events in stream.noack_take(  # type: ignore[attr-defined]  # on Stream, not StreamT
+            ws.lake_max_messages, within=ws.lake_max_wait_s
+        ):
             by_table: dict[str, list[Any]] = defaultdict(list)
             for ev in events:
                 h = header_map(ev.message.headers)
                 table = decode(ev.value, h).table
-                by_table[p.stream_of[ev.message.topic]].append((table, SourceRef.parse(h[H_SOURCE])))
+                by_table[p.stream_of[ev.message.topic]].append(
+                    (table, SourceRef.parse(h[H_SOURCE]))
+                )
             await _commit(p, by_table)
             for ev in events:
                 await stream.ack(ev)
@@ -159,19 +186,28 @@ def build_app(ws: WorkerSettings | None = None, ks: KafkaSettings | None = None,
                 log.exception("learning failed on a batch of %d rows", table.num_rows)
                 continue
             p.learned.append((p.model.seen, event.message.partition, event.message.offset))
+            p.metrics.learned.labels(p.model.name).inc(table.num_rows)
             for alarm in outcome.alarms:
                 drift_event = await asyncio.to_thread(p.drift_event, alarm)
-                await drift.send(value=drift_event.model_dump_json().encode(),
-                                 headers=[*_JSON_HEADERS, (H_SCHEMA, b"drift:1")])
+                await drift.send(
+                    value=drift_event.model_dump_json().encode(),
+                    headers=[*_JSON_HEADERS, (H_SCHEMA, b"drift:1")],
+                )
                 p.metrics.drift_events.labels(p.model.name).inc()
-                log.warning("drift: %s %s %.3f -> %.3f", p.model.name, "error_rate",
-                            alarm.before, alarm.after)
+                log.warning(
+                    "drift: %s %s %.3f -> %.3f",
+                    p.model.name,
+                    "error_rate",
+                    alarm.before,
+                    alarm.after,
+                )
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         # aiohttp refuses a charset inside content_type, so the exposition type goes as a header.
-        return web.bytes(generate_latest(p.metrics.registry),
-                         headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.bytes(
+            generate_latest(p.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     del privatize, lake, learn, metrics  # registered on the app by the decorators
     return app, p
@@ -193,8 +229,9 @@ async def _commit(p: Pipeline, by_table: dict[str, list[Any]]) -> None:
         p.metrics.events_written.labels(table).inc(rows)
 
 
-def run_worker(ws: WorkerSettings | None = None, ks: KafkaSettings | None = None,
-               loglevel: str = "info") -> None:
+def run_worker(
+    ws: WorkerSettings | None = None, ks: KafkaSettings | None = None, loglevel: str = "info"
+) -> None:
     """Create missing topics, then run one worker until SIGTERM/SIGINT."""
     from streams.topics import ensure_topics
 

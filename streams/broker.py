@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import shutil
@@ -67,8 +68,16 @@ def resolve_jars(version: str = KAFKA_VERSION, home: Path | None = None) -> Path
         mvn = _need("mvn", "install Maven 3 (e.g. apt-get install maven)")
         pom = cache / "pom.xml"
         pom.write_bytes(resources.files("streams.kafka").joinpath("pom.xml").read_bytes())
-        cmd = [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-               f"-DoutputDirectory={jars}", f"-Dkafka.version={version}"]
+        cmd = [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={jars}",
+            f"-Dkafka.version={version}",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise BrokerError(f"mvn could not fetch Kafka {version}:\n{proc.stdout[-2000:]}")
@@ -157,8 +166,8 @@ class LocalBroker:
 
     def answers(self, timeout: float = 2.0) -> bool:
         """Whether the broker answers a metadata request."""
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0,
-                             "logger": _quiet_logger()})
+        quiet = {"bootstrap.servers": self.bootstrap, "log_level": 0, "logger": _quiet_logger()}
+        admin = AdminClient(quiet)  # type: ignore[arg-type]  # librdkafka takes a Logger here
         try:
             admin.list_topics(timeout=timeout)
         except KafkaException:
@@ -172,21 +181,41 @@ class LocalBroker:
         java, jars = check_java(), resolve_jars(self.version)
         self.dir.mkdir(parents=True, exist_ok=True)
         props, data = self.dir / "server.properties", self.dir / "data"
-        props.write_text(_PROPERTIES.format(host=self.host, port=self.port,
-                                            controller_port=self.controller_port, data=data))
+        props.write_text(
+            _PROPERTIES.format(
+                host=self.host, port=self.port, controller_port=self.controller_port, data=data
+            )
+        )
         (self.dir / "log4j2.properties").write_text(_LOG4J)
         classpath = [java, *_JVM_OPTS, "-cp", f"{jars}/*"]
         if not (data / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            fmt = subprocess.run([*classpath, "kafka.tools.StorageTool", "format", "-t",
-                                  cluster_id, "-c", str(props)], capture_output=True, text=True,
-                                 check=False)
+            fmt = subprocess.run(
+                [
+                    *classpath,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(props),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if fmt.returncode != 0:
-                raise BrokerError(f"formatting the broker storage failed:\n{fmt.stdout}{fmt.stderr}")
+                raise BrokerError(
+                    f"formatting the broker storage failed:\n{fmt.stdout}{fmt.stderr}"
+                )
         log4j = f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}"
         with open(self.log_file, "ab") as out:
-            proc = subprocess.Popen([*classpath, log4j, "kafka.Kafka", str(props)], stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [*classpath, log4j, "kafka.Kafka", str(props)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.pid_file.write_text(str(proc.pid))
         self._wait_ready(proc, timeout)
 
@@ -200,8 +229,9 @@ class LocalBroker:
                 return
             time.sleep(0.5)
         self.stop()
-        raise BrokerError(f"Kafka did not answer on {self.bootstrap} within {timeout:.0f}s; "
-                          f"see {self.log_file}")
+        raise BrokerError(
+            f"Kafka did not answer on {self.bootstrap} within {timeout:.0f}s; see {self.log_file}"
+        )
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop the broker (SIGTERM, then SIGKILL after ``timeout``); False if none was running."""
@@ -230,9 +260,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _quiet_logger() -> object:
-    import logging
-
+def _quiet_logger() -> logging.Logger:
     quiet = logging.getLogger("eddyline.broker.probe")
     quiet.setLevel(logging.CRITICAL)
     return quiet

@@ -40,7 +40,9 @@ class DeltaSink:
         if dt is None:
             if not DeltaTable.is_deltatable(self.uri(name), self.storage_options):
                 return None
-            dt = self._tables[name] = DeltaTable(self.uri(name), storage_options=self.storage_options)
+            dt = self._tables[name] = DeltaTable(
+                self.uri(name), storage_options=self.storage_options
+            )
         else:
             dt.update_incremental()
         return dt
@@ -78,7 +80,12 @@ class DeltaSink:
             data = pa.concat_tables(fresh, promote_options="default")
             data = data.append_column("event_date", pc.cast(data["occurred_at"], pa.date32()))
             txns = [Transaction(_app_id(t, p), off) for (t, p), off in last.items()]
-            write_deltalake(self.uri(table), data, mode="append", partition_by=["event_date"],
-                            storage_options=self.storage_options,
-                            commit_properties=CommitProperties(app_transactions=txns))
-            return data.num_rows
+            write_deltalake(
+                self.uri(table),
+                data,
+                mode="append",
+                partition_by=["event_date"],
+                storage_options=self.storage_options,
+                commit_properties=CommitProperties(app_transactions=txns),
+            )
+            return int(data.num_rows)

@@ -72,8 +72,12 @@ class Outcome:
 class Privatizer:
     """Decode, validate and privatise raw messages for one worker."""
 
-    def __init__(self, pseudonymizer: HmacPseudonymizer, rng: np.random.Generator,
-                 registry: SchemaRegistry = REGISTRY) -> None:
+    def __init__(
+        self,
+        pseudonymizer: HmacPseudonymizer,
+        rng: np.random.Generator,
+        registry: SchemaRegistry = REGISTRY,
+    ) -> None:
         self._pseudonymizer = pseudonymizer
         self._rng = rng
         self._registry = registry
@@ -100,35 +104,60 @@ class Privatizer:
         good, violations = validate_table(model, table)
         for v in violations:
             ids = table["event_id"].take(v.rows).to_pylist()
-            out.dead.append(DeadLetter("row.invalid", f"{v.field}: {v.reason}", source,
-                                       out.schema_id, v.field, [str(i) for i in ids], len(ids)))
+            out.dead.append(
+                DeadLetter(
+                    "row.invalid",
+                    f"{v.field}: {v.reason}",
+                    source,
+                    out.schema_id,
+                    v.field,
+                    [str(i) for i in ids],
+                    len(ids),
+                )
+            )
         out.private = self.policy(model).apply(good, self._pseudonymizer, self._rng)
         return out
 
     def _model(self, env: Envelope, stream: str) -> type[BaseEvent]:
         try:
-            model = self._registry.get(env.schema_id) if env.schema_id else self._registry.latest(stream)
+            model = (
+                self._registry.get(env.schema_id)
+                if env.schema_id
+                else self._registry.latest(stream)
+            )
         except UnknownSchemaError:
-            raise EnvelopeError("schema.unknown", f"schema {env.schema_id!r} is not registered") from None
+            raise EnvelopeError(
+                "schema.unknown", f"schema {env.schema_id!r} is not registered"
+            ) from None
         if model.event_name != stream:
-            raise EnvelopeError("schema.wrong_stream",
-                                f"schema {model.schema_id()!r} sent to the {stream!r} stream")
+            raise EnvelopeError(
+                "schema.wrong_stream", f"schema {model.schema_id()!r} sent to the {stream!r} stream"
+            )
         return model
 
-    def _table(self, env: Envelope, model: type[BaseEvent], source: SourceRef,
-               out: Outcome) -> pa.Table | None:
+    def _table(
+        self, env: Envelope, model: type[BaseEvent], source: SourceRef, out: Outcome
+    ) -> pa.Table | None:
         if env.json_event is not None:
             return self._json_table(env.json_event, model, source, out)
         assert env.table is not None
         try:
             return conform(model, env.table)
         except (ValueError, pa.ArrowException) as exc:
-            out.dead.append(DeadLetter("envelope.schema_mismatch", str(exc)[:300], source,
-                                       out.schema_id, count=env.table.num_rows))
+            out.dead.append(
+                DeadLetter(
+                    "envelope.schema_mismatch",
+                    str(exc)[:300],
+                    source,
+                    out.schema_id,
+                    count=env.table.num_rows,
+                )
+            )
             return None
 
-    def _json_table(self, event: dict[str, Any], model: type[BaseEvent], source: SourceRef,
-                    out: Outcome) -> pa.Table | None:
+    def _json_table(
+        self, event: dict[str, Any], model: type[BaseEvent], source: SourceRef, out: Outcome
+    ) -> pa.Table | None:
         """One JSON event, validated by pydantic (per message: this is not the batched path)."""
         try:
             obj = model.model_validate(event)
@@ -138,8 +167,11 @@ class Privatizer:
             raw_id = event.get("event_id")
             ids = [raw_id] if isinstance(raw_id, str) and len(raw_id) <= 64 else []
             out.received = 1
-            out.dead.append(DeadLetter("row.invalid", f"{where}: {first['type']}", source,
-                                       out.schema_id, where, ids))
+            out.dead.append(
+                DeadLetter(
+                    "row.invalid", f"{where}: {first['type']}", source, out.schema_id, where, ids
+                )
+            )
             return None
         row = {k: str(v) if isinstance(v, UUID) else v for k, v in obj.__dict__.items()}
         return pa.Table.from_pylist([row], schema=arrow_schema(model))

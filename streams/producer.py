@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from schemas.arrow import arrow_schema
-from schemas.envelope import encode_arrow
+from schemas.envelope import KafkaHeaders, encode_arrow
 from schemas.errors import (
     BrokerError,
     EventValidationError,
@@ -77,7 +77,8 @@ class _Buffer:
 def _plan_for(model: type[BaseEvent], topics: Topics) -> _Plan:
     schema = arrow_schema(model)
     columns = tuple(
-        (name, str if info.annotation is UUID else None) for name, info in model.model_fields.items()
+        (name, str if info.annotation is UUID else None)
+        for name, info in model.model_fields.items()
     )
     return _Plan(model.event_name, topics.raw(model.event_name), schema, columns)
 
@@ -127,7 +128,9 @@ class EventProducer:
 
     # -- public surface -------------------------------------------------------------------
 
-    def emit(self, event: BaseEvent | Mapping[str, Any], *, schema: type[BaseEvent] | None = None) -> None:
+    def emit(
+        self, event: BaseEvent | Mapping[str, Any], *, schema: type[BaseEvent] | None = None
+    ) -> None:
         """Accept one event for delivery, or raise :class:`EventValidationError` at once.
 
         Args:
@@ -183,7 +186,9 @@ class EventProducer:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _as_event(self, event: BaseEvent | Mapping[str, Any], schema: type[BaseEvent] | None) -> BaseEvent:
+    def _as_event(
+        self, event: BaseEvent | Mapping[str, Any], schema: type[BaseEvent] | None
+    ) -> BaseEvent:
         if isinstance(event, BaseEvent):
             return event
         if schema is None or not isinstance(event, Mapping):
@@ -208,8 +213,9 @@ class EventProducer:
                 {**_PRODUCER_DEFAULTS, "delivery.timeout.ms": self.settings.delivery_timeout_ms}
             )
             self._producer = Producer(conf)
-            self._thread = threading.Thread(target=self._linger_loop, name="eddyline-linger",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._linger_loop, name="eddyline-linger", daemon=True
+            )
             self._thread.start()
         return self._producer
 
@@ -255,10 +261,16 @@ class EventProducer:
                 log.error("envelope of %d %s events not delivered: %s", count, stream, err)
 
         producer = self._client()
+        kafka_headers: KafkaHeaders = [*headers]
         while True:
             try:
-                producer.produce(buf.plan.topic, value=value, partition=buf.partition,
-                                 headers=headers, on_delivery=on_delivery)
+                producer.produce(
+                    buf.plan.topic,
+                    value=value,
+                    partition=buf.partition,
+                    headers=kafka_headers,
+                    on_delivery=on_delivery,
+                )
                 break
             except BufferError:  # librdkafka's queue is full: serve callbacks, then retry
                 producer.poll(0.1)

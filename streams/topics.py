@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # exported at runtime, missing from the stubs' __all__
 
 from schemas.errors import BrokerError
 from streams.settings import KafkaSettings
@@ -71,18 +71,23 @@ def ensure_topics(settings: KafkaSettings, streams: list[str], timeout: float = 
     return [t.topic for t in wanted]
 
 
-def read_all(settings: KafkaSettings, topic: str, timeout: float = 10.0) -> list[tuple[bytes, dict[str, bytes]]]:
+def read_all(
+    settings: KafkaSettings, topic: str, timeout: float = 10.0
+) -> list[tuple[bytes, dict[str, bytes]]]:
     """Every message now in ``topic`` (value, headers), read from the start to the high mark."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer(settings.librdkafka({"group.id": "eddyline-read-all",
-                                             "enable.auto.commit": False}))
+    consumer = Consumer(
+        settings.librdkafka({"group.id": "eddyline-read-all", "enable.auto.commit": False})
+    )
     try:
         meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
         if meta.error is not None:
             return []
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
-                for p in meta.partitions}
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+            for p in meta.partitions
+        }
         consumer.assign([TopicPartition(topic, p, 0) for p, end in ends.items() if end > 0])
         out: list[tuple[bytes, dict[str, bytes]]] = []
         pending = {p for p, end in ends.items() if end > 0}
@@ -92,9 +97,13 @@ def read_all(settings: KafkaSettings, topic: str, timeout: float = 10.0) -> list
                 break
             if msg.error() is not None:
                 continue
-            out.append((msg.value() or b"", dict(msg.headers() or [])))
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                pending.discard(msg.partition())
+            pairs = msg.headers() or []
+            items = pairs.items() if isinstance(pairs, dict) else pairs
+            headers = {k: v.encode() if isinstance(v, str) else (v or b"") for k, v in items}
+            out.append((msg.value() or b"", headers))
+            partition, offset = msg.partition() or 0, msg.offset() or 0
+            if offset + 1 >= ends[partition]:
+                pending.discard(partition)
         return out
     finally:
         consumer.close()

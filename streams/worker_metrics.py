@@ -15,6 +15,7 @@ class WorkerMetrics:
     events_written: Counter
     deadlettered: Counter
     drift_events: Counter
+    learned: Counter
     delta_commit: Histogram
 
     @classmethod
@@ -22,16 +23,38 @@ class WorkerMetrics:
         reg = registry or CollectorRegistry()
         return cls(
             reg,
-            Counter("eddyline_worker_events_in", "Rows decoded from raw topics", ["stream"],
-                    registry=reg),
-            Counter("eddyline_worker_events_private", "Rows past the privacy boundary",
-                    ["stream"], registry=reg),
-            Counter("eddyline_worker_events_written", "Rows committed to Delta", ["stream"],
-                    registry=reg),
-            Counter("eddyline_worker_deadlettered", "Rows (or undecodable messages) dead-lettered",
-                    ["reason"], registry=reg),
-            Counter("eddyline_worker_drift_events", "Drift events published", ["model"],
-                    registry=reg),
-            Histogram("eddyline_worker_delta_commit_seconds", "Delta commit latency",
-                      registry=reg),
+            Counter(
+                "eddyline_worker_events_in",
+                "Rows decoded from raw topics",
+                ["stream"],
+                registry=reg,
+            ),
+            Counter(
+                "eddyline_worker_events_private",
+                "Rows past the privacy boundary",
+                ["stream"],
+                registry=reg,
+            ),
+            Counter(
+                "eddyline_worker_events_written",
+                "Rows committed to Delta",
+                ["stream"],
+                registry=reg,
+            ),
+            Counter(
+                "eddyline_worker_deadlettered",
+                "Rows (or undecodable messages) dead-lettered",
+                ["reason"],
+                registry=reg,
+            ),
+            Counter(
+                "eddyline_worker_drift_events", "Drift events published", ["model"], registry=reg
+            ),
+            Counter(
+                "eddyline_worker_events_learned",
+                "Rows a model predicted, then learned",
+                ["model"],
+                registry=reg,
+            ),
+            Histogram("eddyline_worker_delta_commit_seconds", "Delta commit latency", registry=reg),
         )

@@ -27,13 +27,19 @@ class WorkerProcess:
         env = {**os.environ, **self.env, "EDDYLINE_WEB_PORT": str(self.web_port)}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "eddyline", "worker", "run"], env=env,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [sys.executable, "-m", "eddyline", "worker", "run"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise EddylineError(f"worker exited with {self.proc.returncode}: "
-                                    f"{self.log_path.read_text()[-3000:]}")
+                raise EddylineError(
+                    f"worker exited with {self.proc.returncode}: "
+                    f"{self.log_path.read_text()[-3000:]}"
+                )
             if self.metrics() is not None:
                 return self
             time.sleep(0.5)
@@ -44,7 +50,7 @@ class WorkerProcess:
         """The worker's /metrics text, or None if it does not answer."""
         try:
             url = f"http://127.0.0.1:{self.web_port}/metrics"
-            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 text: str = resp.read().decode()
                 return text
         except OSError:

@@ -30,8 +30,9 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if existing:
         yield existing
         return
-    broker = LocalBroker(port=free_port(), controller_port=free_port(),
-                         root=tmp_path_factory.mktemp("broker"))
+    broker = LocalBroker(
+        port=free_port(), controller_port=free_port(), root=tmp_path_factory.mktemp("broker")
+    )
     broker.start()
     try:
         yield broker.bootstrap

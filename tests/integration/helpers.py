@@ -24,7 +24,9 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, every: float 
 def delta_ids(lake: Path, table: str) -> list[str]:
     if not DeltaTable.is_deltatable(str(lake / table)):
         return []
-    return DeltaTable(str(lake / table)).to_pyarrow_table(columns=["event_id"])["event_id"].to_pylist()
+    return (
+        DeltaTable(str(lake / table)).to_pyarrow_table(columns=["event_id"])["event_id"].to_pylist()
+    )
 
 
 def deadletters(kafka: KafkaSettings) -> list[dict]:

@@ -36,12 +36,23 @@ def worker(worker_env: dict[str, str], tmp_path: Path):
 
 
 def _invalid_json(kafka: KafkaSettings, n: int) -> list[str]:
-    producer, topic, ids = Producer(kafka.librdkafka()), Topics(kafka.namespace).raw("interaction"), []
+    producer, topic, ids = (
+        Producer(kafka.librdkafka()),
+        Topics(kafka.namespace).raw("interaction"),
+        [],
+    )
     for i in range(n):
         eid = f"00000000-0000-4000-8000-{i:012d}"
-        bad = {"event_id": eid, "user_id": f"bad-user-{i}@example.com", "app_id": "a",
-               "item_id": "i", "item_category": "news", "occurred_at": "2026-01-01T00:00:00Z",
-               "action": "teleport" if i % 2 else "click", "dwell_time_s": -1.0 if i % 2 == 0 else 1.0}
+        bad = {
+            "event_id": eid,
+            "user_id": f"bad-user-{i}@example.com",
+            "app_id": "a",
+            "item_id": "i",
+            "item_category": "news",
+            "occurred_at": "2026-01-01T00:00:00Z",
+            "action": "teleport" if i % 2 else "click",
+            "dwell_time_s": -1.0 if i % 2 == 0 else 1.0,
+        }
         value, headers = encode_json(bad, "interaction:1")
         producer.produce(topic, value=value, headers=headers)
         ids.append(eid)
@@ -52,10 +63,12 @@ def _invalid_json(kafka: KafkaSettings, n: int) -> list[str]:
 def _invalid_rows_envelope(kafka: KafkaSettings, n: int) -> list[str]:
     """One Arrow envelope whose rows all break the schema (position out of range)."""
     sim = TrafficSimulator(users=5, seed=99)
-    rows = [{**e.__dict__, "event_id": str(e.event_id), "position": 5_000}
-            for e in sim.interactions(n)]
-    value, headers = encode_arrow(pa.Table.from_pylist(rows, schema=arrow_schema(InteractionEvent)),
-                                  "interaction:1")
+    rows = [
+        {**e.__dict__, "event_id": str(e.event_id), "position": 5_000} for e in sim.interactions(n)
+    ]
+    value, headers = encode_arrow(
+        pa.Table.from_pylist(rows, schema=arrow_schema(InteractionEvent)), "interaction:1"
+    )
     producer = Producer(kafka.librdkafka())
     producer.produce(Topics(kafka.namespace).raw("interaction"), value=value, headers=headers)
     producer.flush(30)
@@ -70,17 +83,28 @@ def _emit(producer: EventProducer, events: list) -> list[str]:
 
 
 def test_ten_thousand_events_exactly_once_private_deadlettered_and_drift(
-        kafka: KafkaSettings, worker: WorkerProcess, worker_env: dict[str, str]) -> None:
+    kafka: KafkaSettings, worker: WorkerProcess, worker_env: dict[str, str]
+) -> None:
     lake = Path(worker_env["EDDYLINE_LAKE_PATH"])
     sim = TrafficSimulator(users=300, seed=21, drift_at=4_500)
     feedback = list(sim.feedback(400))
-    feedback = [f.model_copy(update={"comment": CANARY_TEXT}) if i % 4 == 0 else f
-                for i, f in enumerate(feedback)]
+    feedback = [
+        f.model_copy(update={"comment": CANARY_TEXT}) if i % 4 == 0 else f
+        for i, f in enumerate(feedback)
+    ]
     with EventProducer(kafka=kafka, registry=CollectorRegistry()) as producer:
         # Phase 1: before the drift, plus 200 invalid events from non-SDK clients.
         valid = _emit(producer, list(sim.interactions(4_500)) + feedback[:200])
         invalid = _invalid_json(kafka, 150) + _invalid_rows_envelope(kafka, 50)
         wait_for(lambda: len(delta_ids(lake, "interaction")) == 4_500, 120, "phase 1 in Delta")
+        wait_for(
+            lambda: (
+                'eddyline_worker_events_learned_total{model="click"} 4500.0'
+                in (worker.metrics() or "")
+            ),
+            60,
+            "phase 1 learned",
+        )
         # Phase 2: after the drift.
         valid += _emit(producer, list(sim.interactions(4_900)) + feedback[200:])
     assert len(valid) + len(invalid) == 10_000
@@ -96,7 +120,10 @@ def test_ten_thousand_events_exactly_once_private_deadlettered_and_drift(
     dead_ids = {i for d in letters for i in d["event_ids"]}
     assert dead_ids == set(invalid)
     assert {(d["reason"], d["field"]) for d in letters} == {
-        ("row.invalid", "dwell_time_s"), ("row.invalid", "action"), ("row.invalid", "position")}
+        ("row.invalid", "dwell_time_s"),
+        ("row.invalid", "action"),
+        ("row.invalid", "position"),
+    }
     assert all(d["source"]["topic"].endswith("events.interaction") for d in letters)
 
     drifts = _drift_events(kafka)
@@ -110,6 +137,7 @@ def test_ten_thousand_events_exactly_once_private_deadlettered_and_drift(
 def _drift_events(kafka: KafkaSettings) -> list[DriftEvent]:
     found: list[DriftEvent] = []
     with DriftSubscriber(group_id=f"{kafka.namespace}-test", kafka=kafka) as sub:
+
         def got_one() -> bool:
             event = sub.poll(1.0)
             if event is not None:
@@ -134,23 +162,31 @@ def _assert_no_raw_personal_data(kafka: KafkaSettings, lake: Path, user_ids: lis
         blobs.append(json.dumps(Lake(lake).read(table).to_pylist(), default=str).encode())
     haystack = b"\n".join(blobs)
     assert CANARY_TEXT.encode() not in haystack
-    leaked = [u for u in user_ids + ["bad-user-0@example.com"] if u.encode() in haystack]
+    leaked = [u for u in [*user_ids, "bad-user-0@example.com"] if u.encode() in haystack]
     assert leaked == []
 
 
 def test_garbage_on_a_raw_topic_is_deadlettered_and_the_worker_keeps_going(
-        kafka: KafkaSettings, worker: WorkerProcess, worker_env: dict[str, str]) -> None:
+    kafka: KafkaSettings, worker: WorkerProcess, worker_env: dict[str, str]
+) -> None:
     lake = Path(worker_env["EDDYLINE_LAKE_PATH"])
     raw = Topics(kafka.namespace).raw("interaction")
     producer = Producer(kafka.librdkafka())
-    good_value, good_headers = encode_arrow(pa.Table.from_pylist(
-        [{**e.__dict__, "event_id": str(e.event_id)} for e in TrafficSimulator(seed=4).interactions(10)],
-        schema=arrow_schema(InteractionEvent)), "interaction:1")
+    good_value, good_headers = encode_arrow(
+        pa.Table.from_pylist(
+            [
+                {**e.__dict__, "event_id": str(e.event_id)}
+                for e in TrafficSimulator(seed=4).interactions(10)
+            ],
+            schema=arrow_schema(InteractionEvent),
+        ),
+        "interaction:1",
+    )
     garbage = [
-        (os.urandom(512), [("content-type", ARROW.encode())]),           # random bytes as Arrow
-        (good_value[: len(good_value) // 2], good_headers),              # truncated Arrow
-        (os.urandom(256), []),                                           # no headers at all
-        (b"{\"user_id\": ", [("content-type", b"application/json")]),    # broken JSON
+        (os.urandom(512), [("content-type", ARROW.encode())]),  # random bytes as Arrow
+        (good_value[: len(good_value) // 2], good_headers),  # truncated Arrow
+        (os.urandom(256), []),  # no headers at all
+        (b'{"user_id": ', [("content-type", b"application/json")]),  # broken JSON
         (b"{}", [("content-type", b"application/json"), ("eddyline-schema", b"interaction:77")]),
     ]
     for value, headers in garbage:
@@ -161,8 +197,18 @@ def test_garbage_on_a_raw_topic_is_deadlettered_and_the_worker_keeps_going(
     wait_for(lambda: len(delta_ids(lake, "interaction")) == 300, 90, "valid events after garbage")
     assert set(delta_ids(lake, "interaction")) == set(valid)
     reasons = sorted(d["reason"] for d in deadletters(kafka))
-    assert reasons == sorted(["envelope.corrupt", "envelope.corrupt", "envelope.content_type",
-                              "envelope.corrupt", "schema.unknown"])
+    assert reasons == sorted(
+        [
+            "envelope.corrupt",
+            "envelope.corrupt",
+            "envelope.content_type",
+            "envelope.corrupt",
+            "schema.unknown",
+        ]
+    )
     assert worker.proc is not None and worker.proc.poll() is None
     metrics = worker.metrics()
-    assert metrics is not None and 'eddyline_worker_deadlettered_total{reason="envelope.corrupt"} 3.0' in metrics
+    assert (
+        metrics is not None
+        and 'eddyline_worker_deadlettered_total{reason="envelope.corrupt"} 3.0' in metrics
+    )

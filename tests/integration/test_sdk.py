@@ -26,8 +26,12 @@ def test_our_partitioner_agrees_with_librdkafkas_java_compatible_one(kafka: Kafk
     got: dict[str, int] = {}
     keys = [f"user-{i}" for i in range(300)]
     for key in keys:
-        producer.produce(topic, key=key, value=b"x",
-                         on_delivery=lambda err, msg: got.__setitem__(msg.key().decode(), msg.partition()))
+        producer.produce(
+            topic,
+            key=key,
+            value=b"x",
+            on_delivery=lambda err, msg: got.__setitem__(msg.key().decode(), msg.partition()),
+        )
     producer.flush(30)
     assert got == {k: partition_for(k.encode(), 3) for k in keys}
 
@@ -47,7 +51,9 @@ def test_every_emitted_event_arrives_exactly_once_in_per_user_order(kafka: Kafka
     for value, headers in messages:
         table = decode(value, headers).table
         assert table is not None
-        for user, eid in zip(table["user_id"].to_pylist(), table["event_id"].to_pylist(), strict=True):
+        for user, eid in zip(
+            table["user_id"].to_pylist(), table["event_id"].to_pylist(), strict=True
+        ):
             by_user[user].append(eid)
             partitions[user].add(partition_for(user.encode(), 3))
     received = [eid for ids in by_user.values() for eid in ids]
@@ -60,7 +66,17 @@ def test_every_emitted_event_arrives_exactly_once_in_per_user_order(kafka: Kafka
 
 def test_emitting_to_a_missing_topic_says_how_to_create_it(kafka_bootstrap: str) -> None:
     kafka = KafkaSettings(bootstrap=kafka_bootstrap, namespace="never-created")
-    with EventProducer(kafka=kafka, registry=CollectorRegistry()) as producer, \
-            pytest.raises(TopicNotFoundError, match="eddyline topics create"):
-        producer.emit(InteractionEvent(user_id="u", app_id="a", item_id="i", item_category="n",
-                                       action="view", dwell_time_s=1.0))
+    with (
+        EventProducer(kafka=kafka, registry=CollectorRegistry()) as producer,
+        pytest.raises(TopicNotFoundError, match="eddyline topics create"),
+    ):
+        producer.emit(
+            InteractionEvent(
+                user_id="u",
+                app_id="a",
+                item_id="i",
+                item_category="n",
+                action="view",
+                dwell_time_s=1.0,
+            )
+        )

@@ -13,8 +13,9 @@ from streams.processing import SourceRef
 
 def _batch(ids: list[str]) -> pa.Table:
     now = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
-    return pa.table({"event_id": ids, "occurred_at": pa.array([now] * len(ids),
-                                                               pa.timestamp("us", tz="UTC"))})
+    return pa.table(
+        {"event_id": ids, "occurred_at": pa.array([now] * len(ids), pa.timestamp("us", tz="UTC"))}
+    )
 
 
 def test_replayed_batches_are_written_once(tmp_path) -> None:

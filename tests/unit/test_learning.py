@@ -14,7 +14,8 @@ def _batches(sim: TrafficSimulator, n: int, size: int = 500):
     for _ in range(n // size):
         rows = [e.model_dump() for e in sim.interactions(size)]
         yield pa.Table.from_pylist(rows).select(
-            ["item_category", "position", "dwell_time_s", "action"])
+            ["item_category", "position", "dwell_time_s", "action"]
+        )
 
 
 def test_model_learns_and_drift_is_caught_soon_after_the_change_only() -> None:

@@ -50,19 +50,33 @@ def test_laplace_clamps_before_noising() -> None:
 
 def _rows(model, **kw):
     e = model(**kw)
-    return pa.Table.from_pylist([{**e.__dict__, "event_id": str(e.event_id)}],
-                                schema=arrow_schema(model))
+    return pa.Table.from_pylist(
+        [{**e.__dict__, "event_id": str(e.event_id)}], schema=arrow_schema(model)
+    )
 
 
 def test_policy_replaces_ids_drops_redacted_text_and_noises_numbers() -> None:
     pseud = HmacPseudonymizer(b"k" * 32, key_id="k9")
-    fb = _rows(FeedbackEvent, user_id="carol@example.com", app_id="a", item_id="i", rating=4,
-               comment="call me on 555-0100")
+    fb = _rows(
+        FeedbackEvent,
+        user_id="carol@example.com",
+        app_id="a",
+        item_id="i",
+        rating=4,
+        comment="call me on 555-0100",
+    )
     out = PrivacyPolicy.for_model(FeedbackEvent).apply(fb, pseud, np.random.default_rng(0))
     assert "user_id" not in out.column_names and "comment" not in out.column_names
     assert out["user_pid"][0].as_py() == pseud.one("carol@example.com")
     assert out["key_id"][0].as_py() == "k9"
-    it = _rows(InteractionEvent, user_id="u", app_id="a", item_id="i", item_category="news",
-               action="click", dwell_time_s=10.0)
+    it = _rows(
+        InteractionEvent,
+        user_id="u",
+        app_id="a",
+        item_id="i",
+        item_category="news",
+        action="click",
+        dwell_time_s=10.0,
+    )
     noised = PrivacyPolicy.for_model(InteractionEvent).apply(it, pseud, np.random.default_rng(0))
     assert noised["dwell_time_s"][0].as_py() != 10.0

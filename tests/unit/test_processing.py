@@ -24,8 +24,14 @@ def privatizer() -> Privatizer:
 
 
 def _event(**kw: object) -> InteractionEvent:
-    base = dict(user_id=CANARY, app_id="a", item_id="i", item_category="news",
-                action="click", dwell_time_s=3.0)
+    base = dict(
+        user_id=CANARY,
+        app_id="a",
+        item_id="i",
+        item_category="news",
+        action="click",
+        dwell_time_s=3.0,
+    )
     return InteractionEvent(**{**base, **kw})
 
 
@@ -53,7 +59,10 @@ def test_bad_rows_are_dead_lettered_with_ids_and_the_rest_pass(privatizer: Priva
     assert out.private is not None and out.private["event_id"].to_pylist() == [str(good.event_id)]
     [letter] = out.dead
     assert (letter.reason, letter.field, letter.event_ids) == (
-        "row.invalid", "dwell_time_s", [str(bad.event_id)])
+        "row.invalid",
+        "dwell_time_s",
+        [str(bad.event_id)],
+    )
     assert letter.source == SRC
     assert CANARY not in letter.to_json().decode()
 
@@ -61,17 +70,27 @@ def test_bad_rows_are_dead_lettered_with_ids_and_the_rest_pass(privatizer: Priva
 @pytest.mark.parametrize(
     ("value", "headers", "reason"),
     [
-        (b"\x00garbage\xff" * 10, [("content-type", b"application/vnd.apache.arrow.stream")],
-         "envelope.corrupt"),
+        (
+            b"\x00garbage\xff" * 10,
+            [("content-type", b"application/vnd.apache.arrow.stream")],
+            "envelope.corrupt",
+        ),
         (b"random bytes", [], "envelope.content_type"),
-        (b"{}", [("content-type", b"application/json"), ("eddyline-schema", b"nope:3")],
-         "schema.unknown"),
-        (b"{}", [("content-type", b"application/json"), ("eddyline-schema", b"feedback:1")],
-         "schema.wrong_stream"),
+        (
+            b"{}",
+            [("content-type", b"application/json"), ("eddyline-schema", b"nope:3")],
+            "schema.unknown",
+        ),
+        (
+            b"{}",
+            [("content-type", b"application/json"), ("eddyline-schema", b"feedback:1")],
+            "schema.wrong_stream",
+        ),
     ],
 )
-def test_undecodable_messages_get_a_reason(privatizer: Privatizer, value: bytes,
-                                           headers: list[tuple[str, bytes]], reason: str) -> None:
+def test_undecodable_messages_get_a_reason(
+    privatizer: Privatizer, value: bytes, headers: list[tuple[str, bytes]], reason: str
+) -> None:
     out = privatizer.process(value, headers, SRC, "interaction")
     assert out.private is None and [d.reason for d in out.dead] == [reason]
 
@@ -92,11 +111,14 @@ def test_single_json_events_are_validated_like_batches(privatizer: Privatizer) -
     out = privatizer.process(value, headers, SRC, "interaction")
     assert out.private is None
     assert [(d.reason, d.field, d.event_ids) for d in out.dead] == [
-        ("row.invalid", "action", [str(e.event_id)])]
+        ("row.invalid", "action", [str(e.event_id)])
+    ]
     assert CANARY not in out.dead[0].to_json().decode()
 
 
-def test_json_without_a_schema_header_uses_the_streams_latest_version(privatizer: Privatizer) -> None:
+def test_json_without_a_schema_header_uses_the_streams_latest_version(
+    privatizer: Privatizer,
+) -> None:
     value = _event().model_dump_json().encode()
     out = privatizer.process(value, [], SRC, "interaction")
     assert out.schema_id == "interaction:1" and out.private is not None

@@ -27,13 +27,25 @@ def test_constructing_a_producer_makes_no_network_call() -> None:
 
 def test_a_dict_is_validated_and_the_error_names_the_field() -> None:
     with EventProducer(registry=CollectorRegistry()) as p, pytest.raises(EventValidationError) as e:
-        p.emit({"user_id": "u", "app_id": "a", "item_id": "i", "item_category": "news",
-                "action": "teleport", "dwell_time_s": 1.0}, schema=InteractionEvent)
+        p.emit(
+            {
+                "user_id": "u",
+                "app_id": "a",
+                "item_id": "i",
+                "item_category": "news",
+                "action": "teleport",
+                "dwell_time_s": 1.0,
+            },
+            schema=InteractionEvent,
+        )
     assert e.value.field == "action" and "action" in str(e.value)
 
 
 def test_emit_refuses_what_is_not_an_event() -> None:
-    with EventProducer(registry=CollectorRegistry()) as p, pytest.raises(TypeError, match="event model"):
+    with (
+        EventProducer(registry=CollectorRegistry()) as p,
+        pytest.raises(TypeError, match="event model"),
+    ):
         p.emit({"user_id": "u"})  # type: ignore[arg-type]
 
 
@@ -41,13 +53,31 @@ def test_emit_after_close_raises() -> None:
     p = EventProducer(registry=CollectorRegistry())
     p.close()
     with pytest.raises(ProducerClosedError):
-        p.emit(InteractionEvent(user_id="u", app_id="a", item_id="i", item_category="n",
-                                action="view", dwell_time_s=0.0))
+        p.emit(
+            InteractionEvent(
+                user_id="u",
+                app_id="a",
+                item_id="i",
+                item_category="n",
+                action="view",
+                dwell_time_s=0.0,
+            )
+        )
 
 
 def test_an_unreachable_broker_is_a_clear_error_not_a_hang() -> None:
-    kafka = KafkaSettings(bootstrap=f"127.0.0.1:{_dead_port()}",
-                          extra_config={"socket.connection.setup.timeout.ms": 1000})
+    kafka = KafkaSettings(
+        bootstrap=f"127.0.0.1:{_dead_port()}",
+        extra_config={"socket.connection.setup.timeout.ms": 1000},
+    )
     with EventProducer(kafka=kafka, registry=CollectorRegistry()) as p, pytest.raises(BrokerError):
-        p.emit(InteractionEvent(user_id="u", app_id="a", item_id="i", item_category="n",
-                                action="view", dwell_time_s=0.0))
+        p.emit(
+            InteractionEvent(
+                user_id="u",
+                app_id="a",
+                item_id="i",
+                item_category="n",
+                action="view",
+                dwell_time_s=0.0,
+            )
+        )

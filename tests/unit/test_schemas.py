@@ -15,13 +15,20 @@ from schemas.registry import REGISTRY
 
 
 def _interaction(**kw: object) -> InteractionEvent:
-    base = dict(user_id="u1", app_id="a", item_id="i", item_category="news", action="click",
-                dwell_time_s=1.5)
+    base = dict(
+        user_id="u1",
+        app_id="a",
+        item_id="i",
+        item_category="news",
+        action="click",
+        dwell_time_s=1.5,
+    )
     return InteractionEvent(**{**base, **kw})
 
 
 def test_noise_on_a_string_fails_when_the_model_is_defined() -> None:
     with pytest.raises(SchemaError, match="Noise needs a field of type int, float"):
+
         class Bad(BaseEvent):
             event_name: ClassVar[str] = "bad_noise"
             name: Annotated[str, Noise(lower=0, upper=1, epsilon=1)]
@@ -29,6 +36,7 @@ def test_noise_on_a_string_fails_when_the_model_is_defined() -> None:
 
 def test_noise_without_sensible_bounds_fails_when_the_model_is_defined() -> None:
     with pytest.raises(SchemaError, match="lower < upper"):
+
         class Bad(BaseEvent):
             event_name: ClassVar[str] = "bad_bounds"
             x: Annotated[float, Noise(lower=5, upper=5, epsilon=1)]
@@ -36,6 +44,7 @@ def test_noise_without_sensible_bounds_fails_when_the_model_is_defined() -> None
 
 def test_pseudonymize_on_a_number_fails() -> None:
     with pytest.raises(SchemaError, match="Pseudonymize"):
+
         class Bad(BaseEvent):
             event_name: ClassVar[str] = "bad_pseud"
             n: Annotated[int, Pseudonymize()]
@@ -84,8 +93,9 @@ def _row(**kw: object) -> dict[str, object]:
         ({"event_id": "not-a-uuid"}, "event_id", "bad_format"),
     ],
 )
-def test_vectorised_validation_names_field_and_reason(bad: dict[str, object], field: str,
-                                                      reason: str) -> None:
+def test_vectorised_validation_names_field_and_reason(
+    bad: dict[str, object], field: str, reason: str
+) -> None:
     table = _table([_row(), _row(**bad), _row()])
     good, violations = validate_table(InteractionEvent, table)
     assert good.num_rows == 2
@@ -105,8 +115,9 @@ def test_conform_rejects_unknown_columns_and_fills_missing_nullable_ones() -> No
     with pytest.raises(ValueError, match="unknown columns"):
         conform(InteractionEvent, t.append_column("ssn", pa.array(["x"])))
     e = FeedbackEvent(user_id="u", app_id="a", item_id="i", label=True)
-    partial = pa.table({k: [str(v) if k == "event_id" else v] for k, v in e.__dict__.items()
-                        if k != "comment"})
+    partial = pa.table(
+        {k: [str(v) if k == "event_id" else v] for k, v in e.__dict__.items() if k != "comment"}
+    )
     assert conform(FeedbackEvent, partial)["comment"].null_count == 1
 
 
@@ -136,8 +147,9 @@ def test_json_envelope_round_trip() -> None:
         (b"\x89PNG", [], "envelope.content_type"),
     ],
 )
-def test_bad_messages_raise_a_reason_code(value: bytes, headers: list[tuple[str, bytes]],
-                                          reason: str) -> None:
+def test_bad_messages_raise_a_reason_code(
+    value: bytes, headers: list[tuple[str, bytes]], reason: str
+) -> None:
     with pytest.raises(EnvelopeError) as info:
         decode(value, headers)
     assert info.value.reason == reason

@@ -1,0 +1,46 @@
+"""docker-compose.yml cannot run here (no Docker engine), so check it says what the code expects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from streams.broker import KAFKA_VERSION
+from streams.settings import WorkerSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_services_are_kafka_worker_and_prometheus() -> None:
+    assert set(_compose()["services"]) == {"kafka", "worker", "prometheus"}
+
+
+def test_kafka_is_the_version_the_local_broker_runs_in_kraft_mode() -> None:
+    kafka = _compose()["services"]["kafka"]
+    assert kafka["image"] == f"apache/kafka:{KAFKA_VERSION}"
+    assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert "9092:9092" in kafka["ports"]
+
+
+def test_worker_serves_metrics_where_prometheus_scrapes() -> None:
+    services = _compose()["services"]
+    port = services["worker"]["environment"]["EDDYLINE_WEB_PORT"]
+    assert port == WorkerSettings().web_port
+    assert f"{port}:{port}" in services["worker"]["ports"]
+    assert services["worker"]["environment"]["EDDYLINE_BOOTSTRAP"] == "kafka:29092"
+    scrape = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == [f"worker:{port}"]
+    mount = services["prometheus"]["volumes"][0].split(":")[0]
+    assert (ROOT / mount).is_file()
+
+
+def test_the_worker_image_installs_the_worker_extra() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "'.[worker,query]'" in dockerfile
+    for package in ("schemas", "streams", "privacy", "online_learning", "consumers", "eddyline"):
+        assert f"COPY {package} {package}" in dockerfile
