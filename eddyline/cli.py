@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,6 +20,8 @@ broker_app = typer.Typer(help=f"A local Apache Kafka {KAFKA_VERSION} broker (KRa
 worker_app = typer.Typer(help="The Faust worker.")
 topics_app = typer.Typer(help="Kafka topics.")
 drift_app = typer.Typer(help="Drift signals.")
+schemas_app = typer.Typer(help="Event schema contracts (schemas/contracts).")
+app.add_typer(schemas_app, name="schemas")
 app.add_typer(broker_app, name="broker")
 app.add_typer(worker_app, name="worker")
 app.add_typer(topics_app, name="topics")
@@ -73,6 +76,48 @@ def broker_status(
     else:
         err.print(f"{'up' if state['answers'] else 'down'}: {state}")
     raise typer.Exit(0 if state["answers"] else 1)
+
+
+ContractsDir = Annotated[Path | None, typer.Option("--dir", help="contracts folder")]
+
+
+def _load_models(modules: list[str]) -> None:
+    """Import the app's modules so their event models register themselves."""
+    import importlib
+
+    for module in modules:
+        importlib.import_module(module)
+
+
+@schemas_app.command("export")
+def schemas_export(
+    directory: ContractsDir = None,
+    module: Annotated[list[str], typer.Option(help="module defining events")] = [],  # noqa: B006
+) -> None:
+    """Write a contract file for each registered event version that has none yet."""
+    from schemas import contracts
+
+    _load_models(module)
+    written = contracts.export(directory or contracts.CONTRACTS_DIR)
+    for path in written:
+        print(path)
+    err.print(f"exported {len(written)} new contract(s)")
+
+
+@schemas_app.command("check")
+def schemas_check(
+    directory: ContractsDir = None,
+    module: Annotated[list[str], typer.Option(help="module defining events")] = [],  # noqa: B006
+) -> None:
+    """Fail (exit 1) if a published schema changed, is not exported, or breaks compatibility."""
+    from schemas import contracts
+
+    _load_models(module)
+    problems = contracts.check(directory or contracts.CONTRACTS_DIR)
+    for problem in problems:
+        print(problem)
+    err.print(f"{len(problems)} problem(s)" if problems else "schemas are compatible")
+    raise typer.Exit(1 if problems else 0)
 
 
 @topics_app.command("create")

@@ -3,7 +3,7 @@
 Uses ``schemas``; imports no Kafka client.
 """
 
-from privacy.mechanisms import LaplaceMechanism, Mechanism
+from privacy.mechanisms import LaplaceMechanism, Mechanism, RandomizedResponseMechanism
 from privacy.policy import PrivacyPolicy
 from privacy.pseudonymize import HmacPseudonymizer, load_or_create_key
 
@@ -12,5 +12,6 @@ __all__ = [
     "LaplaceMechanism",
     "Mechanism",
     "PrivacyPolicy",
+    "RandomizedResponseMechanism",
     "load_or_create_key",
 ]

@@ -43,3 +43,28 @@ class LaplaceMechanism:
     def apply(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         clamped = np.clip(values.astype(np.float64), self.lower, self.upper)
         return clamped + rng.laplace(0.0, self.scale, size=clamped.shape)
+
+
+@dataclass(frozen=True)
+class RandomizedResponseMechanism:
+    """k-ary randomised response: ε-DP for one categorical value among ``categories``.
+
+    Keeps the true category with probability p = e^ε / (e^ε + k - 1); otherwise reports
+    one of the other k - 1 uniformly. Works on category indices, vectorised.
+    """
+
+    epsilon: float
+    categories: tuple[str, ...]
+
+    @property
+    def keep_probability(self) -> float:
+        k = len(self.categories)
+        return float(np.exp(self.epsilon) / (np.exp(self.epsilon) + k - 1))
+
+    def apply(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``values`` are indices into ``categories``; returns reported indices."""
+        k = len(self.categories)
+        keep = rng.random(values.shape) < self.keep_probability
+        # A uniform draw over the k - 1 other categories: shift by 1..k-1, modulo k.
+        other = (values + rng.integers(1, k, size=values.shape)) % k
+        return np.where(keep, values, other)

@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from privacy.mechanisms import LaplaceMechanism
+from privacy.mechanisms import LaplaceMechanism, RandomizedResponseMechanism
 from privacy.pseudonymize import HmacPseudonymizer
-from schemas.annotations import Noise, Pseudonymize, Redact
+from schemas.annotations import Noise, Pseudonymize, RandomizedResponse, Redact
 from schemas.errors import SchemaError
 from schemas.events import BaseEvent
 
@@ -27,11 +27,12 @@ class PrivacyPolicy:
     pseudonymized: tuple[str, ...]
     redacted: tuple[str, ...]
     noised: tuple[tuple[str, LaplaceMechanism], ...]
+    randomized: tuple[tuple[str, RandomizedResponseMechanism], ...] = ()
 
     @classmethod
     def for_model(cls, model: type[BaseEvent]) -> PrivacyPolicy:
         """Read the policy off ``model``'s annotations; fail now if one cannot apply."""
-        pseud, redact, noise = [], [], []
+        pseud, redact, noise, rr = [], [], [], []
         for name, ann in model.privacy_fields().items():
             if isinstance(ann, Pseudonymize):
                 pseud.append(name)
@@ -39,9 +40,11 @@ class PrivacyPolicy:
                 redact.append(name)
             elif isinstance(ann, Noise):
                 noise.append((name, LaplaceMechanism(ann.epsilon, ann.lower, ann.upper)))
+            elif isinstance(ann, RandomizedResponse):
+                rr.append((name, RandomizedResponseMechanism(ann.epsilon, ann.categories)))
             else:
                 raise SchemaError(f"{model.__name__}.{name}: no mechanism for {ann!r}")
-        return cls(model, tuple(pseud), tuple(redact), tuple(noise))
+        return cls(model, tuple(pseud), tuple(redact), tuple(noise), tuple(rr))
 
     def apply(
         self, table: pa.Table, pseudonymizer: HmacPseudonymizer, rng: np.random.Generator
@@ -52,6 +55,11 @@ class PrivacyPolicy:
             values = out[name].to_numpy()
             idx = out.schema.get_field_index(name)
             out = out.set_column(idx, name, pa.array(mech.apply(values, rng), pa.float64()))
+        for name, rrm in self.randomized:
+            cats = pa.array(rrm.categories)
+            idx = pc.index_in(out[name], value_set=cats).to_numpy(zero_copy_only=False)
+            reported = pc.take(cats, pa.array(rrm.apply(idx, rng)))
+            out = out.set_column(out.schema.get_field_index(name), name, reported)
         for name in self.pseudonymized:
             idx = out.schema.get_field_index(name)
             out = out.set_column(

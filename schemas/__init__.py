@@ -3,7 +3,13 @@
 The bottom layer of eddyline: imports no Kafka client.
 """
 
-from schemas.annotations import Noise, PrivacyAnnotation, Pseudonymize, Redact
+from schemas.annotations import (
+    Noise,
+    PrivacyAnnotation,
+    Pseudonymize,
+    RandomizedResponse,
+    Redact,
+)
 from schemas.errors import (
     BrokerError,
     EddylineError,
@@ -33,6 +39,7 @@ __all__ = [
     "PrivacyAnnotation",
     "ProducerClosedError",
     "Pseudonymize",
+    "RandomizedResponse",
     "Redact",
     "SchemaError",
     "SchemaRegistry",

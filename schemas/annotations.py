@@ -11,7 +11,9 @@ Examples:
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from schemas.errors import SchemaError
 
@@ -21,8 +23,11 @@ class PrivacyAnnotation:
 
     kinds: tuple[type, ...] = ()
 
-    def check(self, field: str, kind: type) -> None:
-        """Raise :class:`SchemaError` when this annotation cannot apply to ``kind``."""
+    def check(self, field: str, kind: type, annotation: Any = None) -> None:
+        """Raise :class:`SchemaError` when this annotation cannot apply to ``kind``.
+
+        ``annotation`` is the field's full type (e.g. a ``Literal``), for finer checks.
+        """
         if self.kinds and not issubclass(kind, self.kinds):
             names = ", ".join(k.__name__ for k in self.kinds)
             raise SchemaError(
@@ -53,7 +58,7 @@ class Noise(PrivacyAnnotation):
 
     kinds = (int, float)
 
-    def check(self, field: str, kind: type) -> None:
+    def check(self, field: str, kind: type, annotation: Any = None) -> None:
         super().check(field, kind)
         if issubclass(kind, bool):
             raise SchemaError(f"field {field!r}: Noise cannot apply to a bool")
@@ -66,3 +71,38 @@ class Noise(PrivacyAnnotation):
     def sensitivity(self) -> float:
         """The L1 sensitivity of one value: the width of its declared bounds."""
         return self.upper - self.lower
+
+
+@dataclass(frozen=True)
+class RandomizedResponse(PrivacyAnnotation):
+    """k-ary randomised response over declared ``categories`` with budget ``epsilon``.
+
+    The true category is kept with probability e^ε / (e^ε + k - 1), else replaced by one of
+    the other k - 1 uniformly; ``privacy.estimators`` undoes this in aggregate.
+    """
+
+    categories: tuple[str, ...]
+    epsilon: float
+
+    kinds = (str,)
+
+    def check(self, field: str, kind: type, annotation: Any = None) -> None:
+        super().check(field, kind)
+        if len(set(self.categories)) < 2 or len(set(self.categories)) != len(self.categories):
+            raise SchemaError(f"field {field!r}: RandomizedResponse needs 2+ distinct categories")
+        if not self.epsilon > 0:
+            raise SchemaError(f"field {field!r}: RandomizedResponse needs epsilon > 0")
+        literal = _literal_values(annotation)
+        if literal is not None and set(literal) != set(self.categories):
+            raise SchemaError(f"field {field!r}: RandomizedResponse categories "
+                              f"{sorted(self.categories)} differ from the field's values "
+                              f"{sorted(literal)}")
+
+
+def _literal_values(annotation: Any) -> tuple[Any, ...] | None:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    if len(args) == 1:
+        return _literal_values(args[0])
+    return None

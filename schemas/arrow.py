@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import AwareDatetime
 
+from schemas.annotations import RandomizedResponse
 from schemas.events import BaseEvent, FeedbackEvent
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -111,6 +112,8 @@ def _rules(model: type[BaseEvent]) -> list[_FieldRule]:
                 rule.min_len = m.min_length
             elif isinstance(m, at.MaxLen):
                 rule.max_len = m.max_length
+            elif isinstance(m, RandomizedResponse):
+                rule.allowed = list(m.categories)
         rules.append(rule)
     return rules
 

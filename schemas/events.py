@@ -22,7 +22,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 
 from schemas.annotations import Noise, PrivacyAnnotation, Pseudonymize, Redact
 from schemas.errors import SchemaError
-from schemas.registry import REGISTRY
+from schemas.contracts import Compatibility
+from schemas.registry import REGISTRY, SchemaRegistry
 
 Action = Literal["view", "click", "purchase", "skip"]
 
@@ -49,11 +50,18 @@ class BaseEvent(BaseModel):
 
     event_name: ClassVar[str] = ""
     event_version: ClassVar[int] = 1
+    #: How a new version must relate to earlier ones (``eddyline schemas check``).
+    compatibility: ClassVar[Compatibility] = "BACKWARD"
+    #: Where the class registers itself; tests pass a registry of their own.
+    event_registry: ClassVar[SchemaRegistry] = REGISTRY
 
     event_id: UUID = Field(default_factory=uuid4)
     user_id: Annotated[str, Field(min_length=1, max_length=256), Pseudonymize()]
     occurred_at: AwareDatetime = Field(default_factory=_now)
     app_id: Annotated[str, Field(min_length=1, max_length=128)]
+    #: Consent: may this event be stored (Delta)? used for learning? The privacy stage obeys.
+    consent_store: bool = True
+    consent_learn: bool = True
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -61,9 +69,9 @@ class BaseEvent(BaseModel):
         for name, info in cls.model_fields.items():
             for meta in info.metadata:
                 if isinstance(meta, PrivacyAnnotation):
-                    meta.check(name, _base_kind(info.annotation))
+                    meta.check(name, _base_kind(info.annotation), info.annotation)
         if cls.event_name:
-            REGISTRY.register(cls)
+            cls.event_registry.register(cls)
 
     @classmethod
     def schema_id(cls) -> str:

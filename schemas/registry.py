@@ -47,6 +47,10 @@ class SchemaRegistry:
             raise UnknownSchemaError(f"{event_name}:*")
         return max(versions, key=lambda m: m.event_version)
 
+    def models(self) -> list[type[BaseEvent]]:
+        """Every registered model, by name then version."""
+        return sorted(self._models.values(), key=lambda m: (m.event_name, m.event_version))
+
     def names(self) -> list[str]:
         """Every registered event name, sorted."""
         return sorted({m.event_name for m in self._models.values()})

@@ -33,7 +33,7 @@ from schemas.envelope import (
 )
 from schemas.events import DriftEvent
 from streams.lake import DeltaSink
-from streams.processing import DeadLetter, Privatizer, SourceRef
+from streams.processing import DeadLetter, Privatizer, SourceRef, consented
 from streams.settings import KafkaSettings, WorkerSettings
 from streams.topics import Topics
 from streams.worker_metrics import WorkerMetrics
@@ -151,6 +151,7 @@ def build_app(
                 await dead([DeadLetter("internal.error", type(exc).__name__, src)])
                 continue
             p.metrics.events_in.labels(name).inc(result.received)
+            p.metrics.suppressed.labels(name, "consent").inc(result.suppressed)
             await dead(result.dead)
             if result.private is not None and result.private.num_rows:
                 value, headers = encode_arrow(
@@ -167,10 +168,13 @@ def build_app(
             by_table: dict[str, list[Any]] = defaultdict(list)
             for ev in events:
                 h = header_map(ev.message.headers)
-                table = decode(ev.value, h).table
-                by_table[p.stream_of[ev.message.topic]].append(
-                    (table, SourceRef.parse(h[H_SOURCE]))
+                name, table = p.stream_of[ev.message.topic], decode(ev.value, h).table
+                assert table is not None  # the privatize agent only writes Arrow envelopes
+                stored = consented(table, "store")
+                p.metrics.suppressed.labels(name, "consent_store").inc(
+                    table.num_rows - stored.num_rows
                 )
+                by_table[name].append((stored, SourceRef.parse(h[H_SOURCE])))
             await _commit(p, by_table)
             for ev in events:
                 await stream.ack(ev)
@@ -180,6 +184,7 @@ def build_app(
         async for event in stream.events():
             table = decode(event.value, event.message.headers).table
             assert table is not None
+            table = consented(table, "learn")
             try:
                 outcome = p.model.process(table)
             except Exception:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from dataclasses import field as _field
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import ValidationError
 
 from privacy.policy import PrivacyPolicy
@@ -67,6 +68,7 @@ class Outcome:
     private: pa.Table | None = None
     dead: list[DeadLetter] = _field(default_factory=list)
     received: int = 0  # rows that decoded, valid or not
+    suppressed: int = 0  # valid rows whose consent allows neither storage nor learning
 
 
 class Privatizer:
@@ -115,7 +117,10 @@ class Privatizer:
                     len(ids),
                 )
             )
-        out.private = self.policy(model).apply(good, self._pseudonymizer, self._rng)
+        allowed = pc.or_(good["consent_store"], good["consent_learn"])
+        kept = good.filter(allowed)
+        out.suppressed = good.num_rows - kept.num_rows
+        out.private = self.policy(model).apply(kept, self._pseudonymizer, self._rng)
         return out
 
     def _model(self, env: Envelope, stream: str) -> type[BaseEvent]:
@@ -175,3 +180,14 @@ class Privatizer:
             return None
         row = {k: str(v) if isinstance(v, UUID) else v for k, v in obj.__dict__.items()}
         return pa.Table.from_pylist([row], schema=arrow_schema(model))
+
+
+Purpose = Literal["store", "learn"]
+
+
+def consented(table: pa.Table, purpose: Purpose) -> pa.Table:
+    """The rows whose consent flags allow ``purpose`` (all rows if the table has no flags)."""
+    column = f"consent_{purpose}"
+    if column not in table.column_names:
+        return table
+    return table.filter(pc.fill_null(table[column], False))

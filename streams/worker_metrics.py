@@ -16,6 +16,7 @@ class WorkerMetrics:
     deadlettered: Counter
     drift_events: Counter
     learned: Counter
+    suppressed: Counter
     delta_commit: Histogram
 
     @classmethod
@@ -56,5 +57,7 @@ class WorkerMetrics:
                 ["model"],
                 registry=reg,
             ),
+            Counter("eddyline_worker_suppressed", "Valid rows withheld by consent or budget",
+                    ["stream", "reason"], registry=reg),
             Histogram("eddyline_worker_delta_commit_seconds", "Delta commit latency", registry=reg),
         )
