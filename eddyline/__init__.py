@@ -27,13 +27,17 @@ from schemas import (
     SchemaError,
     TopicNotFoundError,
 )
-from streams.producer import EventProducer
+from streams.aio import AsyncEventProducer
+from streams.producer import DeliveryReport, EventProducer
 from streams.settings import KafkaSettings, ProducerSettings, WorkerSettings
+from streams.spool import SpoolFullError
 
 __version__ = "0.1.0"
 __all__ = [
+    "AsyncEventProducer",
     "BaseEvent",
     "BrokerError",
+    "DeliveryReport",
     "DriftEvent",
     "DriftSubscriber",
     "EddylineError",
@@ -51,6 +55,7 @@ __all__ = [
     "Pseudonymize",
     "Redact",
     "SchemaError",
+    "SpoolFullError",
     "TopicNotFoundError",
     "WorkerSettings",
 ]

@@ -94,9 +94,11 @@ class RandomizedResponse(PrivacyAnnotation):
             raise SchemaError(f"field {field!r}: RandomizedResponse needs epsilon > 0")
         literal = _literal_values(annotation)
         if literal is not None and set(literal) != set(self.categories):
-            raise SchemaError(f"field {field!r}: RandomizedResponse categories "
-                              f"{sorted(self.categories)} differ from the field's values "
-                              f"{sorted(literal)}")
+            raise SchemaError(
+                f"field {field!r}: RandomizedResponse categories "
+                f"{sorted(self.categories)} differ from the field's values "
+                f"{sorted(literal)}"
+            )
 
 
 def _literal_values(annotation: Any) -> tuple[Any, ...] | None:

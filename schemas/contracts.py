@@ -34,8 +34,13 @@ from typing import Any, Literal
 from schemas.registry import REGISTRY, SchemaRegistry
 
 Compatibility = Literal[
-    "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE",
-    "FULL", "FULL_TRANSITIVE", "NONE",
+    "BACKWARD",
+    "BACKWARD_TRANSITIVE",
+    "FORWARD",
+    "FORWARD_TRANSITIVE",
+    "FULL",
+    "FULL_TRANSITIVE",
+    "NONE",
 ]
 CONTRACTS_DIR = Path(__file__).parent / "contracts"
 _NOISE_KEYS = {"title", "description", "examples"}
@@ -76,9 +81,15 @@ class _Prop:
                 enum = (enum or set()) | set(opt.get("enum", [opt.get("const")]))
             types.add(opt.get("type", "any"))
             merged.update({k: v for k, v in opt.items() if k != "type"})
-        return cls(frozenset(types), frozenset(enum) if enum is not None else None,
-                   merged.get("format"), merged.get("minimum"), merged.get("maximum"),
-                   merged.get("minLength"), merged.get("maxLength"))
+        return cls(
+            frozenset(types),
+            frozenset(enum) if enum is not None else None,
+            merged.get("format"),
+            merged.get("minimum"),
+            merged.get("maximum"),
+            merged.get("minLength"),
+            merged.get("maxLength"),
+        )
 
 
 def _readable(name: str, reader: _Prop, writer: _Prop) -> list[str]:
@@ -86,8 +97,9 @@ def _readable(name: str, reader: _Prop, writer: _Prop) -> list[str]:
     problems = []
     for t in writer.types - reader.types:
         if not (t == "integer" and "number" in reader.types) and "any" not in reader.types:
-            problems.append(f"{name}: writer type {t} is not readable as "
-                            f"{'/'.join(sorted(reader.types))}")
+            problems.append(
+                f"{name}: writer type {t} is not readable as {'/'.join(sorted(reader.types))}"
+            )
     if reader.enum is not None and (writer.enum is None or not writer.enum <= reader.enum):
         problems.append(f"{name}: writer values outside the reader's allowed values")
     if reader.fmt != writer.fmt:
@@ -130,9 +142,13 @@ def check_pair(mode: Compatibility, new: dict[str, Any], old: dict[str, Any]) ->
 def contract(model: Any) -> dict[str, Any]:
     """The contract document of one model class."""
     schema = model.model_json_schema()
-    return {"name": model.event_name, "version": model.event_version,
-            "compatibility": model.compatibility, "fingerprint": fingerprint(schema),
-            "schema": schema}
+    return {
+        "name": model.event_name,
+        "version": model.event_version,
+        "compatibility": model.compatibility,
+        "fingerprint": fingerprint(schema),
+        "schema": schema,
+    }
 
 
 def load_contracts(directory: Path = CONTRACTS_DIR) -> dict[str, dict[int, dict[str, Any]]]:
@@ -167,8 +183,10 @@ def check(directory: Path = CONTRACTS_DIR, registry: SchemaRegistry = REGISTRY) 
         if stored is None:
             problems.append(f"{sid}: not exported; run `eddyline schemas export`")
         elif stored["fingerprint"] != doc["fingerprint"]:
-            problems.append(f"{sid}: changed since it was exported; bump event_version "
-                            "instead of editing a published version")
+            problems.append(
+                f"{sid}: changed since it was exported; bump event_version "
+                "instead of editing a published version"
+            )
         versions[model.event_version] = doc
         problems += [f"{sid}: {p}" for p in _against_history(versions, model.event_version)]
     return problems
@@ -181,5 +199,8 @@ def _against_history(versions: dict[int, dict[str, Any]], version: int) -> list[
     if mode == "NONE" or not earlier:
         return []
     targets = earlier if mode.endswith("TRANSITIVE") else earlier[-1:]
-    return [f"vs v{v}: {p}" for v in targets
-            for p in check_pair(mode, new["schema"], versions[v]["schema"])]
+    return [
+        f"vs v{v}: {p}"
+        for v in targets
+        for p in check_pair(mode, new["schema"], versions[v]["schema"])
+    ]

@@ -21,8 +21,8 @@ from uuid import UUID, uuid4
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from schemas.annotations import Noise, PrivacyAnnotation, Pseudonymize, Redact
-from schemas.errors import SchemaError
 from schemas.contracts import Compatibility
+from schemas.errors import SchemaError
 from schemas.registry import REGISTRY, SchemaRegistry
 
 Action = Literal["view", "click", "purchase", "skip"]

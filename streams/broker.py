@@ -26,15 +26,11 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from schemas.errors import BrokerError
+from streams.settings import eddyline_home
 
 # The newest Kafka with which Faust (aiokafka 0.14) and confluent-kafka pass the suite.
 KAFKA_VERSION = "4.4.0"
 _JVM_OPTS = ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
-
-
-def eddyline_home() -> Path:
-    """Where jars and local broker state live: ``$EDDYLINE_HOME`` or ``~/.eddyline``."""
-    return Path(os.environ.get("EDDYLINE_HOME", Path.home() / ".eddyline"))
 
 
 def _need(tool: str, hint: str) -> str:

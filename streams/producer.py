@@ -2,9 +2,15 @@
 
 ``emit`` takes a validated event model (pydantic validated it when it was built) or a dict
 plus its model, which is validated here; either way a bad event raises at the call, naming
-the field. Accepted events are buffered per (event type, partition) as columns, and each
-buffer goes to Kafka as one Arrow envelope when it is full, when it is older than
-``linger_ms``, or on ``flush``/``close``/interpreter exit.
+the field. Accepted events are buffered per (topic, partition) as columns; each buffer goes
+to Kafka as one Arrow envelope when it reaches ``batch_max_events`` or ``batch_max_bytes``,
+when it is older than ``linger_ms``, or on ``flush``/``close``/interpreter exit.
+
+Nothing accepted is lost. An envelope Kafka does not acknowledge within
+``delivery_timeout_ms`` (broker down, network gone) goes to the durable on-disk spool
+(``streams.spool``), and so does every later envelope for the same partition, so per-user
+order holds. A background thread sends the spool, oldest first, once Kafka answers again;
+a process restarted on the same spool folder sends what its predecessor left.
 
 Examples:
     >>> producer = EventProducer()          # no network call until the first emit
@@ -14,12 +20,16 @@ Examples:
 from __future__ import annotations
 
 import atexit
+import json
 import logging
+import re
 import threading
 import time
 import weakref
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -29,7 +39,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from schemas.arrow import arrow_schema
-from schemas.envelope import KafkaHeaders, encode_arrow
+from schemas.envelope import Headers, KafkaHeaders, encode_arrow
 from schemas.errors import (
     BrokerError,
     EventValidationError,
@@ -41,6 +51,7 @@ from schemas.events import BaseEvent
 from streams.partitioner import partition_for
 from streams.sdk_metrics import ProducerMetrics
 from streams.settings import KafkaSettings, ProducerSettings
+from streams.spool import Spool, SpoolFullError
 from streams.topics import Topics
 
 log = logging.getLogger("eddyline.producer")
@@ -52,7 +63,22 @@ _PRODUCER_DEFAULTS: dict[str, Any] = {
     "linger.ms": 5,  # we batch events ourselves; this only groups envelopes
     "retry.backoff.ms": 100,
     "retry.backoff.max.ms": 2_000,
+    "queue.buffering.max.kbytes": 64 * 1024,  # beyond 64 MiB in memory, envelopes spool
 }
+_DRAIN_CHUNK = 50  # spooled envelopes in flight per partition while draining
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """The fate of one envelope, passed to ``on_delivery``."""
+
+    stream: str
+    topic: str
+    partition: int
+    count: int
+    error: str | None
+    latency_s: float
+    spooled: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +87,7 @@ class _Plan:
 
     stream: str
     topic: str
+    schema_id: str
     schema: pa.Schema
     columns: tuple[tuple[str, Callable[[Any], Any] | None], ...]
 
@@ -74,13 +101,34 @@ class _Buffer:
     count: int = 0
 
 
+@dataclass(frozen=True)
+class _Envelope:
+    seq: int
+    stream: str
+    topic: str
+    partition: int
+    value: bytes
+    headers: Headers
+    count: int
+    created: float
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.topic, self.partition)
+
+
 def _plan_for(model: type[BaseEvent], topics: Topics) -> _Plan:
-    schema = arrow_schema(model)
     columns = tuple(
         (name, str if info.annotation is UUID else None)
         for name, info in model.model_fields.items()
     )
-    return _Plan(model.event_name, topics.raw(model.event_name), schema, columns)
+    return _Plan(
+        model.event_name,
+        topics.raw(model.event_name),
+        model.schema_id(),
+        arrow_schema(model),
+        columns,
+    )
 
 
 def _validation_error(exc: ValidationError, model: type[BaseEvent]) -> EventValidationError:
@@ -93,13 +141,28 @@ def _validation_error(exc: ValidationError, model: type[BaseEvent]) -> EventVali
     )
 
 
+def _encode(
+    table: pa.Table, schema_id: str, max_bytes: int
+) -> list[tuple[pa.Table, bytes, Headers]]:
+    """Encode ``table``, halving it until every envelope fits ``max_bytes``."""
+    value, headers = encode_arrow(table, schema_id)
+    if len(value) <= max_bytes or table.num_rows == 1:
+        return [(table, value, headers)]
+    half = table.num_rows // 2
+    return _encode(table.slice(0, half), schema_id, max_bytes) + _encode(
+        table.slice(half), schema_id, max_bytes
+    )
+
+
 class EventProducer:
     """Sends events to Kafka in batched Arrow envelopes. Thread-safe; a context manager.
 
     Args:
-        settings: batching settings; default from ``EDDYLINE_*`` variables.
+        settings: batching, delivery and spool settings; default from ``EDDYLINE_*``.
         kafka: where Kafka is; default from ``EDDYLINE_*`` variables.
         registry: the Prometheus registry for the SDK metrics; default the global one.
+        on_delivery: called (from a background thread) with a :class:`DeliveryReport`
+            for every envelope acknowledged, spooled, or refused.
     """
 
     def __init__(
@@ -108,22 +171,32 @@ class EventProducer:
         *,
         kafka: KafkaSettings | None = None,
         registry: CollectorRegistry | None = None,
+        on_delivery: Callable[[DeliveryReport], None] | None = None,
     ) -> None:
         self.settings = settings or ProducerSettings()
         self.kafka = kafka or KafkaSettings()
         self._topics = Topics(self.kafka.namespace)
         self._metrics = ProducerMetrics.on(registry)
+        self._on_delivery = on_delivery
         self._lock = threading.RLock()
+        self._room = threading.Condition(self._lock)
         self._plans: dict[type[BaseEvent], _Plan] = {}
         self._partitions: dict[str, int] = {}
         self._part_cache: dict[tuple[str, str], int] = {}
         self._buffers: dict[tuple[str, int], _Buffer] = {}
+        self._inflight: dict[tuple[str, int], int] = defaultdict(int)
+        self._draining: dict[int, tuple[str, int]] = {}
+        self._avg_event_bytes = 0.0
         self._producer: Producer | None = None
+        self._spool: Spool | None = None
+        self._seq = 0
+        self._offline = False
         self._closed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.delivered = 0
         self.failed = 0
+        self.spooled = 0
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- public surface -------------------------------------------------------------------
@@ -131,11 +204,17 @@ class EventProducer:
     def emit(
         self, event: BaseEvent | Mapping[str, Any], *, schema: type[BaseEvent] | None = None
     ) -> None:
-        """Accept one event for delivery, or raise :class:`EventValidationError` at once.
+        """Accept one event for delivery, or raise at once.
 
         Args:
             event: an event model instance, or a dict of its fields with ``schema`` set.
             schema: the model to validate a dict against.
+
+        Raises:
+            EventValidationError: the dict breaks the schema (``.field``, ``.reason``).
+            SpoolFullError: Kafka is unreachable and the spool is full (after waiting
+                ``block_timeout_s`` when ``on_full="block"``).
+            ProducerClosedError: after ``close``.
         """
         event = self._as_event(event, schema)
         plan = self._plans.get(type(event)) or self._plan(type(event))
@@ -143,6 +222,7 @@ class EventProducer:
         with self._lock:
             if self._closed:
                 raise ProducerClosedError("emit after close: create a new EventProducer")
+            self._admit()
             partition = self._partition(plan.topic, event.user_id)
             buf = self._buffers.get((plan.topic, partition))
             if buf is None:
@@ -153,30 +233,59 @@ class EventProducer:
                 value = values[name]
                 buf.cols[name].append(conv(value) if conv is not None else value)
             buf.count += 1
-            if buf.count >= self.settings.batch_max_events:
+            full_bytes = buf.count * self._avg_event_bytes >= self.settings.batch_max_bytes
+            if buf.count >= self.settings.batch_max_events or full_bytes:
                 self._send(buf)
         self._metrics.emitted.labels(plan.stream).inc()
 
     def flush(self, timeout: float = 30.0) -> int:
-        """Send every buffered event and wait for Kafka; return how many are still pending."""
+        """Send every buffered and spooled event; return how many envelopes are still pending
+        (0: all acknowledged). Pending envelopes stay safe in the spool."""
+        deadline = time.monotonic() + timeout
         with self._lock:
+            self._client()  # opens the spool too: a new process sends what a dead one left
             for buf in list(self._buffers.values()):
                 self._send(buf)
+        while True:
             producer = self._producer
-        return producer.flush(timeout) if producer is not None else 0
+            if producer is not None:
+                producer.flush(max(0.0, min(0.2, deadline - time.monotonic())))
+            self._drain()
+            pending = self.pending()
+            if pending == 0 or time.monotonic() >= deadline:
+                return pending
+            time.sleep(0.05)
+
+    def pending(self) -> int:
+        """Envelopes not yet acknowledged: in flight, or waiting in the spool."""
+        with self._lock:
+            spooled = len(self._spool) if self._spool is not None else 0
+            return sum(self._inflight.values()) + spooled
 
     def close(self, timeout: float = 30.0) -> None:
-        """Flush, stop the background thread, and refuse further events. Idempotent."""
+        """Flush, then stop. What Kafka has not acknowledged by ``timeout`` stays in the spool
+        for the next producer on the same spool folder. Idempotent."""
         if self._closed:
             return
-        remaining = self.flush(timeout)
+        self.flush(timeout)
         with self._lock:
             self._closed = True
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if remaining:
-            log.error("closed with %d envelopes not yet acknowledged by Kafka", remaining)
+        producer = self._producer
+        if producer is not None and sum(self._inflight.values()):
+            # Take back what librdkafka still holds: each purged envelope is spooled.
+            producer.purge(in_queue=True, in_flight=True)
+            producer.flush(1.0)
+        if self._spool is not None:
+            if len(self._spool):
+                log.warning(
+                    "%d envelopes wait in %s; a producer on the same spool folder will send them",
+                    len(self._spool),
+                    self._spool.directory,
+                )
+            self._spool.close()
 
     def __enter__(self) -> EventProducer:
         return self
@@ -184,7 +293,7 @@ class EventProducer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- internals ------------------------------------------------------------------------
+    # -- accepting events -----------------------------------------------------------------
 
     def _as_event(
         self, event: BaseEvent | Mapping[str, Any], schema: type[BaseEvent] | None
@@ -207,17 +316,18 @@ class EventProducer:
         self._plans[model] = plan
         return plan
 
-    def _client(self) -> Producer:
-        if self._producer is None:
-            conf = self.kafka.librdkafka(
-                {**_PRODUCER_DEFAULTS, "delivery.timeout.ms": self.settings.delivery_timeout_ms}
-            )
-            self._producer = Producer(conf)
-            self._thread = threading.Thread(
-                target=self._linger_loop, name="eddyline-linger", daemon=True
-            )
-            self._thread.start()
-        return self._producer
+    def _admit(self) -> None:
+        """Backpressure: while the spool is nearly full, wait for room or refuse."""
+        spool = self._spool
+        if spool is None or spool.size < spool.max_bytes * 0.9:
+            return
+        if self.settings.on_full == "raise":
+            raise SpoolFullError(spool.directory, spool.max_bytes)
+        ok = self._room.wait_for(
+            lambda: spool.size < spool.max_bytes * 0.9, timeout=self.settings.block_timeout_s
+        )
+        if not ok:
+            raise SpoolFullError(spool.directory, spool.max_bytes)
 
     def _partition(self, topic: str, user_id: str) -> int:
         key = (topic, user_id)
@@ -232,52 +342,189 @@ class EventProducer:
         return part
 
     def _partition_count(self, topic: str) -> int:
+        self._client()
+        if topic in self._partitions:  # learnt from the spool folder's cache
+            return self._partitions[topic]
         try:
-            md = self._client().list_topics(topic, timeout=10)
+            md = self._client().list_topics(topic, timeout=self.settings.metadata_timeout_s)
         except KafkaException as exc:
-            raise BrokerError(f"cannot reach Kafka at {self.kafka.bootstrap}: {exc}") from exc
+            raise BrokerError(
+                f"cannot reach Kafka at {self.kafka.bootstrap} to learn the "
+                f"partitions of {topic!r}: {exc}"
+            ) from exc
         meta = md.topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
             raise TopicNotFoundError(topic)
         self._partitions[topic] = len(meta.partitions)
+        self._save_partitions()
         return len(meta.partitions)
 
+    # -- starting -------------------------------------------------------------------------
+
+    def _client(self) -> Producer:
+        if self._producer is None:
+            self._spool = Spool.open(self._spool_root(), max_bytes=self.settings.spool_max_bytes)
+            self._seq = self._spool.max_seq() + 1
+            self._partitions.update(self._load_partitions())
+            conf = self.kafka.librdkafka(
+                {
+                    **_PRODUCER_DEFAULTS,
+                    "delivery.timeout.ms": self.settings.delivery_timeout_ms,
+                    "error_cb": self._on_error,
+                }
+            )
+            self._producer = Producer(conf)
+            self._thread = threading.Thread(
+                target=self._background, name="eddyline-producer", daemon=True
+            )
+            self._thread.start()
+        return self._producer
+
+    def _spool_root(self) -> Path:
+        """One spool root per cluster: a spool is never sent to another cluster."""
+        cluster = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.kafka.bootstrap)
+        return Path(self.settings.spool_dir) / cluster
+
+    def _partitions_file(self) -> Path:
+        return self._spool_root() / "partitions.json"
+
+    def _load_partitions(self) -> dict[str, int]:
+        try:
+            return {k: int(v) for k, v in json.loads(self._partitions_file().read_text()).items()}
+        except (OSError, ValueError):
+            return {}
+
+    def _save_partitions(self) -> None:
+        known = {**self._load_partitions(), **self._partitions}
+        path = self._partitions_file()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(known))
+        tmp.replace(path)
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self._offline = True
+
+    # -- sending --------------------------------------------------------------------------
+
     def _send(self, buf: _Buffer) -> None:
-        """Encode ``buf`` as one envelope and hand it to librdkafka. Caller holds the lock."""
+        """Encode ``buf`` (split to fit ``batch_max_bytes``) and route it. Caller holds the lock."""
         del self._buffers[(buf.plan.topic, buf.partition)]
         table = pa.table(buf.cols, schema=buf.plan.schema)
-        value, headers = encode_arrow(table, buf.plan.schema.metadata[b"eddyline.schema"].decode())
-        sent_at = time.monotonic()
-        stream, count = buf.plan.stream, buf.count
+        for piece, value, headers in _encode(
+            table, buf.plan.schema_id, self.settings.batch_max_bytes
+        ):
+            self._avg_event_bytes = len(value) / piece.num_rows
+            env = _Envelope(
+                self._seq,
+                buf.plan.stream,
+                buf.plan.topic,
+                buf.partition,
+                value,
+                headers,
+                piece.num_rows,
+                time.monotonic(),
+            )
+            self._seq += 1
+            self._metrics.batch_events.observe(piece.num_rows)
+            self._route(env)
 
-        def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            if err is None:
-                self.delivered += count
-                self._metrics.delivered.labels(stream).inc(count)
-                self._metrics.delivery_latency.observe(time.monotonic() - sent_at)
+    def _route(self, env: _Envelope) -> None:
+        """Straight to Kafka, unless Kafka is away or older envelopes of the partition wait
+        in the spool: then behind them, to keep per-user order."""
+        assert self._spool is not None
+        if self._offline or self._spool.has(*env.key) or env.key in self._draining.values():
+            self._to_spool(env)
+            return
+        try:
+            self._produce(env, from_spool=False)
+        except BufferError:  # 64 MiB already queued in librdkafka: spill to disk
+            self._to_spool(env)
+
+    def _produce(self, env: _Envelope, *, from_spool: bool) -> None:
+        kafka_headers: KafkaHeaders = [*env.headers]
+        self._client().produce(
+            env.topic,
+            value=env.value,
+            partition=env.partition,
+            headers=kafka_headers,
+            on_delivery=lambda err, msg: self._delivered(env, from_spool, err, msg),
+        )
+        if from_spool:
+            self._draining[env.seq] = env.key
+        else:
+            self._inflight[env.key] += 1
+
+    def _to_spool(self, env: _Envelope) -> None:
+        assert self._spool is not None
+        try:
+            self._spool.put(env.seq, env.topic, env.partition, env.value, env.headers)
+        except SpoolFullError:
+            # Admission control keeps 10% headroom, so this is a disk-full corner case.
+            self.failed += env.count
+            self._metrics.failed.labels(env.stream).inc(env.count)
+            log.error("spool full: %d %s events could not be kept", env.count, env.stream)
+            return
+        self.spooled += env.count
+        self._metrics.spooled.labels(env.stream).inc(env.count)
+
+    def _delivered(
+        self, env: _Envelope, from_spool: bool, err: KafkaError | None, msg: Message
+    ) -> None:
+        latency = time.monotonic() - env.created
+        with self._lock:
+            if from_spool:
+                self._draining.pop(env.seq, None)
             else:
-                self.failed += count
-                self._metrics.failed.labels(stream).inc(count)
-                log.error("envelope of %d %s events not delivered: %s", count, stream, err)
-
-        producer = self._client()
-        kafka_headers: KafkaHeaders = [*headers]
-        while True:
-            try:
-                producer.produce(
-                    buf.plan.topic,
-                    value=value,
-                    partition=buf.partition,
-                    headers=kafka_headers,
-                    on_delivery=on_delivery,
+                self._inflight[env.key] -= 1
+            if err is None:
+                self._offline = False
+                if from_spool and self._spool is not None:
+                    self._spool.remove(env.seq)
+                self.delivered += env.count
+                self._metrics.delivered.labels(env.stream).inc(env.count)
+                self._metrics.delivery_latency.observe(latency)
+            elif err.retriable() or err.code() in _RETRY_LATER:
+                self._offline = True
+                if not from_spool:  # a spooled one simply stays on disk
+                    self._to_spool(env)
+            else:
+                self._refused(env, err, from_spool)
+            self._room.notify_all()
+        if self._on_delivery is not None:
+            error = None if err is None else err.str()
+            self._on_delivery(
+                DeliveryReport(
+                    env.stream,
+                    env.topic,
+                    env.partition,
+                    env.count,
+                    error,
+                    latency,
+                    spooled=err is not None,
                 )
-                break
-            except BufferError:  # librdkafka's queue is full: serve callbacks, then retry
-                producer.poll(0.1)
-        self._metrics.batch_events.observe(count)
+            )
 
-    def _linger_loop(self) -> None:
+    def _refused(self, env: _Envelope, err: KafkaError, from_spool: bool) -> None:
+        """Kafka refused the envelope for good (too large, not authorised): report it loudly."""
+        self.failed += env.count
+        self._metrics.failed.labels(env.stream).inc(env.count)
+        log.error(
+            "Kafka refused %d %s events for %s/%d: %s",
+            env.count,
+            env.stream,
+            env.topic,
+            env.partition,
+            err.str(),
+        )
+        if from_spool and self._spool is not None:
+            self._spool.remove(env.seq)
+
+    # -- background: linger and drain ------------------------------------------------------
+
+    def _background(self) -> None:
         linger = self.settings.linger_ms / 1000
+        next_drain = 0.0
         while not self._stop.is_set():
             producer = self._producer
             if producer is not None:
@@ -286,6 +533,60 @@ class EventProducer:
             with self._lock:
                 for buf in [b for b in self._buffers.values() if now - b.started >= linger]:
                     self._send(buf)
+            if now >= next_drain:
+                self._drain()
+                next_drain = now + 0.5
+
+    def _drain(self) -> None:
+        """Send spooled envelopes, oldest first, for partitions with nothing else in flight."""
+        spool, producer = self._spool, self._producer
+        if spool is None or producer is None or not len(spool):
+            return
+        if self._offline:
+            try:
+                producer.list_topics(timeout=1.0)
+            except KafkaException:
+                return
+            self._offline = False
+        with self._lock:
+            busy = set(self._draining.values())
+            for key in spool.keys():
+                if key in busy or self._inflight[key]:
+                    continue
+                for entry in spool.entries(*key)[:_DRAIN_CHUNK]:
+                    value, headers = entry.read()
+                    env = _Envelope(
+                        entry.seq,
+                        _stream_of(headers),
+                        entry.topic,
+                        entry.partition,
+                        value,
+                        headers,
+                        _count_of(headers),
+                        time.monotonic(),
+                    )
+                    try:
+                        self._produce(env, from_spool=True)
+                    except BufferError:
+                        return
+
+
+_RETRY_LATER = {
+    KafkaError._MSG_TIMED_OUT,
+    KafkaError._TRANSPORT,
+    KafkaError._PURGE_QUEUE,
+    KafkaError._PURGE_INFLIGHT,
+    KafkaError._TIMED_OUT,
+}
+
+
+def _stream_of(headers: Headers) -> str:
+    schema = dict(headers).get("eddyline-schema", b"")
+    return schema.decode().split(":")[0]
+
+
+def _count_of(headers: Headers) -> int:
+    return int(dict(headers).get("eddyline-count", b"0") or 0)
 
 
 def _close_at_exit(ref: weakref.ref[EventProducer]) -> None:

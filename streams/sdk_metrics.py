@@ -14,6 +14,7 @@ class ProducerMetrics:
     emitted: Counter
     delivered: Counter
     failed: Counter
+    spooled: Counter
     batch_events: Histogram
     delivery_latency: Histogram
 
@@ -23,36 +24,28 @@ class ProducerMetrics:
         registry = registry or REGISTRY
         found = _BY_REGISTRY.get(id(registry))
         if found is None:
-            found = cls(
-                Counter(
-                    "eddyline_sdk_emitted_events",
-                    "Events accepted by emit",
-                    ["stream"],
-                    registry=registry,
-                ),
-                Counter(
-                    "eddyline_sdk_delivered_events",
-                    "Events acknowledged by Kafka",
-                    ["stream"],
-                    registry=registry,
-                ),
-                Counter(
-                    "eddyline_sdk_failed_events",
-                    "Events Kafka did not acknowledge",
-                    ["stream"],
-                    registry=registry,
-                ),
-                Histogram(
-                    "eddyline_sdk_batch_events",
-                    "Events per envelope",
-                    buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000),
-                    registry=registry,
-                ),
-                Histogram(
-                    "eddyline_sdk_delivery_seconds",
-                    "Envelope send to acknowledgement",
-                    registry=registry,
-                ),
-            )
-            _BY_REGISTRY[id(registry)] = found
+            found = _BY_REGISTRY[id(registry)] = cls._create(registry)
         return found
+
+    @classmethod
+    def _create(cls, reg: CollectorRegistry) -> ProducerMetrics:
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(f"eddyline_sdk_{name}", doc, ["stream"], registry=reg)
+
+        return cls(
+            counter("emitted_events", "Events accepted by emit"),
+            counter("delivered_events", "Events acknowledged by Kafka"),
+            counter("failed_events", "Events Kafka refused for good, or that could not be kept"),
+            counter("spooled_events", "Events written to the offline spool"),
+            Histogram(
+                "eddyline_sdk_batch_events",
+                "Events per envelope",
+                buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000),
+                registry=reg,
+            ),
+            Histogram(
+                "eddyline_sdk_delivery_seconds",
+                "Envelope creation to acknowledgement",
+                registry=reg,
+            ),
+        )

@@ -6,6 +6,7 @@ then ``extra_config`` (copied, never mutated).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,15 +50,29 @@ class KafkaSettings(BaseSettings):
         return conf
 
 
+def eddyline_home() -> Path:
+    """Where jars, broker state and the spool live: ``$EDDYLINE_HOME`` or ``~/.eddyline``."""
+    return Path(os.environ.get("EDDYLINE_HOME", Path.home() / ".eddyline"))
+
+
 class ProducerSettings(BaseSettings):
-    """The SDK's batching (``EDDYLINE_BATCH_MAX_EVENTS``, ``EDDYLINE_LINGER_MS``...)."""
+    """The SDK: batching, delivery, spool, backpressure (``EDDYLINE_BATCH_MAX_EVENTS``...)."""
 
     model_config = _ENV
 
     # ~1-5k events per envelope keeps Faust's per-message cost negligible (ARCHITECTURE.md).
     batch_max_events: int = Field(default=2_000, ge=1)
+    # Envelopes stay well under Kafka's 1 MiB default message.max.bytes.
+    batch_max_bytes: int = Field(default=900_000, ge=1_024)
     linger_ms: int = Field(default=50, ge=0)
-    delivery_timeout_ms: int = Field(default=300_000, ge=1_000)
+    # After this long without an acknowledgement an envelope goes to the spool.
+    delivery_timeout_ms: int = Field(default=30_000, ge=1_000)
+    metadata_timeout_s: float = Field(default=10.0, gt=0)
+    spool_dir: Path = Field(default_factory=lambda: eddyline_home() / "spool")
+    spool_max_bytes: int = Field(default=1 << 30, ge=1 << 16)
+    # When the spool is full: wait up to block_timeout_s for room, or raise at once.
+    on_full: Literal["block", "raise"] = "block"
+    block_timeout_s: float = Field(default=30.0, ge=0)
 
 
 class WorkerSettings(BaseSettings):

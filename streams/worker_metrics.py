@@ -57,7 +57,11 @@ class WorkerMetrics:
                 ["model"],
                 registry=reg,
             ),
-            Counter("eddyline_worker_suppressed", "Valid rows withheld by consent or budget",
-                    ["stream", "reason"], registry=reg),
+            Counter(
+                "eddyline_worker_suppressed",
+                "Valid rows withheld by consent or budget",
+                ["stream", "reason"],
+                registry=reg,
+            ),
             Histogram("eddyline_worker_delta_commit_seconds", "Delta commit latency", registry=reg),
         )

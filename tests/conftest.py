@@ -23,6 +23,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.fixture(autouse=True)
+def _private_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test spools into its own folder, never into ~/.eddyline/spool."""
+    monkeypatch.setenv("EDDYLINE_SPOOL_DIR", str(tmp_path / "spool"))
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Kafka: ``EDDYLINE_BOOTSTRAP`` if set, else a local broker for this session."""

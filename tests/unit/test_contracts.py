@@ -29,9 +29,16 @@ def _exec(source: str, ns: dict[str, object]) -> None:
 
 def _models(registry: SchemaRegistry, mode: str, v2_fields: str) -> None:
     """Define checkout v1 and a v2 with ``v2_fields`` on ``registry``."""
-    ns: dict[str, object] = {"BaseEvent": BaseEvent, "ClassVar": ClassVar, "registry": registry,
-                             "Annotated": Annotated, "Field": Field, "Literal": Literal}
-    _exec(f"""
+    ns: dict[str, object] = {
+        "BaseEvent": BaseEvent,
+        "ClassVar": ClassVar,
+        "registry": registry,
+        "Annotated": Annotated,
+        "Field": Field,
+        "Literal": Literal,
+    }
+    _exec(
+        f"""
 class CheckoutV1(BaseEvent):
     event_name: ClassVar[str] = "checkout"
     event_version: ClassVar[int] = 1
@@ -39,15 +46,20 @@ class CheckoutV1(BaseEvent):
     event_registry: ClassVar[object] = registry
     amount: float
     currency: Literal["EUR", "USD"]
-""", ns)
-    _exec(f"""
+""",
+        ns,
+    )
+    _exec(
+        f"""
 class CheckoutV2(BaseEvent):
     event_name: ClassVar[str] = "checkout"
     event_version: ClassVar[int] = 2
     compatibility: ClassVar[str] = "{mode}"
     event_registry: ClassVar[object] = registry
 {v2_fields}
-""", ns)
+""",
+        ns,
+    )
 
 
 def _check(tmp_path: Path, mode: str, v2_fields: str) -> list[str]:
@@ -83,7 +95,9 @@ def test_backward_rejects_a_new_required_field(tmp_path: Path) -> None:
 
 
 def test_forward_rejects_a_widened_enum_but_backward_accepts_it(tmp_path: Path) -> None:
-    widened = COMPATIBLE_OPTIONAL_FIELD.replace('Literal["EUR", "USD"]', 'Literal["EUR", "USD", "GBP"]')
+    widened = COMPATIBLE_OPTIONAL_FIELD.replace(
+        'Literal["EUR", "USD"]', 'Literal["EUR", "USD", "GBP"]'
+    )
     assert _check(tmp_path / "b", "BACKWARD", widened) == []
     assert any("currency" in p for p in _check(tmp_path / "f", "FORWARD", widened))
 
@@ -97,8 +111,10 @@ def test_transitive_modes_check_every_earlier_version(tmp_path: Path) -> None:
     v1 = {"properties": {"a": {"type": "integer"}}, "required": ["a"]}
     v2 = {"properties": {"a": {"type": "integer"}, "b": {"type": "string"}}, "required": ["a"]}
     v3 = {"properties": {"b": {"type": "string"}}, "required": ["b"]}  # b required, absent in v1
-    docs = {v: {"compatibility": m, "schema": s} for v, s, m in
-            [(1, v1, "BACKWARD"), (2, v2, "BACKWARD"), (3, v3, "BACKWARD_TRANSITIVE")]}
+    docs = {
+        v: {"compatibility": m, "schema": s}
+        for v, s, m in [(1, v1, "BACKWARD"), (2, v2, "BACKWARD"), (3, v3, "BACKWARD_TRANSITIVE")]
+    }
     problems = contracts._against_history(docs, 3)
     assert any(p.startswith("vs v1") for p in problems)
     docs[3]["compatibility"] = "BACKWARD"  # only against v2, where b exists
@@ -125,6 +141,7 @@ def test_cli_check_exits_1_on_a_breaking_fixture(tmp_path: Path) -> None:
 
 def test_randomized_response_categories_must_match_a_literal() -> None:
     with pytest.raises(SchemaError, match="differ from the field's values"):
+
         class Bad(BaseEvent):
             event_name: ClassVar[str] = "bad_rr"
             event_registry: ClassVar[SchemaRegistry] = SchemaRegistry()
