@@ -104,13 +104,15 @@ def _readable(name: str, reader: _Prop, writer: _Prop) -> list[str]:
         problems.append(f"{name}: writer values outside the reader's allowed values")
     if reader.fmt != writer.fmt:
         problems.append(f"{name}: format {writer.fmt} read as {reader.fmt}")
-    for label, r, w, tighter in (
-        ("minimum", reader.lower, writer.lower, lambda r, w: w is None or w < r),
-        ("maximum", reader.upper, writer.upper, lambda r, w: w is None or w > r),
-        ("minLength", reader.min_len, writer.min_len, lambda r, w: w is None or w < r),
-        ("maxLength", reader.max_len, writer.max_len, lambda r, w: w is None or w > r),
-    ):
-        if r is not None and tighter(r, w):
+    bounds: list[tuple[str, float | None, float | None, bool]] = [
+        ("minimum", reader.lower, writer.lower, True),
+        ("maximum", reader.upper, writer.upper, False),
+        ("minLength", reader.min_len, writer.min_len, True),
+        ("maxLength", reader.max_len, writer.max_len, False),
+    ]
+    for label, r, w, is_lower in bounds:
+        looser = w is None or (w < r if is_lower else w > r) if r is not None else False
+        if r is not None and looser:
             problems.append(f"{name}: the reader's {label} {r} rejects values the writer allows")
     return problems
 

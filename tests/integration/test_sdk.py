@@ -80,3 +80,51 @@ def test_emitting_to_a_missing_topic_says_how_to_create_it(kafka_bootstrap: str)
                 dwell_time_s=1.0,
             )
         )
+
+
+def test_async_producer_delivers_from_an_event_loop(kafka: KafkaSettings) -> None:
+    import asyncio
+
+    from streams.aio import AsyncEventProducer
+
+    sent = list(TrafficSimulator(users=10, seed=6).interactions(1_000))
+
+    async def main() -> int:
+        async with AsyncEventProducer(kafka=kafka, registry=CollectorRegistry()) as producer:
+            for event in sent:
+                await producer.emit(event)
+            assert await producer.flush(30) == 0
+            return producer.delivered
+
+    assert asyncio.run(main()) == 1_000
+    ids = [
+        eid
+        for v, h in read_all(kafka, Topics(kafka.namespace).raw("interaction"))
+        for eid in decode(v, h).table["event_id"].to_pylist()
+    ]
+    assert sorted(ids) == sorted(str(e.event_id) for e in sent)
+
+
+def test_delivery_reports_cover_every_event(kafka: KafkaSettings) -> None:
+    reports = []
+    with EventProducer(kafka=kafka, registry=CollectorRegistry(), on_delivery=reports.append) as p:
+        for event in TrafficSimulator(users=10, seed=9).interactions(700):
+            p.emit(event)
+    assert sum(r.count for r in reports if r.error is None) == 700
+    assert all(r.stream == "interaction" and r.latency_s >= 0 for r in reports)
+
+
+def test_envelopes_split_to_fit_batch_max_bytes(kafka: KafkaSettings) -> None:
+    settings = ProducerSettings(batch_max_events=5_000, batch_max_bytes=20_000, linger_ms=1_000)
+    with EventProducer(settings, kafka=kafka, registry=CollectorRegistry()) as p:
+        for event in TrafficSimulator(users=1, seed=2).interactions(3_000):
+            p.emit(event)
+    sizes = [len(v) for v, _ in read_all(kafka, Topics(kafka.namespace).raw("interaction"))]
+    assert (
+        sum(
+            int(h["eddyline-count"])
+            for _, h in read_all(kafka, Topics(kafka.namespace).raw("interaction"))
+        )
+        == 3_000
+    )
+    assert max(sizes) <= 20_000 and len(sizes) > 5

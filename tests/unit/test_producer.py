@@ -81,3 +81,20 @@ def test_an_unreachable_broker_is_a_clear_error_not_a_hang() -> None:
                 dwell_time_s=0.0,
             )
         )
+
+
+def test_security_settings_reach_librdkafka_and_secrets_stay_hidden() -> None:
+    from pydantic import SecretStr
+
+    kafka = KafkaSettings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="app",
+        sasl_password=SecretStr("hunter2-secret"),
+        extra_config={"client.id": "shop", "acks": "1"},
+    )
+    conf = kafka.librdkafka({"acks": "all"})
+    assert conf["sasl.password"] == "hunter2-secret" and conf["security.protocol"] == "SASL_SSL"
+    assert conf["acks"] == "1"  # extra_config is applied last
+    assert "hunter2-secret" not in repr(kafka) and "hunter2-secret" not in str(kafka.model_dump())
+    assert kafka.extra_config == {"client.id": "shop", "acks": "1"}  # never mutated

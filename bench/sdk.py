@@ -1,0 +1,131 @@
+"""SDK throughput: events/s from constructing the event to Kafka's acknowledgement.
+
+Compares, in one run against the same broker, the eddyline SDK (typed event, validated,
+batched into Arrow envelopes, idempotent acks=all) with what an app would write by hand:
+a plain confluent-kafka producer sending one JSON message per event built from a dict.
+Rounds alternate between the two; figures are medians (the machine is shared and noisy).
+
+    .venv/bin/python bench/sdk.py [--events 200000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from confluent_kafka import Producer
+from prometheus_client import CollectorRegistry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _broker import kafka_for_bench
+
+from schemas.events import InteractionEvent
+from streams.producer import EventProducer
+from streams.settings import KafkaSettings, ProducerSettings
+from streams.topics import Topics, ensure_topics
+
+CATEGORIES = ("news", "sports", "music", "tech")
+
+
+def run_sdk(kafka: KafkaSettings, n: int, spool: str) -> float:
+    settings = ProducerSettings(spool_dir=Path(spool))
+    producer = EventProducer(settings, kafka=kafka, registry=CollectorRegistry())
+    producer.emit(
+        InteractionEvent(
+            user_id="warm",
+            app_id="bench",
+            item_id="sku-0",
+            item_category="news",
+            action="view",
+            dwell_time_s=1.0,
+        )
+    )
+    producer.flush()  # connect and learn partitions outside the timed part
+    start = time.perf_counter()
+    for i in range(n):
+        producer.emit(
+            InteractionEvent(
+                user_id=f"user-{i % 5000}",
+                app_id="bench",
+                item_id=f"sku-{i % 997}",
+                item_category=CATEGORIES[i & 3],
+                action="click",
+                dwell_time_s=12.5,
+                position=i % 20,
+            )
+        )
+    assert producer.flush(120) == 0
+    elapsed = time.perf_counter() - start
+    producer.close()
+    return n / elapsed
+
+
+def run_plain(kafka: KafkaSettings, n: int) -> float:
+    topic = Topics(kafka.namespace).raw("interaction")
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    producer.produce(topic, b"{}")
+    producer.flush()
+    start = time.perf_counter()
+    for i in range(n):
+        event = {
+            "event_id": str(uuid.uuid4()),
+            "user_id": f"user-{i % 5000}",
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "app_id": "bench",
+            "item_id": f"sku-{i % 997}",
+            "item_category": CATEGORIES[i & 3],
+            "action": "click",
+            "dwell_time_s": 12.5,
+            "position": i % 20,
+        }
+        while True:
+            try:
+                producer.produce(topic, json.dumps(event).encode(), key=event["user_id"])
+                break
+            except BufferError:
+                producer.poll(0.01)
+        if i % 1000 == 0:
+            producer.poll(0)
+    assert producer.flush(120) == 0
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    with kafka_for_bench() as bootstrap, tempfile.TemporaryDirectory() as spool:
+        kafka = KafkaSettings(bootstrap=bootstrap, namespace=f"bench{uuid.uuid4().hex[:6]}")
+        ensure_topics(kafka, ["interaction"])
+        sdk, plain = [], []
+        for r in range(args.rounds):
+            sdk.append(run_sdk(kafka, args.events, spool))
+            plain.append(run_plain(kafka, args.events))
+            print(f"round {r + 1}: sdk {sdk[-1]:,.0f}/s  plain {plain[-1]:,.0f}/s", file=sys.stderr)
+    med_sdk, med_plain = statistics.median(sdk), statistics.median(plain)
+    print(
+        json.dumps(
+            {
+                "bench": "sdk",
+                "events": args.events,
+                "rounds": args.rounds,
+                "events_per_s": round(med_sdk),
+                "plain_events_per_s": round(med_plain),
+                "ratio_vs_plain": round(med_sdk / med_plain, 3),
+                "target_events_per_s": 250_000,
+                "target_ratio_vs_plain": 0.8,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
