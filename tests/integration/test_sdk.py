@@ -128,3 +128,23 @@ def test_envelopes_split_to_fit_batch_max_bytes(kafka: KafkaSettings) -> None:
         == 3_000
     )
     assert max(sizes) <= 20_000 and len(sizes) > 5
+
+
+def test_emit_from_many_threads_delivers_each_event_once(kafka: KafkaSettings) -> None:
+    import threading
+
+    sims = [list(TrafficSimulator(users=25, seed=40 + t).interactions(2_000)) for t in range(4)]
+    with EventProducer(kafka=kafka, registry=CollectorRegistry()) as producer:
+        threads = [
+            threading.Thread(target=lambda evs=evs: [producer.emit(e) for e in evs]) for evs in sims
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    ids = [
+        eid
+        for v, h in read_all(kafka, Topics(kafka.namespace).raw("interaction"))
+        for eid in decode(v, h).table["event_id"].to_pylist()
+    ]
+    assert len(ids) == 8_000 and set(ids) == {str(e.event_id) for evs in sims for e in evs}

@@ -98,3 +98,76 @@ def test_security_settings_reach_librdkafka_and_secrets_stay_hidden() -> None:
     assert conf["acks"] == "1"  # extra_config is applied last
     assert "hunter2-secret" not in repr(kafka) and "hunter2-secret" not in str(kafka.model_dump())
     assert kafka.extra_config == {"client.id": "shop", "acks": "1"}  # never mutated
+
+
+def _offline_producer(tmp_path, **settings) -> EventProducer:
+    """A producer whose broker is gone but whose spool folder knows the partition count."""
+    from streams.settings import ProducerSettings
+
+    kafka = KafkaSettings(bootstrap=f"127.0.0.1:{_dead_port()}")
+    p = EventProducer(
+        ProducerSettings(spool_dir=tmp_path, **settings), kafka=kafka, registry=CollectorRegistry()
+    )
+    root = p._spool_root()
+    root.mkdir(parents=True)
+    (root / "partitions.json").write_text('{"events.interaction": 3}')
+    return p
+
+
+def _event(i: int) -> InteractionEvent:
+    return InteractionEvent(
+        user_id=f"u{i % 7}",
+        app_id="a",
+        item_id="i",
+        item_category="n",
+        action="view",
+        dwell_time_s=1.0,
+    )
+
+
+def test_with_kafka_gone_events_are_spooled_and_a_full_spool_refuses_new_ones(tmp_path) -> None:
+    from streams.spool import SpoolFullError
+
+    p = _offline_producer(
+        tmp_path,
+        delivery_timeout_ms=1_000,
+        batch_max_events=100,
+        linger_ms=10,
+        spool_max_bytes=1 << 16,
+        on_full="raise",
+    )
+    accepted = 0
+    with pytest.raises(SpoolFullError) as info:
+        for i in range(100_000):
+            p.emit(_event(i))
+            accepted += 1
+            if i % 100 == 0:
+                p.flush(0.05)  # let the timeouts fire and the envelopes spool
+    assert info.value.retry_after > 0
+    assert p.spooled > 0 and p.failed == 0  # nothing accepted was dropped
+    p.close(0.1)
+    assert p.spooled + sum(b.count for b in p._buffers.values()) <= accepted
+
+
+def test_block_policy_waits_then_raises(tmp_path) -> None:
+    import time
+
+    from streams.spool import SpoolFullError
+
+    p = _offline_producer(
+        tmp_path,
+        delivery_timeout_ms=1_000,
+        batch_max_events=100,
+        linger_ms=10,
+        spool_max_bytes=1 << 16,
+        block_timeout_s=0.5,
+    )
+    started = None
+    with pytest.raises(SpoolFullError):
+        for i in range(100_000):
+            started = time.monotonic()
+            p.emit(_event(i))
+            if i % 100 == 0:
+                p.flush(0.05)
+    assert started is not None and time.monotonic() - started >= 0.5  # it waited first
+    p.close(0.1)
