@@ -8,8 +8,8 @@ rebalance is never written twice.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections import defaultdict
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -17,6 +17,9 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from streams.processing import SourceRef
+from streams.upkeep import TableUpkeep, UpkeepPolicy, file_count
+
+log = logging.getLogger("eddyline.lake")
 
 
 def _app_id(topic: str, partition: int) -> str:
@@ -26,9 +29,16 @@ def _app_id(topic: str, partition: int) -> str:
 class DeltaSink:
     """Appends private batches to one Delta table per stream under ``root``."""
 
-    def __init__(self, root: str, storage_options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        storage_options: dict[str, str] | None = None,
+        upkeep: UpkeepPolicy | None = None,
+    ) -> None:
         self.root = root.rstrip("/")
         self.storage_options = storage_options
+        self.upkeep_policy = upkeep or UpkeepPolicy()
+        self.upkeep: dict[str, TableUpkeep] = {}
         self._tables: dict[str, DeltaTable] = {}
         self._lock = threading.Lock()
 
@@ -36,24 +46,21 @@ class DeltaSink:
         return f"{self.root}/{table}"
 
     def _table(self, name: str) -> DeltaTable | None:
+        """The table at its latest version (refreshed), or None if it does not exist yet."""
         dt = self._tables.get(name)
         if dt is None:
             if not DeltaTable.is_deltatable(self.uri(name), self.storage_options):
                 return None
-            dt = self._tables[name] = DeltaTable(
-                self.uri(name), storage_options=self.storage_options
-            )
+            dt = DeltaTable(self.uri(name), storage_options=self.storage_options)
+            self._tables[name] = dt
         else:
             dt.update_incremental()
         return dt
 
     def committed(self, table: str, source_topic: str, partition: int) -> int:
         """The last raw offset of ``source_topic/partition`` already in ``table`` (-1: none)."""
-        dt = self._table(table)
-        if dt is None:
-            return -1
-        version = dt.transaction_version(_app_id(source_topic, partition))
-        return -1 if version is None else version
+        with self._lock:
+            return _committed(self._table(table), source_topic, partition)
 
     def version(self, table: str) -> int | None:
         """The table's current Delta version, or None if it does not exist yet."""
@@ -61,31 +68,73 @@ class DeltaSink:
             dt = self._table(table)
             return None if dt is None else dt.version()
 
-    def write(self, table: str, batches: Sequence[tuple[pa.Table, SourceRef]]) -> int:
-        """Append the batches not yet committed, in one Delta commit; return rows written."""
+    def files(self, table: str) -> int:
+        """Data files in the table's current version."""
         with self._lock:
-            fresh: list[pa.Table] = []
-            last: dict[tuple[str, int], int] = {}
-            done: dict[tuple[str, int], int] = defaultdict(lambda: -2)
-            for batch, src in batches:
-                key = (src.topic, src.partition)
-                if done[key] == -2:
-                    done[key] = self.committed(table, *key)
-                if src.offset <= max(done[key], last.get(key, -1)):
-                    continue  # already in Delta: a replay after a crash or rebalance
-                fresh.append(batch)
-                last[key] = src.offset
+            dt = self._table(table)
+            return 0 if dt is None else file_count(dt)
+
+    def write(self, table: str, batches: Sequence[tuple[pa.Table, SourceRef]]) -> int:
+        """Append the batches not yet committed, in one Delta commit; return rows written.
+
+        The offsets are read from the same snapshot the commit is based on, so if another
+        writer (a worker that took the partition over) commits the same source partition in
+        between, delta-rs rejects this commit (``CommitFailedError``); the caller retries,
+        re-reads the offsets, and drops what the other writer wrote.
+        """
+        with self._lock:
+            dt = self._table(table)
+            fresh, last = _uncommitted(dt, batches)
             if not last:
                 return 0
             data = pa.concat_tables(fresh, promote_options="default")
             data = data.append_column("event_date", pc.cast(data["occurred_at"], pa.date32()))
             txns = [Transaction(_app_id(t, p), off) for (t, p), off in last.items()]
             write_deltalake(
-                self.uri(table),
+                dt if dt is not None else self.uri(table),
                 data,
                 mode="append",
                 partition_by=["event_date"],
+                schema_mode="merge",
                 storage_options=self.storage_options,
                 commit_properties=CommitProperties(app_transactions=txns),
             )
+            if dt is None:  # the first write created the table
+                dt = self._tables[table] = DeltaTable(
+                    self.uri(table), storage_options=self.storage_options
+                )
+            self._after_commit(table, dt)
             return int(data.num_rows)
+
+    def _after_commit(self, table: str, dt: DeltaTable) -> None:
+        """Upkeep; ``write_deltalake`` left ``dt`` at the version it committed."""
+        upkeep = self.upkeep.setdefault(table, TableUpkeep(self.upkeep_policy))
+        try:
+            upkeep.after_commit(dt)
+        except Exception:  # upkeep is best effort: the data is committed already
+            log.exception("upkeep of %s failed; it will run again later", table)
+
+
+def _committed(dt: DeltaTable | None, topic: str, partition: int) -> int:
+    if dt is None:
+        return -1
+    version = dt.transaction_version(_app_id(topic, partition))
+    return -1 if version is None else version
+
+
+def _uncommitted(
+    dt: DeltaTable | None, batches: Sequence[tuple[pa.Table, SourceRef]]
+) -> tuple[list[pa.Table], dict[tuple[str, int], int]]:
+    """The batches past each partition's committed offset, and the new last offsets."""
+    fresh: list[pa.Table] = []
+    last: dict[tuple[str, int], int] = {}
+    done: dict[tuple[str, int], int] = {}
+    for batch, src in batches:
+        key = (src.topic, src.partition)
+        if key not in done:
+            done[key] = _committed(dt, *key)
+        if src.offset <= max(done[key], last.get(key, -1)):
+            continue  # already in Delta: a replay after a crash or rebalance
+        fresh.append(batch)
+        last[key] = src.offset
+    return fresh, last

@@ -1,0 +1,80 @@
+"""Table upkeep beside live appends: checkpoints, compaction of small files, vacuum.
+
+Runs in the writer's thread right after a commit, so it never races its own appends.
+Compaction rewrites small files into large ones in a commit that changes no data
+(``dataChange=false``), so concurrent appends from other workers do not conflict with it.
+
+Examples:
+    >>> policy = UpkeepPolicy(checkpoint_every=10)
+    >>> policy.checkpoint_every
+    10
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from deltalake import DeltaTable
+
+log = logging.getLogger("eddyline.upkeep")
+
+
+@dataclass(frozen=True)
+class UpkeepPolicy:
+    """When to checkpoint, compact and vacuum one table."""
+
+    checkpoint_every: int = 100  # commits; readers then replay at most this many JSON commits
+    compact_every: int = 60  # commits; with 1 s commits, small files live about a minute
+    target_file_bytes: int = 128 * 1024 * 1024
+    vacuum_every_s: float = 3600.0
+    retention_hours: int = 168  # keep removed files a week: time travel and slow readers
+
+
+@dataclass
+class UpkeepStats:
+    checkpoints: int = 0
+    compactions: int = 0
+    files_removed: int = 0
+    vacuumed_files: int = 0
+
+
+@dataclass
+class TableUpkeep:
+    """Upkeep state for one table, driven by ``after_commit``."""
+
+    policy: UpkeepPolicy = field(default_factory=UpkeepPolicy)
+    stats: UpkeepStats = field(default_factory=UpkeepStats)
+    clock: Callable[[], float] = time.monotonic  # tests pass a simulated clock
+    _commits: int = 0
+    _last_vacuum: float | None = None
+
+    def after_commit(self, dt: DeltaTable) -> None:
+        """Do whatever upkeep is due after one more commit to ``dt``."""
+        self._commits += 1
+        if self._commits % self.policy.compact_every == 0:
+            metrics = dt.optimize.compact(target_size=self.policy.target_file_bytes)
+            self.stats.compactions += 1
+            self.stats.files_removed += int(metrics.get("numFilesRemoved", 0))
+        if self._commits % self.policy.checkpoint_every == 0:
+            dt.update_incremental()
+            dt.create_checkpoint()
+            dt.cleanup_metadata()  # log entries older than the log retention, past the checkpoint
+            self.stats.checkpoints += 1
+        now = self.clock()
+        if self._last_vacuum is None:
+            self._last_vacuum = now
+        elif now - self._last_vacuum >= self.policy.vacuum_every_s:
+            removed = dt.vacuum(
+                retention_hours=self.policy.retention_hours,
+                dry_run=False,
+                enforce_retention_duration=False,
+            )
+            self.stats.vacuumed_files += len(removed)
+            self._last_vacuum = now
+
+
+def file_count(dt: DeltaTable) -> int:
+    """Data files in the table's current version."""
+    return len(dt.file_uris())

@@ -1,0 +1,110 @@
+"""Exactly once into Delta while workers crash (kill -9) and the group rebalances."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from eddyline.demo import send_invalid
+from eddyline.simulate import TrafficSimulator
+from streams.producer import EventProducer
+from streams.settings import KafkaSettings
+from streams.worker_process import WorkerProcess
+from tests.conftest import free_port
+from tests.integration.helpers import deadletters, delta_ids, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+class Stream(threading.Thread):
+    """Emits ``total`` interactions at ``rate``/s in the background, then flushes."""
+
+    def __init__(self, kafka: KafkaSettings, total: int, rate: float, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.kafka, self.total, self.rate, self.seed = kafka, total, rate, seed
+        self.sent: list[str] = []
+        self.invalid: list[str] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            sim, step = TrafficSimulator(users=5_000, seed=self.seed), 2_000
+            with EventProducer(kafka=self.kafka, registry=CollectorRegistry()) as producer:
+                for start in range(0, self.total, step):
+                    t0 = time.monotonic()
+                    for event in sim.interactions(step):
+                        producer.emit(event)
+                        self.sent.append(str(event.event_id))
+                    time.sleep(max(0.0, step / self.rate - (time.monotonic() - t0)))
+                assert producer.flush(120) == 0
+            send_invalid(self.kafka, 100)
+            self.invalid = [f"00000000-0000-4000-8000-{i:012d}" for i in range(100)]
+        except BaseException as exc:  # surfaced by the test
+            self.error = exc
+
+
+def _worker(env: dict[str, str], tmp_path: Path, n: int) -> WorkerProcess:
+    return WorkerProcess(env, tmp_path / f"worker-{n}.log", free_port()).start(timeout=90)
+
+
+def _assert_exactly_once(lake: Path, kafka: KafkaSettings, stream: Stream) -> None:
+    wait_for(
+        lambda: len(delta_ids(lake, "interaction")) >= len(stream.sent),
+        300,
+        "every event in Delta",
+        every=2,
+    )
+    written = delta_ids(lake, "interaction")
+    assert len(written) == len(stream.sent), f"{len(written) - len(stream.sent)} duplicates"
+    assert set(written) == set(stream.sent)
+    wait_for(
+        lambda: {i for d in deadletters(kafka) for i in d["event_ids"]} == set(stream.invalid),
+        60,
+        "every invalid event dead-lettered",
+    )
+
+
+@pytest.fixture
+def crash_env(worker_env: dict[str, str]) -> dict[str, str]:
+    # The broker's minimum: a killed worker's partitions move after 6 s.
+    return {**worker_env, "EDDYLINE_SESSION_TIMEOUT_S": "6"}
+
+
+def test_kill_9_five_times_while_500k_events_stream_in(kafka: KafkaSettings, crash_env, tmp_path):
+    lake = Path(crash_env["EDDYLINE_LAKE_PATH"])
+    stream = Stream(kafka, 500_000, rate=10_000, seed=31)
+    worker = _worker(crash_env, tmp_path, 0)
+    stream.start()
+    rng = random.Random(2026)  # the kill moments are random, and reproducible
+    for n in range(1, 6):
+        time.sleep(rng.uniform(2.0, 8.0))
+        worker.kill()
+        worker = _worker(crash_env, tmp_path, n)
+    stream.join()
+    assert stream.error is None, stream.error
+    try:
+        _assert_exactly_once(lake, kafka, stream)
+    finally:
+        worker.stop()
+
+
+def test_a_worker_joins_and_leaves_mid_stream(kafka: KafkaSettings, crash_env, tmp_path):
+    lake = Path(crash_env["EDDYLINE_LAKE_PATH"])
+    stream = Stream(kafka, 200_000, rate=10_000, seed=32)
+    first = _worker(crash_env, tmp_path, 0)
+    stream.start()
+    time.sleep(5)
+    second = _worker(crash_env, tmp_path, 1)  # joins: partitions are split between the two
+    time.sleep(6)
+    assert second.stop() == 0  # leaves gracefully (SIGTERM): partitions move back
+    stream.join()
+    assert stream.error is None, stream.error
+    try:
+        _assert_exactly_once(lake, kafka, stream)
+    finally:
+        first.stop()
