@@ -1,13 +1,18 @@
-"""``Lake``: the Delta tables, for data scientists, as Arrow, polars or DuckDB.
+"""``Lake``: the Delta tables, for data scientists, as Arrow, pandas, polars or DuckDB.
+
+Tables: one per event stream (``interaction``, ``feedback``), plus ``deadletters``. Every
+row carries ``user_pid`` (a keyed pseudonym), never a raw user id; noised columns are meant
+for aggregates (see ``docs/querying.md``).
 
 Examples:
     >>> lake = Lake("./lake")
     >>> lake.tables()   # doctest: +SKIP
-    ['feedback', 'interaction']
+    ['deadletters', 'feedback', 'interaction']
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,8 @@ try:
     from deltalake import DeltaTable
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise MissingExtraError("query", "consumers.lake") from exc
+
+AsOf = int | datetime | str | None  # a version, a timestamp, or an ISO 8601 string
 
 
 class Lake:
@@ -33,43 +40,55 @@ class Lake:
     def tables(self) -> list[str]:
         """The tables present (local roots only)."""
         root = Path(self.root)
-        return (
-            sorted(p.name for p in root.iterdir() if (p / "_delta_log").is_dir())
-            if root.is_dir()
-            else []
-        )
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if (p / "_delta_log").is_dir())
 
-    def table(self, name: str, *, version: int | None = None) -> DeltaTable:
-        """The Delta table for event ``name``, at ``version`` (time travel) or the latest."""
-        return DeltaTable(
-            f"{self.root}/{name}", version=version, storage_options=self.storage_options
-        )
+    def table(self, name: str, *, as_of: AsOf = None) -> DeltaTable:
+        """The Delta table of ``name``: latest, or as of a version number or a timestamp."""
+        dt = DeltaTable(f"{self.root}/{name}", storage_options=self.storage_options)
+        if as_of is not None:
+            dt.load_as_version(as_of)
+        return dt
 
     def read(
         self,
         name: str,
         *,
-        version: int | None = None,
+        as_of: AsOf = None,
         columns: list[str] | None = None,
         filters: Any = None,
     ) -> pa.Table:
-        """The table as Arrow; ``filters`` are deltalake DNF filters."""
-        return self.table(name, version=version).to_pyarrow_table(columns=columns, filters=filters)
+        """The table as Arrow. ``filters`` are deltalake DNF filters, e.g.
+        ``[("event_date", "=", date(2026, 11, 29)), ("action", "in", ["click", "purchase"])]``:
+        partition filters prune files before anything is read."""
+        return self.table(name, as_of=as_of).to_pyarrow_table(columns=columns, filters=filters)
 
-    def polars(self, name: str, *, version: int | None = None) -> Any:
-        """The table as a lazy polars frame."""
+    def pandas(self, name: str, **kwargs: Any) -> Any:
+        """The table as a pandas DataFrame (same arguments as ``read``; needs pandas)."""
+        return self.read(name, **kwargs).to_pandas()
+
+    def polars(self, name: str, *, as_of: AsOf = None) -> Any:
+        """The table as a lazy polars frame (filters and projections are pushed down)."""
         import polars as pl
 
+        version = as_of if isinstance(as_of, int) else None
+        if as_of is not None and version is None:
+            version = self.table(name, as_of=as_of).version()
         return pl.scan_delta(
             f"{self.root}/{name}", version=version, storage_options=self.storage_options
         )
 
-    def sql(self, query: str) -> pa.Table:
-        """Run DuckDB SQL where each table is a view of its name (``SELECT * FROM interaction``)."""
+    def sql(self, query: str, *, as_of: AsOf = None) -> pa.Table:
+        """DuckDB SQL where each table is a view named after it (``SELECT * FROM interaction``)."""
         import duckdb
 
         con = duckdb.connect()
         for name in self.tables():
-            con.register(name, self.table(name).to_pyarrow_dataset())
+            con.register(name, self.table(name, as_of=as_of).to_pyarrow_dataset())
         result: pa.Table = con.sql(query).to_arrow_table()
         return result
+
+    def history(self, name: str, limit: int | None = 20) -> list[dict[str, Any]]:
+        """The table's commits, newest first (version, timestamp, operation, metrics)."""
+        return self.table(name).history(limit)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict, deque
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -33,7 +34,13 @@ from schemas.envelope import (
 )
 from schemas.events import DriftEvent
 from streams.lake import DeltaSink
-from streams.processing import DeadLetter, Privatizer, SourceRef, consented
+from streams.processing import (
+    DeadLetter,
+    Privatizer,
+    SourceRef,
+    consented,
+    deadletter_table,
+)
 from streams.settings import KafkaSettings, WorkerSettings
 from streams.topics import Topics
 from streams.worker_metrics import WorkerMetrics
@@ -63,7 +70,9 @@ class Pipeline:
         self.ws, self.ks, self.streams = ws, ks, streams
         self.topics = Topics(ks.namespace)
         rng = np.random.default_rng(ws.seed)  # None: seeded from the OS CSPRNG
-        self.privatizer = Privatizer(_pseudonymizer(ws), rng)
+        self.privatizer = Privatizer(
+            _pseudonymizer(ws), rng, max_bytes=ws.max_envelope_bytes, max_rows=ws.max_envelope_rows
+        )
         self.sink = DeltaSink(ws.lake_path)
         self.metrics = WorkerMetrics.create()
         detector = AdwinDetector(warmup=ws.drift_warmup, cooldown=ws.drift_cooldown)
@@ -151,6 +160,7 @@ def build_app(
                 await dead([DeadLetter("internal.error", type(exc).__name__, src)])
                 continue
             p.metrics.events_in.labels(name).inc(result.received)
+            p.metrics.envelope_rows.observe(result.received)
             p.metrics.suppressed.labels(name, "consent").inc(result.suppressed)
             await dead(result.dead)
             if result.private is not None and result.private.num_rows:
@@ -178,6 +188,32 @@ def build_app(
             await _commit(p, by_table)
             for ev in events:
                 await stream.ack(ev)
+
+    @app.agent(deadletter)
+    async def deadletters(stream: faust.StreamT[bytes]) -> None:
+        """Dead letters into the Delta ``deadletters`` table, exactly once like the events."""
+        async for events in stream.noack_take(  # type: ignore[attr-defined]  # on Stream
+            ws.lake_max_messages, within=ws.lake_max_wait_s
+        ):
+            now = datetime.now(UTC)
+            batches = [
+                (
+                    deadletter_table([ev.value], now),
+                    SourceRef(ev.message.topic, ev.message.partition, ev.message.offset),
+                )
+                for ev in events
+            ]
+            await _commit(p, {"deadletters": batches})
+            for ev in events:
+                await stream.ack(ev)
+
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]  # Faust leaves it untyped
+    async def report_lag() -> None:
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            position, end = await consumer.position(tp), consumer.highwater(tp)
+            if position is not None and end is not None:
+                p.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
 
     @app.agent(learn_in)
     async def learn(stream: faust.StreamT[bytes]) -> None:
@@ -214,7 +250,7 @@ def build_app(
             generate_latest(p.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    del privatize, lake, learn, metrics  # registered on the app by the decorators
+    del privatize, lake, deadletters, report_lag, learn, metrics  # registered by the decorators
     return app, p
 
 
@@ -225,13 +261,21 @@ async def _commit(p: Pipeline, by_table: dict[str, list[Any]]) -> None:
         while True:
             try:
                 with p.metrics.delta_commit.time():
-                    rows = await asyncio.to_thread(p.sink.write, table, batches)
+                    rows, files = await asyncio.to_thread(_write, p.sink, table, batches)
                 break
             except Exception:
                 log.exception("Delta commit to %s failed; retrying in %.1fs", table, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
         p.metrics.events_written.labels(table).inc(rows)
+        p.metrics.commit_rows.observe(rows)
+        p.metrics.files.labels(table).set(files)
+
+
+def _write(sink: DeltaSink, table: str, batches: list[Any]) -> tuple[int, int]:
+    """(rows written, data files now in the table): run in a thread, off the event loop."""
+    rows = sink.write(table, batches)
+    return rows, sink.files(table)
 
 
 def run_worker(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from dataclasses import field as _field
+from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -79,7 +80,11 @@ class Privatizer:
         pseudonymizer: HmacPseudonymizer,
         rng: np.random.Generator,
         registry: SchemaRegistry = REGISTRY,
+        *,
+        max_bytes: int = 8 << 20,
+        max_rows: int = 100_000,
     ) -> None:
+        self.max_bytes, self.max_rows = max_bytes, max_rows
         self._pseudonymizer = pseudonymizer
         self._rng = rng
         self._registry = registry
@@ -94,7 +99,16 @@ class Privatizer:
     def process(self, value: bytes | None, headers: Any, source: SourceRef, stream: str) -> Outcome:
         """Never raises for bad input: every problem becomes a dead letter."""
         try:
+            if value is not None and len(value) > self.max_bytes:
+                raise EnvelopeError(
+                    "envelope.too_large", f"{len(value):,} bytes > the limit of {self.max_bytes:,}"
+                )
             env = decode(value, headers)
+            if env.table is not None and env.table.num_rows > self.max_rows:
+                raise EnvelopeError(
+                    "envelope.too_large",
+                    f"{env.table.num_rows:,} rows > the limit of {self.max_rows:,}",
+                )
             model = self._model(env, stream)
         except EnvelopeError as exc:
             return Outcome(dead=[DeadLetter(exc.reason, exc.detail, source)])
@@ -191,3 +205,46 @@ def consented(table: pa.Table, purpose: Purpose) -> pa.Table:
     if column not in table.column_names:
         return table
     return table.filter(pc.fill_null(table[column], False))
+
+
+_DEADLETTER_SCHEMA = pa.schema(
+    [
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("field", pa.string()),
+        ("schema", pa.string()),
+        ("source_topic", pa.string()),
+        ("source_partition", pa.int64()),
+        ("source_offset", pa.int64()),
+        ("event_ids", pa.list_(pa.string())),
+        ("count", pa.int64()),
+        ("occurred_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def deadletter_table(letters: list[bytes], at: datetime) -> pa.Table:
+    """Dead-letter messages (``DeadLetter.to_json``) as rows of the ``deadletters`` table.
+
+    They hold no personal data (reason codes, field names, event ids, source positions), so
+    they are stored as they are; ``occurred_at`` is when the worker stored them.
+    """
+    rows = []
+    for raw in letters:
+        d = json.loads(raw)
+        src = d.get("source") or {}
+        rows.append(
+            {
+                "reason": d.get("reason"),
+                "detail": d.get("detail"),
+                "field": d.get("field"),
+                "schema": d.get("schema"),
+                "source_topic": src.get("topic"),
+                "source_partition": src.get("partition"),
+                "source_offset": src.get("offset"),
+                "event_ids": d.get("event_ids") or [],
+                "count": d.get("count", 1),
+                "occurred_at": at,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=_DEADLETTER_SCHEMA)

@@ -94,6 +94,9 @@ class WorkerSettings(BaseSettings):
     # Online learning: no drift alarm before this many events, none within the cooldown.
     drift_warmup: int = Field(default=1_000, ge=0)
     drift_cooldown: int = Field(default=2_000, ge=0)
+    # Larger envelopes are dead-lettered (envelope.too_large), never decoded.
+    max_envelope_bytes: int = Field(default=8 * 1024 * 1024, ge=1_024)
+    max_envelope_rows: int = Field(default=100_000, ge=1)
     # A worker killed with -9 holds its partitions until this expires; keep it short.
     session_timeout_s: float = Field(default=10.0, gt=1)
     seed: int | None = None  # fixed randomness, for tests only

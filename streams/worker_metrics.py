@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_ROWS = (1, 10, 100, 500, 1000, 2000, 5000, 20000, 100000)
 
 
 @dataclass(frozen=True)
@@ -18,50 +20,47 @@ class WorkerMetrics:
     learned: Counter
     suppressed: Counter
     delta_commit: Histogram
+    envelope_rows: Histogram
+    commit_rows: Histogram
+    lag: Gauge
+    files: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
         reg = registry or CollectorRegistry()
+
+        def counter(name: str, doc: str, labels: list[str]) -> Counter:
+            return Counter(f"eddyline_worker_{name}", doc, labels, registry=reg)
+
         return cls(
             reg,
-            Counter(
-                "eddyline_worker_events_in",
-                "Rows decoded from raw topics",
-                ["stream"],
-                registry=reg,
-            ),
-            Counter(
-                "eddyline_worker_events_private",
-                "Rows past the privacy boundary",
-                ["stream"],
-                registry=reg,
-            ),
-            Counter(
-                "eddyline_worker_events_written",
-                "Rows committed to Delta",
-                ["stream"],
-                registry=reg,
-            ),
-            Counter(
-                "eddyline_worker_deadlettered",
-                "Rows (or undecodable messages) dead-lettered",
-                ["reason"],
-                registry=reg,
-            ),
-            Counter(
-                "eddyline_worker_drift_events", "Drift events published", ["model"], registry=reg
-            ),
-            Counter(
-                "eddyline_worker_events_learned",
-                "Rows a model predicted, then learned",
-                ["model"],
-                registry=reg,
-            ),
-            Counter(
-                "eddyline_worker_suppressed",
-                "Valid rows withheld by consent or budget",
-                ["stream", "reason"],
-                registry=reg,
-            ),
+            counter("events_in", "Rows decoded from raw topics", ["stream"]),
+            counter("events_private", "Rows past the privacy boundary", ["stream"]),
+            counter("events_written", "Rows committed to Delta", ["stream"]),
+            counter("deadlettered", "Rows (or undecodable messages) dead-lettered", ["reason"]),
+            counter("drift_events", "Drift events published", ["model"]),
+            counter("events_learned", "Rows a model predicted, then learned", ["model"]),
+            counter("suppressed", "Valid rows withheld by consent or budget", ["stream", "reason"]),
             Histogram("eddyline_worker_delta_commit_seconds", "Delta commit latency", registry=reg),
+            Histogram(
+                "eddyline_worker_envelope_rows",
+                "Rows per raw envelope",
+                buckets=_ROWS,
+                registry=reg,
+            ),
+            Histogram(
+                "eddyline_worker_commit_rows", "Rows per Delta commit", buckets=_ROWS, registry=reg
+            ),
+            Gauge(
+                "eddyline_worker_consumer_lag",
+                "Messages behind the partition's end",
+                ["topic", "partition"],
+                registry=reg,
+            ),
+            Gauge(
+                "eddyline_worker_table_files",
+                "Data files in the table's current version",
+                ["table"],
+                registry=reg,
+            ),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -171,23 +172,25 @@ def test_garbage_on_a_raw_topic_is_deadlettered_and_the_worker_keeps_going(
 ) -> None:
     lake = Path(worker_env["EDDYLINE_LAKE_PATH"])
     raw = Topics(kafka.namespace).raw("interaction")
-    producer = Producer(kafka.librdkafka())
-    good_value, good_headers = encode_arrow(
-        pa.Table.from_pylist(
-            [
-                {**e.__dict__, "event_id": str(e.event_id)}
-                for e in TrafficSimulator(seed=4).interactions(10)
-            ],
-            schema=arrow_schema(InteractionEvent),
-        ),
-        "interaction:1",
-    )
+    producer = Producer(kafka.librdkafka({"message.max.bytes": 16_000_000}))
+
+    def envelope(n: int, seed: int) -> tuple[bytes, list[tuple[str, bytes]]]:
+        rows = [
+            {**e.__dict__, "event_id": str(e.event_id)}
+            for e in TrafficSimulator(seed=seed).interactions(n)
+        ]
+        table = pa.Table.from_pylist(rows, schema=arrow_schema(InteractionEvent))
+        return encode_arrow(table, "interaction:1")
+
+    good_value, good_headers = envelope(10, 4)
     garbage = [
         (os.urandom(512), [("content-type", ARROW.encode())]),  # random bytes as Arrow
         (good_value[: len(good_value) // 2], good_headers),  # truncated Arrow
         (os.urandom(256), []),  # no headers at all
         (b'{"user_id": ', [("content-type", b"application/json")]),  # broken JSON
         (b"{}", [("content-type", b"application/json"), ("eddyline-schema", b"interaction:77")]),
+        (b"x", [("content-type", b"text/csv")]),  # wrong content type
+        envelope(20_001, 5),  # valid rows, but more than the worker's limit of 20,000
     ]
     for value, headers in garbage:
         producer.produce(raw, value=value, headers=headers, partition=0)
@@ -196,19 +199,22 @@ def test_garbage_on_a_raw_topic_is_deadlettered_and_the_worker_keeps_going(
         valid = _emit(sdk, list(TrafficSimulator(users=20, seed=8).interactions(300)))
     wait_for(lambda: len(delta_ids(lake, "interaction")) == 300, 90, "valid events after garbage")
     assert set(delta_ids(lake, "interaction")) == set(valid)
-    reasons = sorted(d["reason"] for d in deadletters(kafka))
-    assert reasons == sorted(
-        [
-            "envelope.corrupt",
-            "envelope.corrupt",
-            "envelope.content_type",
-            "envelope.corrupt",
-            "schema.unknown",
-        ]
+    expected = sorted(
+        ["envelope.corrupt"] * 3
+        + ["envelope.content_type"] * 2
+        + ["schema.unknown", "envelope.too_large"]
     )
+    assert sorted(d["reason"] for d in deadletters(kafka)) == expected
     assert worker.proc is not None and worker.proc.poll() is None
-    metrics = worker.metrics()
-    assert (
-        metrics is not None
-        and 'eddyline_worker_deadlettered_total{reason="envelope.corrupt"} 3.0' in metrics
-    )
+
+    def stored_reasons() -> list[str]:
+        if not (lake / "deadletters").exists():
+            return []
+        return sorted(Lake(lake).read("deadletters", columns=["reason"])["reason"].to_pylist())
+
+    wait_for(lambda: stored_reasons() == expected, 30, "dead letters in Delta")
+    time.sleep(5.5)  # one lag report
+    metrics = worker.metrics() or ""
+    assert 'eddyline_worker_deadlettered_total{reason="envelope.corrupt"} 3.0' in metrics
+    assert 'eddyline_worker_table_files{table="interaction"}' in metrics
+    assert "eddyline_worker_consumer_lag{" in metrics
