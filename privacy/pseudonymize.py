@@ -14,7 +14,6 @@ Examples:
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from pathlib import Path
@@ -29,16 +28,25 @@ _HEX_CHARS = 32
 class HmacPseudonymizer:
     """Maps identifiers to keyed pseudonyms, column at a time."""
 
-    def __init__(self, key: bytes, *, key_id: str) -> None:
+    def __init__(self, key: bytes, *, key_id: str, cache_size: int = 1_000_000) -> None:
         if len(key) < 16:
             raise ValueError("a pseudonym key needs at least 16 bytes")
         self._key = key
         self.key_id = key_id
+        # Users recur across batches: remembering recent pseudonyms skips most HMACs. The
+        # cache lives in the worker, which sees raw ids anyway; it is never written out.
+        self._cache: dict[str, str] = {}
+        self._cache_size = cache_size
 
     def one(self, value: str) -> str:
         """The pseudonym of one identifier."""
-        digest = hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()
-        return digest[:_HEX_CHARS]
+        found = self._cache.get(value)
+        if found is None:
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()
+            found = hmac.digest(self._key, value.encode(), "sha256").hex()[:_HEX_CHARS]
+            self._cache[value] = found
+        return found
 
     def apply(self, column: pa.Array | pa.ChunkedArray) -> pa.Array:
         """Pseudonymise a string column.

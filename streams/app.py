@@ -134,6 +134,8 @@ def build_app(
         broker_session_timeout=ws.session_timeout_s,
         broker_heartbeat_interval=min(3.0, ws.session_timeout_s / 3),
         producer_max_request_size=16 * 1024 * 1024,
+        # Envelopes are ~100-500 kB: Faust's 1 MiB default fetches only a few per round trip.
+        consumer_max_fetch_size=16 * 1024 * 1024,
     )
     raw = _raw_topic(app, *[p.topics.raw(s) for s in p.streams])
     private = _raw_topic(app, *[p.topics.private(s) for s in p.streams])

@@ -61,7 +61,7 @@ class ProducerSettings(BaseSettings):
     model_config = _ENV
 
     # ~1-5k events per envelope keeps Faust's per-message cost negligible (ARCHITECTURE.md).
-    batch_max_events: int = Field(default=2_000, ge=1)
+    batch_max_events: int = Field(default=5_000, ge=1)
     # Envelopes stay well under Kafka's 1 MiB default message.max.bytes.
     batch_max_bytes: int = Field(default=900_000, ge=1_024)
     linger_ms: int = Field(default=50, ge=0)

@@ -25,6 +25,7 @@ class WorkerProcess:
 
     def start(self, timeout: float = 60.0) -> WorkerProcess:
         env = {**os.environ, **self.env, "EDDYLINE_WEB_PORT": str(self.web_port)}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "eddyline", "worker", "run"],

@@ -1,0 +1,185 @@
+"""Pipeline throughput and latency: raw topic -> privacy -> Delta (+ learning), one worker.
+
+1. Drain: the raw topic is pre-filled with N events (Arrow envelopes from the SDK); one
+   eddyline worker process starts; events/s from its first event in to the last row
+   committed to Delta, with privacy and learning on.
+2. Baseline: a naive Faust agent (bench/naive_worker.py) doing the same work one JSON event
+   per message, on a pre-filled JSON topic, timed the same way.
+3. Latency: the SDK offers 50,000 events/s to a running worker; for every event, the time
+   from its construction (``occurred_at``) to the poll that first sees it in Delta.
+
+    .venv/bin/python bench/pipeline.py [--events 1000000] [--naive-events 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from deltalake import DeltaTable
+from prometheus_client import CollectorRegistry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _broker import _free_port, kafka_for_bench  # noqa: E402
+
+from eddyline.simulate import TrafficSimulator  # noqa: E402
+from streams.producer import EventProducer  # noqa: E402
+from streams.settings import KafkaSettings, ProducerSettings  # noqa: E402
+from streams.topics import ensure_topics  # noqa: E402
+from streams.worker_process import WorkerProcess  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(m) for m in re.findall(rf"^{name}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M))
+
+
+def _emit(kafka: KafkaSettings, n: int, seed: int, rate: float | None, spool: str) -> None:
+    """``n`` events; when paced (``rate``), each is stamped with the time it is emitted."""
+    sim = TrafficSimulator(users=20_000, seed=seed)
+    settings = ProducerSettings(spool_dir=Path(spool))
+    with EventProducer(settings, kafka=kafka, registry=CollectorRegistry()) as producer:
+        step = 5_000
+        for _ in range(0, n, step):
+            t0 = time.monotonic()
+            for event in sim.interactions(step):
+                if rate:  # the simulator spaces occurred_at 1 ms apart; latency needs "now"
+                    event = event.model_copy(update={"occurred_at": datetime.now(UTC)})
+                producer.emit(event)
+            if rate:
+                time.sleep(max(0.0, step / rate - (time.monotonic() - t0)))
+        assert producer.flush(300) == 0
+
+
+def _worker(kafka: KafkaSettings, root: Path, name: str) -> WorkerProcess:
+    env = {"EDDYLINE_BOOTSTRAP": kafka.bootstrap, "EDDYLINE_NAMESPACE": kafka.namespace,
+           "EDDYLINE_LAKE_PATH": str(root / "lake"), "EDDYLINE_STATE_DIR": str(root / "state"),
+           "EDDYLINE_PSEUDONYM_KEY": "bench-key-0123456789abcdef"}
+    return WorkerProcess(env, root / f"{name}.log", _free_port()).start(timeout=120)
+
+
+def drain(bootstrap: str, n: int, root: Path, spool: str) -> float:
+    kafka = KafkaSettings(bootstrap=bootstrap, namespace=f"drain{uuid.uuid4().hex[:6]}")
+    ensure_topics(kafka, ["interaction", "feedback"])
+    log(f"drain: pre-filling {n:,} events")
+    _emit(kafka, n, seed=1, rate=None, spool=spool)
+    worker = _worker(kafka, root, "drain-worker")
+    try:
+        first = done = 0.0
+        while not done:
+            text = worker.metrics() or ""
+            now = time.monotonic()
+            if not first and _metric(text, "eddyline_worker_events_in_total") > 0:
+                first = now
+            if _metric(text, "eddyline_worker_events_written_total") >= n:
+                done = now
+            time.sleep(0.02)
+        learned = _metric(worker.metrics() or "", "eddyline_worker_events_learned_total")
+        log(f"drain: {n:,} events in {done - first:.2f}s (learned {learned:,.0f})")
+        return n / (done - first)
+    finally:
+        worker.stop()
+
+
+def naive(bootstrap: str, n: int, root: Path) -> float:
+    topic = f"naive{uuid.uuid4().hex[:6]}.json"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 3, 1)])[topic].result()
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    for event in TrafficSimulator(users=20_000, seed=2).interactions(n):
+        while True:
+            try:
+                producer.produce(topic, event.model_dump_json().encode(), key=event.user_id)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(120)
+    log(f"naive: pre-filled {n:,} JSON messages")
+    proc = subprocess.run([sys.executable, str(HERE / "naive_worker.py"), bootstrap, topic,
+                           str(root / "naive-lake"), str(n), str(_free_port())],
+                          capture_output=True, text=True, timeout=1800, check=True)
+    found = re.findall(r"\{\"first\".*?\}", proc.stdout + proc.stderr)  # Faust logs stdout
+    result = json.loads(found[-1])
+    log(f"naive: {n:,} events in {result['done'] - result['first']:.2f}s")
+    return n / (result["done"] - result["first"])
+
+
+def latency(bootstrap: str, rate: float, seconds: float, root: Path, spool: str) -> list[float]:
+    kafka = KafkaSettings(bootstrap=bootstrap, namespace=f"lat{uuid.uuid4().hex[:6]}")
+    ensure_topics(kafka, ["interaction", "feedback"])
+    worker = _worker(kafka, root, "latency-worker")
+    n = int(rate * seconds)
+    uri = str(root / "lake" / "interaction")
+    seen: set[str] = set()
+    files: set[str] = set()
+    delays: list[float] = []
+    import threading
+
+    sender = threading.Thread(target=_emit, args=(kafka, n, 3, rate, spool), daemon=True)
+    log(f"latency: offering {rate:,.0f} events/s for {seconds:.0f}s")
+    sender.start()
+    deadline = time.monotonic() + seconds + 120
+    try:
+        while len(seen) < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+            if not DeltaTable.is_deltatable(uri):
+                continue
+            now = datetime.now(UTC)
+            for f in set(DeltaTable(uri).file_uris()) - files:
+                files.add(f)
+                t = pq.read_table(f, columns=["event_id", "occurred_at"])
+                for eid, at in zip(t["event_id"].to_pylist(), t["occurred_at"].to_pylist(),
+                                   strict=True):
+                    if eid not in seen:
+                        seen.add(eid)
+                        delays.append((now - at).total_seconds())
+    finally:
+        sender.join(timeout=5)
+        worker.stop()
+    if len(seen) < n:
+        raise RuntimeError(f"only {len(seen):,} of {n:,} events became visible")
+    return delays
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--naive-events", type=int, default=100_000)
+    parser.add_argument("--rate", type=float, default=50_000)
+    parser.add_argument("--seconds", type=float, default=20)
+    args = parser.parse_args()
+    with kafka_for_bench() as bootstrap, tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        ours = drain(bootstrap, args.events, root / "drain", str(root / "spool"))
+        base = naive(bootstrap, args.naive_events, root)
+        delays = latency(bootstrap, args.rate, args.seconds, root / "latency", str(root / "spool"))
+    p50, p99 = np.percentile(delays, [50, 99])
+    log(f"latency: p50 {p50:.2f}s p99 {p99:.2f}s over {len(delays):,} events")
+    print(json.dumps({
+        "bench": "pipeline", "events": args.events, "naive_events": args.naive_events,
+        "events_per_s": round(ours), "naive_events_per_s": round(base),
+        "ratio_vs_naive": round(ours / base, 1), "offered_events_per_s": args.rate,
+        "p50_visible_s": round(float(p50), 3), "p99_visible_s": round(float(p99), 3),
+        "target_events_per_s": 300_000, "target_ratio_vs_naive": 20, "target_p99_visible_s": 2.0,
+    }))
+
+
+if __name__ == "__main__":
+    main()
