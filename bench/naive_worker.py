@@ -24,9 +24,16 @@ from deltalake import write_deltalake
 from schemas.events import InteractionEvent
 
 bootstrap, topic_name, lake, expected, port = sys.argv[1:6]
-app = faust.App(f"naive-{os.getpid()}", broker=f"kafka://{bootstrap}", store="memory://",
-                web_port=int(port), web_bind="127.0.0.1", consumer_auto_offset_reset="earliest",
-                stream_wait_empty=False, autodiscover=False)
+app = faust.App(
+    f"naive-{os.getpid()}",
+    broker=f"kafka://{bootstrap}",
+    store="memory://",
+    web_port=int(port),
+    web_bind="127.0.0.1",
+    consumer_auto_offset_reset="earliest",
+    stream_wait_empty=False,
+    autodiscover=False,
+)
 topic = app.topic(topic_name, value_type=bytes, value_serializer="raw")
 KEY, RNG = b"k" * 32, np.random.default_rng()
 state = {"first": 0.0, "written": 0, "rows": [], "last_flush": time.monotonic()}
@@ -47,19 +54,27 @@ async def naive(stream: faust.StreamT[bytes]) -> None:
         if not state["first"]:
             state["first"] = time.time()
         event = InteractionEvent.model_validate_json(value)
-        state["rows"].append({
-            "event_id": str(event.event_id),
-            "user_pid": hmac.new(KEY, event.user_id.encode(), hashlib.sha256).hexdigest()[:32],
-            "occurred_at": event.occurred_at, "item_category": event.item_category,
-            "action": event.action, "position": event.position,
-            "dwell_time_s": min(max(event.dwell_time_s, 0.0), 300.0) + RNG.laplace(0.0, 300.0),
-        })
+        state["rows"].append(
+            {
+                "event_id": str(event.event_id),
+                "user_pid": hmac.new(KEY, event.user_id.encode(), hashlib.sha256).hexdigest()[:32],
+                "occurred_at": event.occurred_at,
+                "item_category": event.item_category,
+                "action": event.action,
+                "position": event.position,
+                "dwell_time_s": min(max(event.dwell_time_s, 0.0), 300.0) + RNG.laplace(0.0, 300.0),
+            }
+        )
         if len(state["rows"]) >= 10_000 or time.monotonic() - state["last_flush"] >= 1.0:
             flush()
         if state["written"] + len(state["rows"]) >= int(expected):
             flush()
-            print(json.dumps({"first": state["first"], "done": time.time(),
-                              "written": state["written"]}), flush=True)
+            print(
+                json.dumps(
+                    {"first": state["first"], "done": time.time(), "written": state["written"]}
+                ),
+                flush=True,
+            )
             os._exit(0)
 
 

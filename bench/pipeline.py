@@ -32,13 +32,13 @@ from deltalake import DeltaTable
 from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _broker import _free_port, kafka_for_bench  # noqa: E402
+from _broker import _free_port, kafka_for_bench
 
-from eddyline.simulate import TrafficSimulator  # noqa: E402
-from streams.producer import EventProducer  # noqa: E402
-from streams.settings import KafkaSettings, ProducerSettings  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
-from streams.worker_process import WorkerProcess  # noqa: E402
+from eddyline.simulate import TrafficSimulator
+from streams.producer import EventProducer
+from streams.settings import KafkaSettings, ProducerSettings
+from streams.topics import ensure_topics
+from streams.worker_process import WorkerProcess
 
 HERE = Path(__file__).resolve().parent
 
@@ -69,9 +69,13 @@ def _emit(kafka: KafkaSettings, n: int, seed: int, rate: float | None, spool: st
 
 
 def _worker(kafka: KafkaSettings, root: Path, name: str) -> WorkerProcess:
-    env = {"EDDYLINE_BOOTSTRAP": kafka.bootstrap, "EDDYLINE_NAMESPACE": kafka.namespace,
-           "EDDYLINE_LAKE_PATH": str(root / "lake"), "EDDYLINE_STATE_DIR": str(root / "state"),
-           "EDDYLINE_PSEUDONYM_KEY": "bench-key-0123456789abcdef"}
+    env = {
+        "EDDYLINE_BOOTSTRAP": kafka.bootstrap,
+        "EDDYLINE_NAMESPACE": kafka.namespace,
+        "EDDYLINE_LAKE_PATH": str(root / "lake"),
+        "EDDYLINE_STATE_DIR": str(root / "state"),
+        "EDDYLINE_PSEUDONYM_KEY": "bench-key-0123456789abcdef",
+    }
     return WorkerProcess(env, root / f"{name}.log", _free_port()).start(timeout=120)
 
 
@@ -112,9 +116,21 @@ def naive(bootstrap: str, n: int, root: Path) -> float:
                 producer.poll(0.05)
     producer.flush(120)
     log(f"naive: pre-filled {n:,} JSON messages")
-    proc = subprocess.run([sys.executable, str(HERE / "naive_worker.py"), bootstrap, topic,
-                           str(root / "naive-lake"), str(n), str(_free_port())],
-                          capture_output=True, text=True, timeout=1800, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "naive_worker.py"),
+            bootstrap,
+            topic,
+            str(root / "naive-lake"),
+            str(n),
+            str(_free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=True,
+    )
     found = re.findall(r"\{\"first\".*?\}", proc.stdout + proc.stderr)  # Faust logs stdout
     result = json.loads(found[-1])
     log(f"naive: {n:,} events in {result['done'] - result['first']:.2f}s")
@@ -145,8 +161,9 @@ def latency(bootstrap: str, rate: float, seconds: float, root: Path, spool: str)
             for f in set(DeltaTable(uri).file_uris()) - files:
                 files.add(f)
                 t = pq.read_table(f, columns=["event_id", "occurred_at"])
-                for eid, at in zip(t["event_id"].to_pylist(), t["occurred_at"].to_pylist(),
-                                   strict=True):
+                for eid, at in zip(
+                    t["event_id"].to_pylist(), t["occurred_at"].to_pylist(), strict=True
+                ):
                     if eid not in seen:
                         seen.add(eid)
                         delays.append((now - at).total_seconds())
@@ -172,13 +189,24 @@ def main() -> None:
         delays = latency(bootstrap, args.rate, args.seconds, root / "latency", str(root / "spool"))
     p50, p99 = np.percentile(delays, [50, 99])
     log(f"latency: p50 {p50:.2f}s p99 {p99:.2f}s over {len(delays):,} events")
-    print(json.dumps({
-        "bench": "pipeline", "events": args.events, "naive_events": args.naive_events,
-        "events_per_s": round(ours), "naive_events_per_s": round(base),
-        "ratio_vs_naive": round(ours / base, 1), "offered_events_per_s": args.rate,
-        "p50_visible_s": round(float(p50), 3), "p99_visible_s": round(float(p99), 3),
-        "target_events_per_s": 300_000, "target_ratio_vs_naive": 20, "target_p99_visible_s": 2.0,
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "pipeline",
+                "events": args.events,
+                "naive_events": args.naive_events,
+                "events_per_s": round(ours),
+                "naive_events_per_s": round(base),
+                "ratio_vs_naive": round(ours / base, 1),
+                "offered_events_per_s": args.rate,
+                "p50_visible_s": round(float(p50), 3),
+                "p99_visible_s": round(float(p99), 3),
+                "target_events_per_s": 300_000,
+                "target_ratio_vs_naive": 20,
+                "target_p99_visible_s": 2.0,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -156,7 +156,8 @@ class DriftEvent(BaseModel):
     stat_before: float
     stat_after: float
     events_seen: int
-    # Per private-topic partition: the offset range the "after" window covers.
+    # Per raw-topic partition: the raw offsets the "after" window covers (the offsets each
+    # Delta commit records as an app transaction, so a job can map them to table versions).
     offsets_after: dict[int, tuple[int, int]]
     lake_version: int | None = None
     detected_at: AwareDatetime = Field(default_factory=_now)

@@ -11,7 +11,9 @@ One process is one asyncio loop; scale out with more processes in the same consu
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
+import time
 from collections import defaultdict, deque
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +22,7 @@ import faust
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from online_learning.checkpoint import ModelStore
 from online_learning.detectors import AdwinDetector, Alarm
 from online_learning.learner import ClickModel
 from privacy.pseudonymize import HmacPseudonymizer, load_or_create_key
@@ -76,11 +79,29 @@ class Pipeline:
         self.sink = DeltaSink(ws.lake_path)
         self.metrics = WorkerMetrics.create()
         detector = AdwinDetector(warmup=ws.drift_warmup, cooldown=ws.drift_cooldown)
+        self.store = ModelStore(ws.state_dir / "models")
         self.model = ClickModel(detector=detector)
+        # raw partition -> last raw offset the model has learned (restored from a checkpoint)
+        self.model_offsets: dict[int, int] = {}
+        restored = self.store.load(self.model.name)
+        if restored is not None:
+            self.model, self.model_offsets = restored.model, restored.offsets
+            log.info("restored model %s (%d events learned)", self.model.name, self.model.seen)
+        self._last_checkpoint = time.monotonic()
         self.stream_of = {self.topics.raw(s): s for s in streams}
         self.stream_of.update({self.topics.private(s): s for s in streams})
         # (events seen after this message, partition, offset) of recent learn inputs.
         self.learned: deque[tuple[int, int, int]] = deque(maxlen=50_000)
+
+    async def maybe_checkpoint(self) -> bool:
+        """Checkpoint the model and its offsets if ``checkpoint_every_s`` has passed."""
+        if time.monotonic() - self._last_checkpoint < self.ws.checkpoint_every_s:
+            return False
+        self._last_checkpoint = time.monotonic()
+        # A consistent copy, taken on the event loop between batches; written in a thread.
+        model, offsets = copy.deepcopy(self.model), dict(self.model_offsets)
+        await asyncio.to_thread(self.store.save, model.name, model, offsets)
+        return True
 
     def drift_event(self, alarm: Alarm) -> DriftEvent:
         """A drift event naming the offsets of the data after the change."""
@@ -219,8 +240,20 @@ def build_app(
 
     @app.agent(learn_in)
     async def learn(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            table = decode(event.value, event.message.headers).table
+        # Acks wait for the checkpoint that covers them: Kafka's committed offset never runs
+        # ahead of the model, so a restart resumes exactly where the checkpoint stopped.
+        # Offsets are the raw source's (from the envelope header), as in the lake: a raw
+        # message privatised twice after a crash arrives twice, and is learned once.
+        manual = stream.noack()  # type: ignore[attr-defined]  # on Stream, not StreamT
+        unacked: list[Any] = []
+        async for event in manual.events():
+            headers = header_map(event.message.headers)
+            src = SourceRef.parse(headers[H_SOURCE])
+            partition, offset = src.partition, src.offset
+            unacked.append(event)
+            if offset <= p.model_offsets.get(partition, -1):
+                continue  # in the restored checkpoint, or a replay of a learned message
+            table = decode(event.value, headers).table
             assert table is not None
             table = consented(table, "learn")
             try:
@@ -228,8 +261,14 @@ def build_app(
             except Exception:
                 log.exception("learning failed on a batch of %d rows", table.num_rows)
                 continue
-            p.learned.append((p.model.seen, event.message.partition, event.message.offset))
+            p.model_offsets[partition] = offset
+            p.learned.append((p.model.seen, partition, offset))
             p.metrics.learned.labels(p.model.name).inc(table.num_rows)
+            p.metrics.model_seen.labels(p.model.name).set(p.model.seen)
+            if await p.maybe_checkpoint():
+                for done in unacked:
+                    await manual.ack(done)
+                unacked.clear()
             for alarm in outcome.alarms:
                 drift_event = await asyncio.to_thread(p.drift_event, alarm)
                 await drift.send(

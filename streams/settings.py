@@ -99,4 +99,6 @@ class WorkerSettings(BaseSettings):
     max_envelope_rows: int = Field(default=100_000, ge=1)
     # A worker killed with -9 holds its partitions until this expires; keep it short.
     session_timeout_s: float = Field(default=10.0, gt=1)
+    # Model checkpoints (with the offsets they cover) go to state_dir/models this often.
+    checkpoint_every_s: float = Field(default=5.0, gt=0)
     seed: int | None = None  # fixed randomness, for tests only

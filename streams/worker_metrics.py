@@ -23,6 +23,7 @@ class WorkerMetrics:
     envelope_rows: Histogram
     commit_rows: Histogram
     lag: Gauge
+    model_seen: Gauge
     files: Gauge
 
     @classmethod
@@ -55,6 +56,12 @@ class WorkerMetrics:
                 "eddyline_worker_consumer_lag",
                 "Messages behind the partition's end",
                 ["topic", "partition"],
+                registry=reg,
+            ),
+            Gauge(
+                "eddyline_worker_model_events_seen",
+                "Events a model has learned, ever",
+                ["model"],
                 registry=reg,
             ),
             Gauge(
