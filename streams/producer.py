@@ -283,7 +283,8 @@ class EventProducer:
         for the next producer on the same spool folder. Idempotent."""
         if self._closed:
             return
-        self.flush(timeout)
+        if self._producer is not None:  # never used: nothing to send, no reason to connect
+            self.flush(timeout)
         with self._lock:
             self._closed = True
         self._stop.set()
