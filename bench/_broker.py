@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from streams.broker import LocalBroker
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from streams.broker import LocalBroker, free_port
 
 
 @contextlib.contextmanager
@@ -24,7 +17,7 @@ def kafka_for_bench() -> Iterator[str]:
         yield os.environ["EDDYLINE_BOOTSTRAP"]
         return
     with tempfile.TemporaryDirectory() as root:
-        broker = LocalBroker(port=_free_port(), controller_port=_free_port(), root=Path(root))
+        broker = LocalBroker(port=free_port(), controller_port=free_port(), root=Path(root))
         broker.start()
         try:
             yield broker.bootstrap

@@ -32,9 +32,10 @@ from deltalake import DeltaTable
 from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _broker import _free_port, kafka_for_bench
+from _broker import kafka_for_bench
 
 from eddyline.simulate import TrafficSimulator
+from streams.broker import free_port
 from streams.producer import EventProducer
 from streams.settings import KafkaSettings, ProducerSettings
 from streams.topics import ensure_topics
@@ -76,7 +77,7 @@ def _worker(kafka: KafkaSettings, root: Path, name: str) -> WorkerProcess:
         "EDDYLINE_STATE_DIR": str(root / "state"),
         "EDDYLINE_PSEUDONYM_KEY": "bench-key-0123456789abcdef",
     }
-    return WorkerProcess(env, root / f"{name}.log", _free_port()).start(timeout=120)
+    return WorkerProcess(env, root / f"{name}.log", free_port()).start(timeout=120)
 
 
 def drain(bootstrap: str, n: int, root: Path, spool: str) -> float:
@@ -124,7 +125,7 @@ def naive(bootstrap: str, n: int, root: Path) -> float:
             topic,
             str(root / "naive-lake"),
             str(n),
-            str(_free_port()),
+            str(free_port()),
         ],
         capture_output=True,
         text=True,

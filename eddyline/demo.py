@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,20 +16,13 @@ from consumers.drift import DriftSubscriber
 from eddyline.simulate import TrafficSimulator
 from schemas.envelope import KafkaHeaders, encode_json
 from schemas.events import DriftEvent
-from streams.broker import LocalBroker
+from streams.broker import LocalBroker, free_port
 from streams.producer import EventProducer
 from streams.settings import KafkaSettings
 from streams.topics import Topics, ensure_topics, read_all
 from streams.worker_process import WorkerProcess
 
 STREAMS = ["interaction", "feedback"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

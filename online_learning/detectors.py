@@ -25,11 +25,13 @@ from river import drift
 
 @dataclass(frozen=True)
 class Alarm:
-    """A detected change: where (count of values seen), and the means before/after."""
+    """A detected change: when it fired (count of values seen), where the change most likely
+    began (``change_index``, same count), and the means before/after."""
 
     index: int
     before: float
     after: float
+    change_index: int = 0
 
     @property
     def severity(self) -> float:
@@ -50,6 +52,9 @@ class AdwinDetector:
     seen: int = 0
     _adwin: drift.ADWIN = field(init=False, repr=False)
     _last_alarm: int = field(default=-(10**12), init=False, repr=False)
+    _recent: np.ndarray = field(default_factory=lambda: np.zeros(0), init=False, repr=False)
+    _previous_alarm: int = field(default=0, init=False, repr=False)
+    recent_size: int = 5_000  # values kept to locate a change once it is detected
 
     def __post_init__(self) -> None:
         self._adwin = drift.ADWIN(delta=self.delta, clock=self.clock)  # type: ignore[no-untyped-call]  # River is untyped
@@ -58,6 +63,7 @@ class AdwinDetector:
         """Feed values in order; return the alarms they raise."""
         alarms: list[Alarm] = []
         adwin = self._adwin
+        first = self.seen  # values seen before this call
         # ADWIN is sequential by nature; River's update is ~10M/s, far from the bottleneck.
         for v in values.tolist():
             before = adwin.estimation
@@ -65,8 +71,28 @@ class AdwinDetector:
             self.seen += 1
             if adwin.drift_detected and self._should_alarm(before, adwin.estimation):
                 alarms.append(Alarm(self.seen, before, adwin.estimation))
+                self._previous_alarm = self._last_alarm if self._last_alarm > 0 else 0
                 self._last_alarm = self.seen
-        return alarms
+        self._recent = np.concatenate([self._recent, values])[-self.recent_size :]
+        return [self._locate(a, first, len(values)) for a in alarms]
+
+    def _locate(self, alarm: Alarm, first: int, batch: int) -> Alarm:
+        """Where the change most likely began: the split of the recent values (after the
+        warm-up and the previous alarm, up to this one) that best separates two means in the
+        alarm's direction: the maximum-likelihood single change point."""
+        end = len(self._recent) - (first + batch - alarm.index)
+        earliest = max(self.warmup, self._previous_alarm, alarm.index - end)
+        x = self._recent[end - (alarm.index - earliest) : end]
+        n = len(x)
+        if n < 4:
+            return Alarm(alarm.index, alarm.before, alarm.after, alarm.index)
+        k = np.arange(1, n)
+        csum = np.cumsum(x)[:-1]
+        gap = (x.sum() - csum) / (n - k) - csum / k  # mean after the split minus before
+        if self.direction != "both":
+            gap = np.maximum(gap if self.direction == "up" else -gap, 0.0)
+        split = int(np.argmax(k * (n - k) / n * gap**2)) + 1
+        return Alarm(alarm.index, alarm.before, alarm.after, alarm.index - (n - split))
 
     @property
     def window(self) -> int:

@@ -159,5 +159,9 @@ class DriftEvent(BaseModel):
     # Per raw-topic partition: the raw offsets the "after" window covers (the offsets each
     # Delta commit records as an app transaction, so a job can map them to table versions).
     offsets_after: dict[int, tuple[int, int]]
+    #: The Delta version current when the change was detected, and the newest version that
+    #: holds only data from before the "after" window: time travel to ``lake_version_before``
+    #: for pre-change data; rows added after it (up to now) hold the change.
     lake_version: int | None = None
+    lake_version_before: int | None = None
     detected_at: AwareDatetime = Field(default_factory=_now)

@@ -90,8 +90,8 @@ class Pipeline:
         self._last_checkpoint = time.monotonic()
         self.stream_of = {self.topics.raw(s): s for s in streams}
         self.stream_of.update({self.topics.private(s): s for s in streams})
-        # (events seen after this message, partition, offset) of recent learn inputs.
-        self.learned: deque[tuple[int, int, int]] = deque(maxlen=50_000)
+        # (events seen before and after this message, raw partition, raw offset), recent ones.
+        self.learned: deque[tuple[int, int, int, int]] = deque(maxlen=50_000)
 
     async def maybe_checkpoint(self) -> bool:
         """Checkpoint the model and its offsets if ``checkpoint_every_s`` has passed."""
@@ -105,10 +105,13 @@ class Pipeline:
 
     def drift_event(self, alarm: Alarm) -> DriftEvent:
         """A drift event naming the offsets of the data after the change."""
-        start = alarm.index - max(self.model.detector.window, 1)
+        start = alarm.change_index
         after: dict[int, tuple[int, int]] = {}
-        for seen, partition, offset in self.learned:
-            if seen > start:
+        for seen_before, seen_after, partition, offset in self.learned:
+            # A message belongs to the "after" window if most of its rows do: envelopes hold
+            # thousands of events, and a cut a few values early must not pull in a whole
+            # pre-change envelope.
+            if (seen_before + seen_after) / 2 > start:
                 lo, hi = after.get(partition, (offset, offset))
                 after[partition] = (min(lo, offset), max(hi, offset))
         key = ",".join(f"{p}:{lo}" for p, (lo, _) in sorted(after.items()))
@@ -125,6 +128,10 @@ class Pipeline:
             events_seen=alarm.index,
             offsets_after=after,
             lake_version=self.sink.version(self.model.stream),
+            lake_version_before=self.sink.version_before(
+                self.model.stream,
+                {(self.topics.raw(self.model.stream), p): lo for p, (lo, _) in after.items()},
+            ),
         )
 
 
@@ -262,7 +269,7 @@ def build_app(
                 log.exception("learning failed on a batch of %d rows", table.num_rows)
                 continue
             p.model_offsets[partition] = offset
-            p.learned.append((p.model.seen, partition, offset))
+            p.learned.append((p.model.seen - table.num_rows, p.model.seen, partition, offset))
             p.metrics.learned.labels(p.model.name).inc(table.num_rows)
             p.metrics.model_seen.labels(p.model.name).set(p.model.seen)
             if await p.maybe_checkpoint():

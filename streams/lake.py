@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -40,6 +41,8 @@ class DeltaSink:
         self.upkeep_policy = upkeep or UpkeepPolicy()
         self.upkeep: dict[str, TableUpkeep] = {}
         self._tables: dict[str, DeltaTable] = {}
+        # Per table, recent (version, source offsets committed up to and including it).
+        self._history: dict[str, deque[tuple[int, dict[tuple[str, int], int]]]] = {}
         self._lock = threading.Lock()
 
     def uri(self, table: str) -> str:
@@ -67,6 +70,21 @@ class DeltaSink:
         with self._lock:
             dt = self._table(table)
             return None if dt is None else dt.version()
+
+    def _remember(self, table: str, version: int, last: dict[tuple[str, int], int]) -> None:
+        history = self._history.setdefault(table, deque(maxlen=10_000))
+        offsets = dict(history[-1][1]) if history else {}
+        offsets.update(last)
+        history.append((version, offsets))
+
+    def version_before(self, table: str, starts: dict[tuple[str, int], int]) -> int | None:
+        """The newest version (committed by this sink) holding nothing at or past ``starts``:
+        time travel to it reads only data from before those source offsets."""
+        with self._lock:
+            for version, offsets in reversed(self._history.get(table, ())):
+                if all(offsets.get(key, -1) < start for key, start in starts.items()):
+                    return version
+        return None
 
     def files(self, table: str) -> int:
         """Data files in the table's current version."""
@@ -103,6 +121,7 @@ class DeltaSink:
                 dt = self._tables[table] = DeltaTable(
                     self.uri(table), storage_options=self.storage_options
                 )
+            self._remember(table, dt.version(), last)
             self._after_commit(table, dt)
             return int(data.num_rows)
 

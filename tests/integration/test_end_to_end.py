@@ -18,11 +18,11 @@ from eddyline.simulate import TrafficSimulator
 from schemas.arrow import arrow_schema
 from schemas.envelope import ARROW, encode_arrow, encode_json
 from schemas.events import DriftEvent, InteractionEvent
+from streams.broker import free_port
 from streams.producer import EventProducer
 from streams.settings import KafkaSettings
 from streams.topics import Topics, read_all
 from streams.worker_process import WorkerProcess
-from tests.conftest import free_port
 from tests.integration.helpers import deadletters, delta_ids, wait_for
 
 pytestmark = pytest.mark.integration
@@ -95,7 +95,8 @@ def test_ten_thousand_events_exactly_once_private_deadlettered_and_drift(
     ]
     with EventProducer(kafka=kafka, registry=CollectorRegistry()) as producer:
         # Phase 1: before the drift, plus 200 invalid events from non-SDK clients.
-        valid = _emit(producer, list(sim.interactions(4_500)) + feedback[:200])
+        pre_drift = list(sim.interactions(4_500))
+        valid = _emit(producer, pre_drift + feedback[:200])
         invalid = _invalid_json(kafka, 150) + _invalid_rows_envelope(kafka, 50)
         wait_for(lambda: len(delta_ids(lake, "interaction")) == 4_500, 120, "phase 1 in Delta")
         wait_for(
@@ -107,7 +108,8 @@ def test_ten_thousand_events_exactly_once_private_deadlettered_and_drift(
             "phase 1 learned",
         )
         # Phase 2: after the drift.
-        valid += _emit(producer, list(sim.interactions(4_900)) + feedback[200:])
+        post_drift = list(sim.interactions(4_900))
+        valid += _emit(producer, post_drift + feedback[200:])
     assert len(valid) + len(invalid) == 10_000
 
     def landed() -> bool:
@@ -131,6 +133,15 @@ def test_ten_thousand_events_exactly_once_private_deadlettered_and_drift(
     assert drifts, "no drift event after the injected drift"
     assert all(d.events_seen > 4_500 for d in drifts), "a drift alarm before the drift"
     assert drifts[0].offsets_after and drifts[0].lake_version is not None
+    # The version range brackets the change: time travel to lake_version_before reads only
+    # pre-drift interactions; the drifted ones are in the rows added after it.
+    before = drifts[0].lake_version_before
+    assert before is not None and before <= drifts[0].lake_version
+    old = set(
+        Lake(lake).read("interaction", as_of=before, columns=["event_id"])["event_id"].to_pylist()
+    )
+    assert old and old <= {str(e.event_id) for e in pre_drift}
+    assert {str(e.event_id) for e in post_drift[:100]} <= set(delta_ids(lake, "interaction")) - old
 
     _assert_no_raw_personal_data(kafka, lake, [sim.user_id(i) for i in range(sim.users)])
 

@@ -12,10 +12,10 @@ from prometheus_client import CollectorRegistry
 
 from eddyline.demo import send_invalid
 from eddyline.simulate import TrafficSimulator
+from streams.broker import free_port
 from streams.producer import EventProducer
 from streams.settings import KafkaSettings
 from streams.worker_process import WorkerProcess
-from tests.conftest import free_port
 from tests.integration.helpers import deadletters, delta_ids, wait_for
 
 pytestmark = pytest.mark.integration

@@ -9,10 +9,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from eddyline.simulate import TrafficSimulator
+from streams.broker import free_port
 from streams.producer import EventProducer
 from streams.settings import KafkaSettings
 from streams.worker_process import WorkerProcess
-from tests.conftest import free_port
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration

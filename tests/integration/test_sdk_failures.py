@@ -16,11 +16,11 @@ from prometheus_client import CollectorRegistry
 from eddyline.simulate import TrafficSimulator
 from schemas.envelope import decode
 from schemas.events import InteractionEvent
-from streams.broker import LocalBroker
+from streams.broker import LocalBroker, free_port
 from streams.producer import EventProducer
 from streams.settings import KafkaSettings, ProducerSettings
 from streams.topics import Topics, ensure_topics, read_all
-from tests.conftest import STREAMS, free_port
+from tests.conftest import STREAMS
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration

@@ -45,3 +45,12 @@ def test_cooldown_limits_alarms_for_one_change() -> None:
     rng = np.random.default_rng(1)
     values = np.concatenate([rng.random(3_000) < 0.1, rng.random(3_000) < 0.6]).astype(float)
     assert len(AdwinDetector(warmup=0, cooldown=10_000).update_many(values)) == 1
+
+
+def test_an_alarm_locates_where_the_change_began() -> None:
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.random(4_000) < 0.1, rng.random(2_000) < 0.4]).astype(float)
+    detector = AdwinDetector(warmup=500, cooldown=10_000)
+    alarms = [a for chunk in np.array_split(values, 12) for a in detector.update_many(chunk)]
+    assert len(alarms) == 1 and alarms[0].index > 4_000
+    assert abs(alarms[0].change_index - 4_000) < 60  # the change was at value 4,000

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.errors import BrokerError, EventValidationError, ProducerClosedError
 from schemas.events import InteractionEvent
+from streams.broker import free_port
 from streams.producer import EventProducer
 from streams.settings import KafkaSettings
 
 
 def _dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port()  # nothing listens there
 
 
 def test_constructing_a_producer_makes_no_network_call() -> None:
@@ -125,9 +122,25 @@ def _event(i: int) -> InteractionEvent:
     )
 
 
-def test_with_kafka_gone_events_are_spooled_and_a_full_spool_refuses_new_ones(tmp_path) -> None:
+def _emit_until_full(p: EventProducer) -> tuple[int, float]:
+    """Emit until the spool refuses; (events accepted, seconds the refusing emit took)."""
+    import time
+
     from streams.spool import SpoolFullError
 
+    accepted = 0
+    with pytest.raises(SpoolFullError) as info:
+        for i in range(100_000):
+            started = time.monotonic()
+            p.emit(_event(i))
+            accepted += 1
+            if i % 100 == 0:
+                p.flush(0.05)  # let the delivery timeouts fire and the envelopes spool
+    assert info.value.retry_after > 0
+    return accepted, time.monotonic() - started
+
+
+def test_with_kafka_gone_events_are_spooled_and_a_full_spool_refuses_new_ones(tmp_path) -> None:
     p = _offline_producer(
         tmp_path,
         delivery_timeout_ms=1_000,
@@ -136,24 +149,13 @@ def test_with_kafka_gone_events_are_spooled_and_a_full_spool_refuses_new_ones(tm
         spool_max_bytes=1 << 16,
         on_full="raise",
     )
-    accepted = 0
-    with pytest.raises(SpoolFullError) as info:
-        for i in range(100_000):
-            p.emit(_event(i))
-            accepted += 1
-            if i % 100 == 0:
-                p.flush(0.05)  # let the timeouts fire and the envelopes spool
-    assert info.value.retry_after > 0
+    accepted, _ = _emit_until_full(p)
     assert p.spooled > 0 and p.failed == 0  # nothing accepted was dropped
     p.close(0.1)
     assert p.spooled + sum(b.count for b in p._buffers.values()) <= accepted
 
 
 def test_block_policy_waits_then_raises(tmp_path) -> None:
-    import time
-
-    from streams.spool import SpoolFullError
-
     p = _offline_producer(
         tmp_path,
         delivery_timeout_ms=1_000,
@@ -162,12 +164,6 @@ def test_block_policy_waits_then_raises(tmp_path) -> None:
         spool_max_bytes=1 << 16,
         block_timeout_s=0.5,
     )
-    started = None
-    with pytest.raises(SpoolFullError):
-        for i in range(100_000):
-            started = time.monotonic()
-            p.emit(_event(i))
-            if i % 100 == 0:
-                p.flush(0.05)
-    assert started is not None and time.monotonic() - started >= 0.5  # it waited first
+    _, waited = _emit_until_full(p)
+    assert waited >= 0.5  # it waited for room before refusing
     p.close(0.1)
