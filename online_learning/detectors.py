@@ -95,6 +95,11 @@ class AdwinDetector:
         return Alarm(alarm.index, alarm.before, alarm.after, alarm.index - (n - split))
 
     @property
+    def estimate(self) -> float:
+        """ADWIN's current mean of the watched values (e.g. the recent error rate)."""
+        return float(self._adwin.estimation)
+
+    @property
     def window(self) -> int:
         """How many recent values ADWIN keeps: after an alarm, the post-change window."""
         return int(self._adwin.width)

@@ -52,6 +52,16 @@ class ClickModel:
         )
     )
     seen: int = 0
+    checkpoints: int = 0  # checkpoints taken of this model's lineage (survives restores)
+
+    def predict_one(self, item_category: str, position: float, dwell_time_s: float) -> float:
+        """Probability of a click or purchase for one (privatised) interaction."""
+        x = {
+            "position": float(position),
+            "dwell_time_s": float(dwell_time_s),
+            f"item_category_{item_category}": 1.0,
+        }
+        return float(self.pipeline.predict_proba_one(x).get(True, 0.0))
 
     def features(self, batch: pa.Table) -> pl.DataFrame:
         frame = pl.from_arrow(batch.select(["item_category", "position", "dwell_time_s"]))

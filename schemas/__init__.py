@@ -21,7 +21,7 @@ from schemas.errors import (
     TopicNotFoundError,
     UnknownSchemaError,
 )
-from schemas.events import BaseEvent, DriftEvent, FeedbackEvent, InteractionEvent
+from schemas.events import BaseEvent, DriftEvent, FeedbackEvent, InteractionEvent, ModelEvent
 from schemas.registry import REGISTRY, SchemaRegistry
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "FeedbackEvent",
     "InteractionEvent",
     "MissingExtraError",
+    "ModelEvent",
     "Noise",
     "PrivacyAnnotation",
     "ProducerClosedError",

@@ -165,3 +165,17 @@ class DriftEvent(BaseModel):
     lake_version: int | None = None
     lake_version_before: int | None = None
     detected_at: AwareDatetime = Field(default_factory=_now)
+
+
+class ModelEvent(BaseModel):
+    """A new version of an online model (a checkpoint), published on ``signals.models``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    model_version: int
+    checkpoint: int  # increases with every checkpoint of this model
+    events_seen: int
+    offsets: dict[int, int]  # raw partition -> last raw offset learned
+    error_rate: float | None = None  # recent progressive error, if known
+    created_at: AwareDatetime = Field(default_factory=_now)

@@ -35,7 +35,7 @@ from schemas.envelope import (
     encode_arrow,
     header_map,
 )
-from schemas.events import DriftEvent
+from schemas.events import DriftEvent, ModelEvent
 from streams.lake import DeltaSink
 from streams.processing import (
     DeadLetter,
@@ -43,6 +43,7 @@ from streams.processing import (
     SourceRef,
     consented,
     deadletter_table,
+    drift_table,
 )
 from streams.settings import KafkaSettings, WorkerSettings
 from streams.topics import Topics
@@ -93,15 +94,24 @@ class Pipeline:
         # (events seen before and after this message, raw partition, raw offset), recent ones.
         self.learned: deque[tuple[int, int, int, int]] = deque(maxlen=50_000)
 
-    async def maybe_checkpoint(self) -> bool:
-        """Checkpoint the model and its offsets if ``checkpoint_every_s`` has passed."""
+    async def maybe_checkpoint(self) -> ModelEvent | None:
+        """Checkpoint the model and its offsets if ``checkpoint_every_s`` has passed; the
+        ``ModelEvent`` announcing it, or None."""
         if time.monotonic() - self._last_checkpoint < self.ws.checkpoint_every_s:
-            return False
+            return None
         self._last_checkpoint = time.monotonic()
+        self.model.checkpoints += 1
         # A consistent copy, taken on the event loop between batches; written in a thread.
         model, offsets = copy.deepcopy(self.model), dict(self.model_offsets)
         await asyncio.to_thread(self.store.save, model.name, model, offsets)
-        return True
+        return ModelEvent(
+            model=model.name,
+            model_version=model.version,
+            checkpoint=model.checkpoints,
+            events_seen=model.seen,
+            offsets=offsets,
+            error_rate=model.detector.estimate,
+        )
 
     def drift_event(self, alarm: Alarm) -> DriftEvent:
         """A drift event naming the offsets of the data after the change."""
@@ -171,6 +181,7 @@ def build_app(
     out = {s: _raw_topic(app, p.topics.private(s)) for s in p.streams}
     deadletter = _raw_topic(app, p.topics.deadletter)
     drift = _raw_topic(app, p.topics.drift)
+    models = _raw_topic(app, p.topics.models)
 
     async def dead(letters: list[DeadLetter]) -> None:
         for letter in letters:
@@ -237,6 +248,52 @@ def build_app(
             for ev in events:
                 await stream.ack(ev)
 
+    @app.agent(drift)
+    async def drift_lake(stream: faust.StreamT[bytes]) -> None:
+        """Drift events into the Delta ``drift_events`` table, exactly once."""
+        async for events in stream.noack_take(  # type: ignore[attr-defined]  # on Stream
+            ws.lake_max_messages, within=ws.lake_max_wait_s
+        ):
+            batches = [
+                (
+                    drift_table([ev.value]),
+                    SourceRef(ev.message.topic, ev.message.partition, ev.message.offset),
+                )
+                for ev in events
+            ]
+            await _commit(p, {"drift_events": batches})
+            for ev in events:
+                await stream.ack(ev)
+
+    @app.page("/predict/{model}")
+    async def predict(web: Any, request: Any, model: str) -> Any:
+        """``GET /predict/click?item_category=news&position=3&dwell_time_s=12``"""
+        started = time.perf_counter()
+        if model != p.model.name:
+            return web.json({"error": f"unknown model {model!r}"}, status=404)
+        q = request.query
+        try:
+            proba = p.model.predict_one(
+                q["item_category"], float(q.get("position", 0)), float(q.get("dwell_time_s", 0))
+            )
+        except (KeyError, ValueError) as exc:
+            return web.json(
+                {
+                    "error": f"bad query: {exc}; needs item_category, and numeric "
+                    "position and dwell_time_s"
+                },
+                status=400,
+            )
+        p.metrics.predict.observe(time.perf_counter() - started)
+        return web.json(
+            {
+                "model": p.model.name,
+                "model_version": p.model.version,
+                "events_seen": p.model.seen,
+                "probability": proba,
+            }
+        )
+
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]  # Faust leaves it untyped
     async def report_lag() -> None:
         consumer = app.consumer
@@ -272,10 +329,12 @@ def build_app(
             p.learned.append((p.model.seen - table.num_rows, p.model.seen, partition, offset))
             p.metrics.learned.labels(p.model.name).inc(table.num_rows)
             p.metrics.model_seen.labels(p.model.name).set(p.model.seen)
-            if await p.maybe_checkpoint():
+            announced = await p.maybe_checkpoint()
+            if announced is not None:
                 for done in unacked:
                     await manual.ack(done)
                 unacked.clear()
+                await models.send(value=announced.model_dump_json().encode(), headers=_JSON_HEADERS)
             for alarm in outcome.alarms:
                 drift_event = await asyncio.to_thread(p.drift_event, alarm)
                 await drift.send(
@@ -298,7 +357,7 @@ def build_app(
             generate_latest(p.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    del privatize, lake, deadletters, report_lag, learn, metrics  # registered by the decorators
+    del privatize, lake, deadletters, drift_lake, report_lag, learn, metrics, predict
     return app, p
 
 

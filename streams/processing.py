@@ -248,3 +248,36 @@ def deadletter_table(letters: list[bytes], at: datetime) -> pa.Table:
             }
         )
     return pa.Table.from_pylist(rows, schema=_DEADLETTER_SCHEMA)
+
+
+_DRIFT_SCHEMA = pa.schema(
+    [
+        ("drift_id", pa.string()),
+        ("idempotency_key", pa.string()),
+        ("model", pa.string()),
+        ("model_version", pa.int64()),
+        ("stream", pa.string()),
+        ("signal", pa.string()),
+        ("detector", pa.string()),
+        ("severity", pa.float64()),
+        ("stat_before", pa.float64()),
+        ("stat_after", pa.float64()),
+        ("events_seen", pa.int64()),
+        ("offsets_after", pa.string()),
+        ("lake_version", pa.int64()),
+        ("lake_version_before", pa.int64()),
+        ("occurred_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def drift_table(events: list[bytes]) -> pa.Table:
+    """Drift events (their JSON) as rows of the ``drift_events`` table: ``occurred_at`` is
+    when the change was detected; ``offsets_after`` is kept as JSON text."""
+    rows = []
+    for raw in events:
+        d = json.loads(raw)
+        d["offsets_after"] = json.dumps(d.get("offsets_after", {}))
+        d["occurred_at"] = datetime.fromisoformat(d.pop("detected_at"))
+        rows.append({name: d.get(name) for name in _DRIFT_SCHEMA.names})
+    return pa.Table.from_pylist(rows, schema=_DRIFT_SCHEMA)

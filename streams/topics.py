@@ -41,9 +41,13 @@ class Topics:
     def drift(self) -> str:
         return self._name("signals.drift")
 
+    @property
+    def models(self) -> str:
+        return self._name("signals.models")
+
     def all(self, streams: list[str]) -> list[str]:
         names = [self.raw(s) for s in streams] + [self.private(s) for s in streams]
-        return [*names, self.deadletter, self.drift]
+        return [*names, self.deadletter, self.drift, self.models]
 
 
 def ensure_topics(settings: KafkaSettings, streams: list[str], timeout: float = 30.0) -> list[str]:

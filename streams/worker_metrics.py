@@ -22,6 +22,7 @@ class WorkerMetrics:
     delta_commit: Histogram
     envelope_rows: Histogram
     commit_rows: Histogram
+    predict: Histogram
     lag: Gauge
     model_seen: Gauge
     files: Gauge
@@ -52,6 +53,7 @@ class WorkerMetrics:
             Histogram(
                 "eddyline_worker_commit_rows", "Rows per Delta commit", buckets=_ROWS, registry=reg
             ),
+            Histogram("eddyline_worker_predict_seconds", "GET /predict latency", registry=reg),
             Gauge(
                 "eddyline_worker_consumer_lag",
                 "Messages behind the partition's end",

@@ -60,4 +60,5 @@ def worker_env(kafka: KafkaSettings, tmp_path: Path) -> dict[str, str]:
         "EDDYLINE_DRIFT_WARMUP": "1000",
         "EDDYLINE_LAKE_MAX_WAIT_S": "0.5",
         "EDDYLINE_MAX_ENVELOPE_ROWS": "20000",
+        "EDDYLINE_CHECKPOINT_EVERY_S": "1",
     }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,7 +19,7 @@ from consumers.lake import Lake
 from eddyline.simulate import TrafficSimulator
 from schemas.arrow import arrow_schema
 from schemas.envelope import ARROW, encode_arrow, encode_json
-from schemas.events import DriftEvent, InteractionEvent
+from schemas.events import DriftEvent, InteractionEvent, ModelEvent
 from streams.broker import free_port
 from streams.producer import EventProducer
 from streams.settings import KafkaSettings
@@ -143,6 +145,30 @@ def test_ten_thousand_events_exactly_once_private_deadlettered_and_drift(
     assert old and old <= {str(e.event_id) for e in pre_drift}
     assert {str(e.event_id) for e in post_drift[:100]} <= set(delta_ids(lake, "interaction")) - old
 
+    # The drift event is also a row of the drift_events table.
+    def drift_rows() -> list[str]:
+        if not (lake / "drift_events").exists():
+            return []
+        return Lake(lake).read("drift_events", columns=["drift_id"])["drift_id"].to_pylist()
+
+    wait_for(lambda: str(drifts[0].drift_id) in drift_rows(), 30, "drift events in Delta")
+    # The model answers predictions, and announces its checkpoints.
+    base = f"http://127.0.0.1:{worker.web_port}/predict"
+    with urllib.request.urlopen(
+        f"{base}/click?item_category=sports&position=1&dwell_time_s=5"
+    ) as r:
+        answer = json.loads(r.read())
+    assert 0.0 <= answer["probability"] <= 1.0 and answer["events_seen"] >= 9_000
+    for url, status in ((f"{base}/nope?item_category=x", 404), (f"{base}/click?position=x", 400)):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(url)
+        assert err.value.code == status
+    announced = [
+        ModelEvent.model_validate_json(v)
+        for v, _ in read_all(kafka, Topics(kafka.namespace).models)
+    ]
+    assert announced and announced[-1].model == "click" and announced[-1].events_seen > 0
+
     _assert_no_raw_personal_data(kafka, lake, [sim.user_id(i) for i in range(sim.users)])
 
 
@@ -168,6 +194,7 @@ def _assert_no_raw_personal_data(kafka: KafkaSettings, lake: Path, user_ids: lis
     blobs = [v for s in ("interaction", "feedback") for v, _ in read_all(kafka, topics.private(s))]
     blobs += [v for v, _ in read_all(kafka, topics.deadletter)]
     blobs += [v for v, _ in read_all(kafka, topics.drift)]
+    blobs += [v for v, _ in read_all(kafka, topics.models)]
     for root, _, files in os.walk(lake):
         blobs += [Path(root, f).read_bytes() for f in files]
     for table in ("interaction", "feedback"):  # decoded too: Parquet may compress strings
