@@ -46,6 +46,11 @@ class PrivacyPolicy:
                 raise SchemaError(f"{model.__name__}.{name}: no mechanism for {ann!r}")
         return cls(model, tuple(pseud), tuple(redact), tuple(noise), tuple(rr))
 
+    @property
+    def mechanisms(self) -> list[LaplaceMechanism | RandomizedResponseMechanism]:
+        """The mechanisms one event goes through: what the budget accounts for."""
+        return [m for _, m in self.noised] + [m for _, m in self.randomized]
+
     def apply(
         self, table: pa.Table, pseudonymizer: HmacPseudonymizer, rng: np.random.Generator
     ) -> pa.Table:

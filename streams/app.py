@@ -75,7 +75,11 @@ class Pipeline:
         self.topics = Topics(ks.namespace)
         rng = np.random.default_rng(ws.seed)  # None: seeded from the OS CSPRNG
         self.privatizer = Privatizer(
-            _pseudonymizer(ws), rng, max_bytes=ws.max_envelope_bytes, max_rows=ws.max_envelope_rows
+            _pseudonymizer(ws),
+            rng,
+            max_bytes=ws.max_envelope_bytes,
+            max_rows=ws.max_envelope_rows,
+            budget=(ws.budget_epsilon, ws.budget_delta, ws.budget_window_s),
         )
         self.sink = DeltaSink(ws.lake_path)
         self.metrics = WorkerMetrics.create()
@@ -203,6 +207,7 @@ def build_app(
             p.metrics.events_in.labels(name).inc(result.received)
             p.metrics.envelope_rows.observe(result.received)
             p.metrics.suppressed.labels(name, "consent").inc(result.suppressed)
+            p.metrics.suppressed.labels(name, "budget").inc(result.over_budget)
             await dead(result.dead)
             if result.private is not None and result.private.num_rows:
                 value, headers = encode_arrow(

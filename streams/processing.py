@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import ValidationError
 
+from privacy.budget import BudgetLedger, allowance
 from privacy.policy import PrivacyPolicy
 from privacy.pseudonymize import HmacPseudonymizer
 from schemas.arrow import arrow_schema, conform, validate_table
@@ -70,6 +71,7 @@ class Outcome:
     dead: list[DeadLetter] = _field(default_factory=list)
     received: int = 0  # rows that decoded, valid or not
     suppressed: int = 0  # valid rows whose consent allows neither storage nor learning
+    over_budget: int = 0  # valid rows suppressed because their user's budget is spent
 
 
 class Privatizer:
@@ -83,7 +85,10 @@ class Privatizer:
         *,
         max_bytes: int = 8 << 20,
         max_rows: int = 100_000,
+        budget: tuple[float, float, int] = (100.0, 1e-6, 86_400),
     ) -> None:
+        self.budget = budget  # (epsilon, delta, window seconds) per user per stream
+        self._ledgers: dict[type[BaseEvent], BudgetLedger] = {}
         self.max_bytes, self.max_rows = max_bytes, max_rows
         self._pseudonymizer = pseudonymizer
         self._rng = rng
@@ -134,8 +139,22 @@ class Privatizer:
         allowed = pc.or_(good["consent_store"], good["consent_learn"])
         kept = good.filter(allowed)
         out.suppressed = good.num_rows - kept.num_rows
-        out.private = self.policy(model).apply(kept, self._pseudonymizer, self._rng)
+        private = self.policy(model).apply(kept, self._pseudonymizer, self._rng)
+        if private.num_rows and "user_pid" in private.column_names:
+            within = self.ledger(model).charge(private["user_pid"], private["occurred_at"])
+            out.over_budget = int(len(within) - within.sum())
+            private = private.filter(pa.array(within)) if out.over_budget else private
+        out.private = private
         return out
+
+    def ledger(self, model: type[BaseEvent]) -> BudgetLedger:
+        """The budget ledger of one event type (its allowance from the accountant)."""
+        found = self._ledgers.get(model)
+        if found is None:
+            epsilon, delta, window = self.budget
+            n = allowance(self.policy(model).mechanisms, epsilon=epsilon, delta=delta)
+            found = self._ledgers[model] = BudgetLedger(n, window)
+        return found
 
     def _model(self, env: Envelope, stream: str) -> type[BaseEvent]:
         try:

@@ -94,6 +94,12 @@ class WorkerSettings(BaseSettings):
     # Online learning: no drift alarm before this many events, none within the cooldown.
     drift_warmup: int = Field(default=1_000, ge=0)
     drift_cooldown: int = Field(default=2_000, ge=0)
+    # The per-user privacy budget, per stream and window, composed by dp-accounting's PLD
+    # accountant. 100 is a usable default for the demo traffic, not a recommendation: an
+    # event with one ε=1 field then allows 152 events per user per day (docs/privacy.md).
+    budget_epsilon: float = Field(default=100.0, gt=0)
+    budget_delta: float = Field(default=1e-6, gt=0, lt=1)
+    budget_window_s: int = Field(default=86_400, ge=60)
     # Larger envelopes are dead-lettered (envelope.too_large), never decoded.
     max_envelope_bytes: int = Field(default=8 * 1024 * 1024, ge=1_024)
     max_envelope_rows: int = Field(default=100_000, ge=1)

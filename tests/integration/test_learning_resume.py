@@ -30,7 +30,7 @@ def test_kill_9_resumes_from_the_checkpoint_without_replaying(
 ) -> None:
     env = {**worker_env, "EDDYLINE_CHECKPOINT_EVERY_S": "1", "EDDYLINE_SESSION_TIMEOUT_S": "6"}
     checkpoint = Path(env["EDDYLINE_STATE_DIR"]) / "models" / "click.ckpt"
-    sim = TrafficSimulator(users=200, seed=17)
+    sim = TrafficSimulator(users=2_000, seed=17)  # 20 events a user: within budget
     first = WorkerProcess(env, tmp_path / "w0.log", free_port()).start()
     with EventProducer(kafka=kafka, registry=CollectorRegistry()) as producer:
         for event in sim.interactions(20_000):

@@ -1,0 +1,136 @@
+"""The per-user privacy budget: ε composed by an accountant, enforced per batch, vectorised.
+
+Every event of one type goes through the same mechanisms, so its privacy loss is the same
+DP event each time. The loss of n events by one user is the n-fold composition of that
+event, computed by dp-accounting's PLD accountant (local DP: the neighbouring relation is
+"replace one user's values"). So a budget (ε, δ) per user per window is exactly "at most
+``allowance`` events", where ``allowance`` is the largest n whose composed ε stays within
+budget: found once, by search over the accountant. Charging a batch is then counting
+events per (pseudonymous user, window), in numpy.
+
+Only fields with a privacy mechanism are accounted for; fields a schema releases as they
+are (no annotation) are outside any budget, by the schema author's choice (docs/privacy.md).
+
+Examples:
+    >>> from privacy.mechanisms import LaplaceMechanism
+    >>> allowance([LaplaceMechanism(1.0, 0.0, 1.0)], epsilon=10.0, delta=1e-6)
+    10
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from dp_accounting.pld import privacy_loss_distribution as pldlib
+
+from privacy.mechanisms import LaplaceMechanism, RandomizedResponseMechanism
+
+Mechanism = LaplaceMechanism | RandomizedResponseMechanism
+
+
+def loss_distribution(mechanisms: Sequence[Mechanism]) -> pldlib.PrivacyLossDistribution:
+    """dp-accounting's privacy loss distribution of releasing one event through
+    ``mechanisms`` (one per protected field), for local DP: any value of the user's may be
+    replaced by any other, so a Laplace field's sensitivity is its whole declared range."""
+    parts = []
+    for m in mechanisms:
+        if isinstance(m, LaplaceMechanism):
+            parts.append(pldlib.from_laplace_mechanism(m.scale, sensitivity=m.upper - m.lower))
+        else:
+            k = len(m.categories)
+            # Ours keeps the truth w.p. p, else another category uniformly; that equals
+            # "replace by a uniform draw over all k" with probability (1 - p) k / (k - 1).
+            replace = (1.0 - m.keep_probability) * k / (k - 1)
+            parts.append(pldlib.from_randomized_response(replace, k))
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.compose(part)
+    return out
+
+
+def composed_epsilon(mechanisms: Sequence[Mechanism], count: int, delta: float) -> float:
+    """ε of ``count`` events through ``mechanisms``, at ``delta``, from the PLD accountant."""
+    if count == 0 or not mechanisms:
+        return 0.0
+    loss = loss_distribution(mechanisms)
+    return float(loss.self_compose(count).get_epsilon_for_delta(delta))
+
+
+@functools.lru_cache(maxsize=256)
+def _allowance(mechanisms: tuple[Mechanism, ...], epsilon: float, delta: float) -> int:
+    if not mechanisms:
+        return 2**62  # nothing is protected, so nothing is charged
+    lo, hi = 0, 1
+    while composed_epsilon(mechanisms, hi, delta) <= epsilon:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:  # composed ε grows with the count: bisect
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if composed_epsilon(mechanisms, mid, delta) <= epsilon else (lo, mid)
+    return lo
+
+
+def allowance(mechanisms: Sequence[Mechanism], *, epsilon: float, delta: float) -> int:
+    """The most events one user may send per window within (``epsilon``, ``delta``)."""
+    return _allowance(tuple(mechanisms), epsilon, delta)
+
+
+@dataclass
+class BudgetLedger:
+    """Events charged per (pseudonymous user, window) for one event type."""
+
+    allowance: int
+    window_s: int = 86_400
+    counts: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def charge(
+        self, users: pa.Array | pa.ChunkedArray, at: pa.Array | pa.ChunkedArray
+    ) -> np.ndarray:
+        """Charge a batch in order; return the mask of rows within budget (the rest are
+        suppressed, and not charged). ``at`` are the events' timestamps."""
+        n = len(users)
+        if n == 0:
+            return np.zeros(0, dtype=bool)
+        encoded = (
+            pc.dictionary_encode(users).combine_chunks()
+            if isinstance(users, pa.ChunkedArray)
+            else pc.dictionary_encode(users)
+        )
+        codes = encoded.indices.to_numpy().astype(np.int64)
+        micros = pc.cast(at, pa.int64()).to_numpy(zero_copy_only=False)
+        windows = micros // (self.window_s * 1_000_000)
+        key = codes * (windows.max() - windows.min() + 1) + (windows - windows.min())
+        groups, inverse = np.unique(key, return_inverse=True)
+        # rank of each row among its group's rows, in batch order
+        order = np.argsort(inverse, kind="stable")
+        sizes = np.bincount(inverse)
+        starts = np.repeat(np.cumsum(sizes) - sizes, sizes)
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n) - starts
+        # One dict look-up per (user, window) in the batch, not per event.
+        first = np.zeros(len(groups), dtype=np.int64)
+        first[inverse[::-1]] = np.arange(n)[::-1]
+        names = encoded.dictionary.to_pylist()
+        group_keys = [(names[codes[i]], int(windows[i])) for i in first.tolist()]
+        prior = np.array([self.counts.get(k, 0) for k in group_keys], dtype=np.int64)
+        allowed = prior[inverse] + rank < self.allowance
+        kept = np.bincount(inverse, weights=allowed, minlength=len(groups)).astype(np.int64)
+        for k, before, add in zip(group_keys, prior.tolist(), kept.tolist(), strict=True):
+            if add:
+                self.counts[k] = before + add
+        return allowed
+
+    def spent(self, user: str, window: int) -> int:
+        """Events charged to ``user`` (a pseudonym) in ``window``."""
+        return self.counts.get((user, window), 0)
+
+    def forget_before(self, window: int) -> int:
+        """Drop windows older than ``window`` (they can no longer be charged); how many."""
+        old = [k for k in self.counts if k[1] < window]
+        for k in old:
+            del self.counts[k]
+        return len(old)
