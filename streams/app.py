@@ -93,10 +93,27 @@ class Pipeline:
             self.model, self.model_offsets = restored.model, restored.offsets
             log.info("restored model %s (%d events learned)", self.model.name, self.model.seen)
         self._last_checkpoint = time.monotonic()
+        self.budget_store = ModelStore(ws.state_dir / "budget")
+        saved = self.budget_store.load("ledgers")
+        if saved is not None:
+            self.privatizer.ledgers.update(saved.model)
+        self._last_budget_save = time.monotonic()
         self.stream_of = {self.topics.raw(s): s for s in streams}
         self.stream_of.update({self.topics.private(s): s for s in streams})
         # (events seen before and after this message, raw partition, raw offset), recent ones.
         self.learned: deque[tuple[int, int, int, int]] = deque(maxlen=50_000)
+
+    async def maybe_save_budget(self) -> bool:
+        """Checkpoint the budget ledgers (dropping finished windows) every interval."""
+        if time.monotonic() - self._last_budget_save < self.ws.checkpoint_every_s:
+            return False
+        self._last_budget_save = time.monotonic()
+        today = int(time.time()) // self.ws.budget_window_s
+        for ledger in self.privatizer.ledgers.values():
+            ledger.forget_before(today - 1)  # late events of yesterday still count
+        ledgers = copy.deepcopy(self.privatizer.ledgers)
+        await asyncio.to_thread(self.budget_store.save, "ledgers", ledgers, {})
+        return True
 
     async def maybe_checkpoint(self) -> ModelEvent | None:
         """Checkpoint the model and its offsets if ``checkpoint_every_s`` has passed; the
@@ -192,29 +209,42 @@ def build_app(
             p.metrics.deadlettered.labels(letter.reason).inc(letter.count)
             await deadletter.send(value=letter.to_json(), headers=_JSON_HEADERS)
 
+    async def privatize_one(event: Any) -> None:
+        msg = event.message
+        src = SourceRef(msg.topic, msg.partition, msg.offset)
+        name = p.stream_of[msg.topic]
+        try:
+            result = p.privatizer.process(event.value, msg.headers, src, name)
+        except Exception as exc:  # a bug must not block the partition: dead-letter it
+            log.exception("privatize failed at %s", src)
+            await dead([DeadLetter("internal.error", type(exc).__name__, src)])
+            return
+        p.metrics.events_in.labels(name).inc(result.received)
+        p.metrics.envelope_rows.observe(result.received)
+        p.metrics.suppressed.labels(name, "consent").inc(result.suppressed)
+        p.metrics.suppressed.labels(name, "budget").inc(result.over_budget)
+        await dead(result.dead)
+        if result.private is not None and result.private.num_rows:
+            value, headers = encode_arrow(
+                result.private, result.schema_id or "", [(H_SOURCE, src.header())]
+            )
+            await out[name].send(value=value, partition=msg.partition, headers=headers)
+            p.metrics.events_private.labels(name).inc(result.private.num_rows)
+
     @app.agent(raw)
     async def privatize(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            msg = event.message
-            src = SourceRef(msg.topic, msg.partition, msg.offset)
-            name = p.stream_of[msg.topic]
-            try:
-                result = p.privatizer.process(event.value, msg.headers, src, name)
-            except Exception as exc:  # a bug must not block the partition: dead-letter it
-                log.exception("privatize failed at %s", src)
-                await dead([DeadLetter("internal.error", type(exc).__name__, src)])
-                continue
-            p.metrics.events_in.labels(name).inc(result.received)
-            p.metrics.envelope_rows.observe(result.received)
-            p.metrics.suppressed.labels(name, "consent").inc(result.suppressed)
-            p.metrics.suppressed.labels(name, "budget").inc(result.over_budget)
-            await dead(result.dead)
-            if result.private is not None and result.private.num_rows:
-                value, headers = encode_arrow(
-                    result.private, result.schema_id or "", [(H_SOURCE, src.header())]
-                )
-                await out[name].send(value=value, partition=msg.partition, headers=headers)
-                p.metrics.events_private.labels(name).inc(result.private.num_rows)
+        # Acks wait for the budget checkpoint that covers them: after a crash Kafka replays
+        # from before it, so the restored ledger can only over-count (suppress more), never
+        # forget a charge.
+        manual = stream.noack()  # type: ignore[attr-defined]  # on Stream, not StreamT
+        processed: list[Any] = []
+        async for event in manual.events():
+            if await p.maybe_save_budget():  # the checkpoint covers every processed event
+                for done in processed:
+                    await manual.ack(done)
+                processed.clear()
+            await privatize_one(event)
+            processed.append(event)
 
     @app.agent(private)
     async def lake(stream: faust.StreamT[bytes]) -> None:

@@ -88,7 +88,8 @@ class Privatizer:
         budget: tuple[float, float, int] = (100.0, 1e-6, 86_400),
     ) -> None:
         self.budget = budget  # (epsilon, delta, window seconds) per user per stream
-        self._ledgers: dict[type[BaseEvent], BudgetLedger] = {}
+        # event name -> its budget ledger; checkpointed by the worker (streams/app.py)
+        self.ledgers: dict[str, BudgetLedger] = {}
         self.max_bytes, self.max_rows = max_bytes, max_rows
         self._pseudonymizer = pseudonymizer
         self._rng = rng
@@ -149,11 +150,11 @@ class Privatizer:
 
     def ledger(self, model: type[BaseEvent]) -> BudgetLedger:
         """The budget ledger of one event type (its allowance from the accountant)."""
-        found = self._ledgers.get(model)
+        found = self.ledgers.get(model.event_name)
         if found is None:
             epsilon, delta, window = self.budget
             n = allowance(self.policy(model).mechanisms, epsilon=epsilon, delta=delta)
-            found = self._ledgers[model] = BudgetLedger(n, window)
+            found = self.ledgers[model.event_name] = BudgetLedger(n, window)
         return found
 
     def _model(self, env: Envelope, stream: str) -> type[BaseEvent]:
