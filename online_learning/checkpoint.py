@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import pickle
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,9 @@ class ModelStore:
         data = pickle.dumps(
             Checkpoint(model, dict(offsets), time.time()), protocol=pickle.HIGHEST_PROTOCOL
         )
-        tmp = self.path(name).with_suffix(".tmp")
+        # A temp name of its own: two workers sharing a state folder must not rename each
+        # other's half-written file.
+        tmp = self.path(name).with_suffix(f".{os.getpid()}.{uuid.uuid4().hex}.tmp")
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()

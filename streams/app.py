@@ -265,40 +265,30 @@ def build_app(
             for ev in events:
                 await stream.ack(ev)
 
-    @app.agent(deadletter)
-    async def deadletters(stream: faust.StreamT[bytes]) -> None:
-        """Dead letters into the Delta ``deadletters`` table, exactly once like the events."""
-        async for events in stream.noack_take(  # type: ignore[attr-defined]  # on Stream
-            ws.lake_max_messages, within=ws.lake_max_wait_s
-        ):
-            now = datetime.now(UTC)
-            batches = [
-                (
-                    deadletter_table([ev.value], now),
-                    SourceRef(ev.message.topic, ev.message.partition, ev.message.offset),
-                )
-                for ev in events
-            ]
-            await _commit(p, {"deadletters": batches})
-            for ev in events:
-                await stream.ack(ev)
+    def json_to_delta(topic: faust.TopicT, table: str, rows: Any) -> Any:
+        """An agent writing a topic of JSON messages to Delta ``table``, exactly once like
+        the event tables; ``rows(value)`` turns one message into an Arrow table."""
 
-    @app.agent(drift)
-    async def drift_lake(stream: faust.StreamT[bytes]) -> None:
-        """Drift events into the Delta ``drift_events`` table, exactly once."""
-        async for events in stream.noack_take(  # type: ignore[attr-defined]  # on Stream
-            ws.lake_max_messages, within=ws.lake_max_wait_s
-        ):
-            batches = [
-                (
-                    drift_table([ev.value]),
-                    SourceRef(ev.message.topic, ev.message.partition, ev.message.offset),
-                )
-                for ev in events
-            ]
-            await _commit(p, {"drift_events": batches})
-            for ev in events:
-                await stream.ack(ev)
+        @app.agent(topic, name=f"eddyline.{table}")
+        async def agent(stream: faust.StreamT[bytes]) -> None:
+            async for events in stream.noack_take(  # type: ignore[attr-defined]  # on Stream
+                ws.lake_max_messages, within=ws.lake_max_wait_s
+            ):
+                batches = [
+                    (
+                        rows(ev.value),
+                        SourceRef(ev.message.topic, ev.message.partition, ev.message.offset),
+                    )
+                    for ev in events
+                ]
+                await _commit(p, {table: batches})
+                for ev in events:
+                    await stream.ack(ev)
+
+        return agent
+
+    json_to_delta(deadletter, "deadletters", lambda v: deadletter_table([v], datetime.now(UTC)))
+    json_to_delta(drift, "drift_events", lambda v: drift_table([v]))
 
     @app.page("/predict/{model}")
     async def predict(web: Any, request: Any, model: str) -> Any:
@@ -392,7 +382,7 @@ def build_app(
             generate_latest(p.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    del privatize, lake, deadletters, drift_lake, report_lag, learn, metrics, predict
+    del privatize, lake, report_lag, learn, metrics, predict
     return app, p
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -410,7 +411,7 @@ class EventProducer:
     def _save_partitions(self) -> None:
         known = {**self._load_partitions(), **self._partitions}
         path = self._partitions_file()
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")  # shared folder
         tmp.write_text(json.dumps(known))
         tmp.replace(path)
 

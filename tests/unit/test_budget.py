@@ -70,3 +70,9 @@ def test_the_privacy_stage_suppresses_and_counts_over_budget_rows() -> None:
     out = privatizer.process(value, headers, SourceRef("raw", 0, 0), "interaction")
     assert out.private is not None and out.private.num_rows == 10 and out.over_budget == 15
     assert out.private["event_id"].to_pylist() == [r["event_id"] for r in rows[:10]]  # first come
+
+
+def test_a_budget_beyond_the_search_ceiling_allows_the_ceiling() -> None:
+    from privacy.budget import MAX_ALLOWANCE
+
+    assert allowance([LAPLACE], epsilon=1e9, delta=1e-6) == MAX_ALLOWANCE

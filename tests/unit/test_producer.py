@@ -50,16 +50,7 @@ def test_emit_after_close_raises() -> None:
     p = EventProducer(registry=CollectorRegistry())
     p.close()
     with pytest.raises(ProducerClosedError):
-        p.emit(
-            InteractionEvent(
-                user_id="u",
-                app_id="a",
-                item_id="i",
-                item_category="n",
-                action="view",
-                dwell_time_s=0.0,
-            )
-        )
+        p.emit(_event(0))
 
 
 def test_an_unreachable_broker_is_a_clear_error_not_a_hang() -> None:
@@ -68,16 +59,7 @@ def test_an_unreachable_broker_is_a_clear_error_not_a_hang() -> None:
         extra_config={"socket.connection.setup.timeout.ms": 1000},
     )
     with EventProducer(kafka=kafka, registry=CollectorRegistry()) as p, pytest.raises(BrokerError):
-        p.emit(
-            InteractionEvent(
-                user_id="u",
-                app_id="a",
-                item_id="i",
-                item_category="n",
-                action="view",
-                dwell_time_s=0.0,
-            )
-        )
+        p.emit(_event(0))
 
 
 def test_security_settings_reach_librdkafka_and_secrets_stay_hidden() -> None:
