@@ -41,11 +41,11 @@ MAX_ALLOWANCE = (
 def loss_distribution(mechanisms: Sequence[Mechanism]) -> pldlib.PrivacyLossDistribution:
     """dp-accounting's privacy loss distribution of releasing one event through
     ``mechanisms`` (one per protected field), for local DP: any value of the user's may be
-    replaced by any other, so a Laplace field's sensitivity is its whole declared range."""
+    replaced by any other, so a Laplace field's sensitivity is its whole range, in grid steps."""
     parts = []
     for m in mechanisms:
         if isinstance(m, LaplaceMechanism):
-            parts.append(pldlib.from_laplace_mechanism(m.scale, sensitivity=m.upper - m.lower))
+            parts.append(pldlib.from_discrete_laplace_mechanism(m.parameter, sensitivity=m.steps))
         else:
             k = len(m.categories)
             # Ours keeps the truth w.p. p, else another category uniformly; that equals

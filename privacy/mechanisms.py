@@ -10,6 +10,7 @@ Examples:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,10 +27,14 @@ class Mechanism(Protocol):
 
 @dataclass(frozen=True)
 class LaplaceMechanism:
-    """ε-DP for one value in ``[lower, upper]``: clamp, then add Laplace((upper-lower)/ε).
+    """ε-DP for one value in ``[lower, upper]``, on a discrete grid.
 
-    The skeleton samples continuous Laplace noise with numpy; the discrete-grid sampler
-    that closes the floating-point side channel (Mironov 2012) is tracked in issue #4.
+    The value is clamped, snapped to a grid of about 2^16 steps across the range (the step a
+    power of two, so every output ``lower + m * grid`` is a deterministic function of the
+    integer m), and moved by discrete Laplace noise in grid steps, P(k) ∝ exp(-a|k|) with
+    a = ε / steps: the difference of two geometric draws. No continuous sample is ever
+    drawn, so the floating-point artefacts of naive Laplace (Mironov 2012) cannot reveal the
+    input; the sensitivity in grid steps is ``steps``, and ε = a * steps exactly.
     """
 
     epsilon: float
@@ -38,11 +43,30 @@ class LaplaceMechanism:
 
     @property
     def scale(self) -> float:
+        """The noise's scale in value units, (upper - lower) / ε, as for continuous Laplace."""
         return (self.upper - self.lower) / self.epsilon
+
+    @property
+    def grid(self) -> float:
+        return float(2.0 ** math.floor(math.log2((self.upper - self.lower) / 2**16)))
+
+    @property
+    def steps(self) -> int:
+        """The declared range in grid steps: the sensitivity of the snapped value."""
+        return math.ceil((self.upper - self.lower) / self.grid)
+
+    @property
+    def parameter(self) -> float:
+        """The discrete Laplace parameter a, per grid step."""
+        return self.epsilon / self.steps
 
     def apply(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         clamped = np.clip(values.astype(np.float64), self.lower, self.upper)
-        return clamped + rng.laplace(0.0, self.scale, size=clamped.shape)
+        snapped = np.rint((clamped - self.lower) / self.grid)
+        success = -math.expm1(-self.parameter)  # 1 - e^-a
+        noise = rng.geometric(success, clamped.shape) - rng.geometric(success, clamped.shape)
+        out: np.ndarray = self.lower + (snapped + noise) * self.grid
+        return out
 
 
 @dataclass(frozen=True)
