@@ -10,6 +10,7 @@ from deltalake import DeltaTable
 from prometheus_client import CollectorRegistry
 
 from eddyline.simulate import TrafficSimulator
+from online_learning.checkpoint import ModelStore
 from streams.broker import free_port
 from streams.producer import EventProducer
 from streams.settings import KafkaSettings
@@ -36,6 +37,12 @@ def _metric(worker: WorkerProcess | str, name: str) -> float:
     return total
 
 
+def _charged(ledger: Path) -> int:
+    """Events charged in the last budget checkpoint (0 if there is none yet)."""
+    saved = ModelStore(ledger.parent).load("ledgers") if ledger.exists() else None
+    return sum(saved.model["interaction"].counts.values()) if saved and saved.model else 0
+
+
 def _rows(lake: Path) -> int:
     uri = str(lake / "interaction")
     return DeltaTable(uri).count() if DeltaTable.is_deltatable(uri) else 0
@@ -52,7 +59,7 @@ def test_a_crash_does_not_reset_a_users_budget(
     _flood(kafka, 1, 30)
     wait_for(lambda: _rows(lake) == 10, 60, "the allowance in Delta")
     _flood(kafka, 2, 1)  # the next message triggers the budget checkpoint
-    wait_for(ledger.exists, 30, "a budget checkpoint")
+    wait_for(lambda: _charged(ledger) == 10, 30, "a budget checkpoint holding the 10 charges")
     first.kill()
     second = WorkerProcess(env, tmp_path / "w1.log", free_port()).start()
     try:
