@@ -123,8 +123,7 @@ def schemas_check(
 @topics_app.command("create")
 def topics_create() -> None:
     """Create the eddyline topics that are missing (partitions from EDDYLINE_PARTITIONS)."""
-    from streams.app import STREAMS
-    from streams.topics import ensure_topics
+    from streams.topics import STREAMS, ensure_topics
 
     created = ensure_topics(KafkaSettings(), STREAMS)
     err.print(f"created {len(created)} topics" + (f": {', '.join(created)}" if created else ""))

@@ -19,10 +19,8 @@ from schemas.events import DriftEvent
 from streams.broker import LocalBroker, free_port
 from streams.producer import EventProducer
 from streams.settings import KafkaSettings
-from streams.topics import Topics, ensure_topics, read_all
+from streams.topics import STREAMS, Topics, ensure_topics, read_all
 from streams.worker_process import WorkerProcess
-
-STREAMS = ["interaction", "feedback"]
 
 
 @dataclass

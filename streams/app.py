@@ -46,11 +46,10 @@ from streams.processing import (
     drift_table,
 )
 from streams.settings import KafkaSettings, WorkerSettings
-from streams.topics import Topics
+from streams.topics import STREAMS, Topics
 from streams.worker_metrics import WorkerMetrics
 
 log = logging.getLogger("eddyline.worker")
-STREAMS = ["interaction", "feedback"]
 _JSON_HEADERS = [(H_CONTENT_TYPE, b"application/json")]
 
 

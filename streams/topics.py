@@ -14,6 +14,9 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from schemas.errors import BrokerError
 from streams.settings import KafkaSettings
 
+# The built-in event streams: one raw and one private topic, and one Delta table, each.
+STREAMS = ["interaction", "feedback"]
+
 # Raw events hold personal data: keep them only as long as a worker could be behind.
 RAW_RETENTION_MS = 24 * 3600 * 1000
 

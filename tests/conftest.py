@@ -11,9 +11,7 @@ import pytest
 
 from streams.broker import LocalBroker, free_port
 from streams.settings import KafkaSettings
-from streams.topics import ensure_topics
-
-STREAMS = ["interaction", "feedback"]
+from streams.topics import STREAMS, ensure_topics
 
 
 @pytest.fixture(autouse=True)

@@ -19,8 +19,7 @@ from schemas.events import InteractionEvent
 from streams.broker import LocalBroker, free_port
 from streams.producer import EventProducer
 from streams.settings import KafkaSettings, ProducerSettings
-from streams.topics import Topics, ensure_topics, read_all
-from tests.conftest import STREAMS
+from streams.topics import STREAMS, Topics, ensure_topics, read_all
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration

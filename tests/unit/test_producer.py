@@ -84,8 +84,17 @@ def _offline_producer(tmp_path, **settings) -> EventProducer:
     from streams.settings import ProducerSettings
 
     kafka = KafkaSettings(bootstrap=f"127.0.0.1:{_dead_port()}")
+    # Short timeouts, small envelopes, a 64 KiB spool: it fills within seconds.
+    base = {
+        "delivery_timeout_ms": 1_000,
+        "batch_max_events": 100,
+        "linger_ms": 10,
+        "spool_max_bytes": 1 << 16,
+    }
     p = EventProducer(
-        ProducerSettings(spool_dir=tmp_path, **settings), kafka=kafka, registry=CollectorRegistry()
+        ProducerSettings(spool_dir=tmp_path, **{**base, **settings}),
+        kafka=kafka,
+        registry=CollectorRegistry(),
     )
     root = p._spool_root()
     root.mkdir(parents=True)
@@ -123,14 +132,7 @@ def _emit_until_full(p: EventProducer) -> tuple[int, float]:
 
 
 def test_with_kafka_gone_events_are_spooled_and_a_full_spool_refuses_new_ones(tmp_path) -> None:
-    p = _offline_producer(
-        tmp_path,
-        delivery_timeout_ms=1_000,
-        batch_max_events=100,
-        linger_ms=10,
-        spool_max_bytes=1 << 16,
-        on_full="raise",
-    )
+    p = _offline_producer(tmp_path, on_full="raise")
     accepted, _ = _emit_until_full(p)
     assert p.spooled > 0 and p.failed == 0  # nothing accepted was dropped
     p.close(0.1)
@@ -138,14 +140,7 @@ def test_with_kafka_gone_events_are_spooled_and_a_full_spool_refuses_new_ones(tm
 
 
 def test_block_policy_waits_then_raises(tmp_path) -> None:
-    p = _offline_producer(
-        tmp_path,
-        delivery_timeout_ms=1_000,
-        batch_max_events=100,
-        linger_ms=10,
-        spool_max_bytes=1 << 16,
-        block_timeout_s=0.5,
-    )
+    p = _offline_producer(tmp_path, block_timeout_s=0.5)
     _, waited = _emit_until_full(p)
     assert waited >= 0.5  # it waited for room before refusing
     p.close(0.1)
