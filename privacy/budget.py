@@ -22,15 +22,24 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from dp_accounting.pld import privacy_loss_distribution as pldlib
+from dp_accounting.pld.common import DifferentialPrivacyParameters
 
-from privacy.mechanisms import LaplaceMechanism, RandomizedResponseMechanism
+from privacy.mechanisms import (
+    GaussianMechanism,
+    LaplaceMechanism,
+    RandomizedResponseMechanism,
+    UnaryEncodingMechanism,
+)
 
-Mechanism = LaplaceMechanism | RandomizedResponseMechanism
+Mechanism = (
+    LaplaceMechanism | GaussianMechanism | RandomizedResponseMechanism | UnaryEncodingMechanism
+)
 # The largest allowance searched: a budget that allows more is treated as allowing this many
 # events per user per window (self-composing a loss distribution further costs memory).
 MAX_ALLOWANCE = (
@@ -38,20 +47,27 @@ MAX_ALLOWANCE = (
 )
 
 
+def _loss(m: Mechanism) -> pldlib.PrivacyLossDistribution:
+    if isinstance(m, LaplaceMechanism):
+        return pldlib.from_discrete_laplace_mechanism(m.parameter, sensitivity=m.steps)
+    if isinstance(m, GaussianMechanism):
+        return pldlib.from_discrete_gaussian_mechanism(m.sigma, sensitivity=m.steps)
+    if isinstance(m, UnaryEncodingMechanism):
+        # Pure ε-DP (two bits change, each by a likelihood ratio whose product is e^ε): the
+        # worst-case loss distribution of an ε-DP mechanism is exact for it.
+        return pldlib.from_privacy_parameters(DifferentialPrivacyParameters(m.epsilon, 0.0))
+    k = len(m.categories)
+    # Ours keeps the truth w.p. p, else another category uniformly; that equals
+    # "replace by a uniform draw over all k" with probability (1 - p) k / (k - 1).
+    replace = (1.0 - m.keep_probability) * k / (k - 1)
+    return pldlib.from_randomized_response(replace, k)
+
+
 def loss_distribution(mechanisms: Sequence[Mechanism]) -> pldlib.PrivacyLossDistribution:
     """dp-accounting's privacy loss distribution of releasing one event through
     ``mechanisms`` (one per protected field), for local DP: any value of the user's may be
-    replaced by any other, so a Laplace field's sensitivity is its whole range, in grid steps."""
-    parts = []
-    for m in mechanisms:
-        if isinstance(m, LaplaceMechanism):
-            parts.append(pldlib.from_discrete_laplace_mechanism(m.parameter, sensitivity=m.steps))
-        else:
-            k = len(m.categories)
-            # Ours keeps the truth w.p. p, else another category uniformly; that equals
-            # "replace by a uniform draw over all k" with probability (1 - p) k / (k - 1).
-            replace = (1.0 - m.keep_probability) * k / (k - 1)
-            parts.append(pldlib.from_randomized_response(replace, k))
+    replaced by any other, so a numeric field's sensitivity is its whole range, in grid steps."""
+    parts = [_loss(m) for m in mechanisms]
     out = parts[0]
     for part in parts[1:]:
         out = out.compose(part)
@@ -88,20 +104,36 @@ def allowance(mechanisms: Sequence[Mechanism], *, epsilon: float, delta: float) 
 
 @dataclass
 class BudgetLedger:
-    """Events charged per (pseudonymous user, window) for one event type."""
+    """Events charged per (pseudonymous user, window) for one event type and one raw
+    partition, with the last raw offset seen per user.
+
+    The offsets make charging idempotent: a message at or below a user's last offset was
+    charged before (and its output delivered: the worker saves the ledger only after
+    flushing), so a replay after a crash or a rebalance is skipped for that user instead of
+    charged twice. The ledger after a crash therefore equals the ledger without one.
+    """
 
     allowance: int
     window_s: int = 86_400
     counts: dict[tuple[str, int], int] = field(default_factory=dict)
+    last_offset: dict[str, int] = field(default_factory=dict)
+    #: users changed since the last ``drain_dirty``
+    dirty: set[str] = field(default_factory=set)
 
     def charge(
-        self, users: pa.Array | pa.ChunkedArray, at: pa.Array | pa.ChunkedArray
-    ) -> np.ndarray:
-        """Charge a batch in order; return the mask of rows within budget (the rest are
-        suppressed, and not charged). ``at`` are the events' timestamps."""
+        self,
+        users: pa.Array | pa.ChunkedArray,
+        at: pa.Array | pa.ChunkedArray,
+        offset: int | None = None,
+    ) -> Charge:
+        """Charge a batch in order (the rows of the message at raw ``offset``, if given).
+
+        Rows within budget are allowed; the rest are suppressed and not charged; rows of a
+        user whose last offset is ``offset`` or later are replays, neither allowed nor
+        charged. ``at`` are the events' timestamps."""
         n = len(users)
         if n == 0:
-            return np.zeros(0, dtype=bool)
+            return Charge(np.zeros(0, dtype=bool), 0, 0)
         encoded = (
             pc.dictionary_encode(users).combine_chunks()
             if isinstance(users, pa.ChunkedArray)
@@ -122,14 +154,30 @@ class BudgetLedger:
         first = np.zeros(len(groups), dtype=np.int64)
         first[inverse[::-1]] = np.arange(n)[::-1]
         names = encoded.dictionary.to_pylist()
-        group_keys = [(names[codes[i]], int(windows[i])) for i in first.tolist()]
+        group_users = [names[codes[i]] for i in first.tolist()]
+        group_keys = [
+            (u, int(windows[i])) for u, i in zip(group_users, first.tolist(), strict=True)
+        ]
         prior = np.array([self.counts.get(k, 0) for k in group_keys], dtype=np.int64)
-        allowed = prior[inverse] + rank < self.allowance
+        if offset is None:
+            fresh = np.ones(len(groups), dtype=bool)
+        else:
+            last = self.last_offset
+            fresh = np.array([last.get(u, -1) < offset for u in group_users], dtype=bool)
+        allowed = fresh[inverse] & (prior[inverse] + rank < self.allowance)
         kept = np.bincount(inverse, weights=allowed, minlength=len(groups)).astype(np.int64)
-        for k, before, add in zip(group_keys, prior.tolist(), kept.tolist(), strict=True):
+        for k, before, add, new in zip(
+            group_keys, prior.tolist(), kept.tolist(), fresh.tolist(), strict=True
+        ):
+            if not new:
+                continue
             if add:
                 self.counts[k] = before + add
-        return allowed
+            if offset is not None:
+                self.last_offset[k[0]] = offset
+            self.dirty.add(k[0])
+        replayed = int(n - fresh[inverse].sum())
+        return Charge(allowed, replayed, int(n - replayed - allowed.sum()))
 
     def spent(self, user: str, window: int) -> int:
         """Events charged to ``user`` (a pseudonym) in ``window``."""
@@ -140,4 +188,43 @@ class BudgetLedger:
         old = [k for k in self.counts if k[1] < window]
         for k in old:
             del self.counts[k]
+            self.dirty.add(k[0])
         return len(old)
+
+    def entry(self, user: str) -> dict[str, Any] | None:
+        """One user's state as JSON-able data (None once nothing is left to remember)."""
+        windows = {str(w): c for (u, w), c in self.counts.items() if u == user}
+        if not windows and user not in self.last_offset:
+            return None
+        return {"offset": self.last_offset.get(user, -1), "windows": windows}
+
+    def drain_dirty(self) -> dict[str, dict[str, Any] | None]:
+        """The entries of the users changed since the last call (None: forget the user)."""
+        by_user: dict[str, dict[str, int]] = {u: {} for u in self.dirty}
+        for (u, w), c in self.counts.items():
+            if u in by_user:
+                by_user[u][str(w)] = c
+        out: dict[str, dict[str, Any] | None] = {}
+        for u, windows in by_user.items():
+            if windows:
+                out[u] = {"offset": self.last_offset.get(u, -1), "windows": windows}
+            else:  # nothing left in any live window: the user's offset can go too
+                self.last_offset.pop(u, None)
+                out[u] = None
+        self.dirty.clear()
+        return out
+
+    def restore(self, user: str, entry: dict[str, Any]) -> None:
+        """Load one user's saved entry (from ``drain_dirty``)."""
+        self.last_offset[user] = int(entry["offset"])
+        for w, c in entry["windows"].items():
+            self.counts[(user, int(w))] = int(c)
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What charging a batch decided."""
+
+    allowed: np.ndarray  # rows within budget (these are released)
+    replayed: int  # rows already charged by an earlier run (dropped, not charged)
+    over_budget: int  # rows suppressed because their user's budget is spent

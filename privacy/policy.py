@@ -1,22 +1,38 @@
 """A privacy policy built from a model's annotations, applied to an Arrow batch.
 
 ``apply`` is the privacy boundary: what it returns may be stored and learned from; nothing
-it drops or replaces (raw ids, redacted text, exact values) leaves it.
+it drops or replaces (raw ids, redacted text, exact values, masked strings) leaves it.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from privacy.mechanisms import LaplaceMechanism, RandomizedResponseMechanism
+from privacy.mechanisms import (
+    GaussianMechanism,
+    LaplaceMechanism,
+    RandomizedResponseMechanism,
+    UnaryEncodingMechanism,
+)
 from privacy.pseudonymize import HmacPseudonymizer
-from schemas.annotations import Noise, Pseudonymize, RandomizedResponse, Redact
+from privacy.scrub import scrub
+from schemas.annotations import Noise, Pseudonymize, RandomizedResponse, Redact, Scrub
 from schemas.errors import SchemaError
 from schemas.events import BaseEvent
+
+NumericMechanism = LaplaceMechanism | GaussianMechanism
+CategoricalMechanism = RandomizedResponseMechanism | UnaryEncodingMechanism
+AnyMechanism = NumericMechanism | CategoricalMechanism
+
+
+def pid_column(name: str) -> str:
+    """The column a pseudonymised field becomes: ``user_id`` -> ``user_pid``."""
+    return f"{name[:-3] if name.endswith('_id') else name}_pid"
 
 
 @dataclass(frozen=True)
@@ -26,53 +42,79 @@ class PrivacyPolicy:
     model: type[BaseEvent]
     pseudonymized: tuple[str, ...]
     redacted: tuple[str, ...]
-    noised: tuple[tuple[str, LaplaceMechanism], ...]
-    randomized: tuple[tuple[str, RandomizedResponseMechanism], ...] = ()
+    noised: tuple[tuple[str, NumericMechanism], ...]
+    randomized: tuple[tuple[str, CategoricalMechanism], ...] = ()
+    scrubbed: tuple[str, ...] = ()
 
     @classmethod
     def for_model(cls, model: type[BaseEvent]) -> PrivacyPolicy:
         """Read the policy off ``model``'s annotations; fail now if one cannot apply."""
-        pseud, redact, noise, rr = [], [], [], []
+        pseud, redact, noise, rr, scrubbed = [], [], [], [], []
         for name, ann in model.privacy_fields().items():
             if isinstance(ann, Pseudonymize):
                 pseud.append(name)
             elif isinstance(ann, Redact):
                 redact.append(name)
+            elif isinstance(ann, Scrub):
+                scrubbed.append(name)
             elif isinstance(ann, Noise):
-                noise.append((name, LaplaceMechanism(ann.epsilon, ann.lower, ann.upper)))
+                numeric: NumericMechanism = (
+                    LaplaceMechanism(ann.epsilon, ann.lower, ann.upper)
+                    if ann.delta is None
+                    else GaussianMechanism(ann.epsilon, ann.lower, ann.upper, ann.delta)
+                )
+                noise.append((name, numeric))
             elif isinstance(ann, RandomizedResponse):
-                rr.append((name, RandomizedResponseMechanism(ann.epsilon, ann.categories)))
+                categorical: CategoricalMechanism = (
+                    UnaryEncodingMechanism(ann.epsilon, ann.categories)
+                    if ann.encoding == "unary"
+                    else RandomizedResponseMechanism(ann.epsilon, ann.categories)
+                )
+                rr.append((name, categorical))
             else:
                 raise SchemaError(f"{model.__name__}.{name}: no mechanism for {ann!r}")
-        return cls(model, tuple(pseud), tuple(redact), tuple(noise), tuple(rr))
+        for _, m in noise:
+            if isinstance(m, GaussianMechanism):
+                _ = m.sigma  # calibrate now (dp-accounting): a bad (ε, δ) fails at start-up
+        return cls(model, tuple(pseud), tuple(redact), tuple(noise), tuple(rr), tuple(scrubbed))
 
     @property
-    def mechanisms(self) -> list[LaplaceMechanism | RandomizedResponseMechanism]:
+    def mechanisms(self) -> list[AnyMechanism]:
         """The mechanisms one event goes through: what the budget accounts for."""
         return [m for _, m in self.noised] + [m for _, m in self.randomized]
 
     def apply(
-        self, table: pa.Table, pseudonymizer: HmacPseudonymizer, rng: np.random.Generator
+        self,
+        table: pa.Table,
+        pseudonymizer: HmacPseudonymizer,
+        rng: np.random.Generator,
+        found: Counter[str] | None = None,
     ) -> pa.Table:
-        """The privatised batch: pseudonyms (+ key id), redactions dropped, numbers noised."""
+        """The privatised batch: pseudonyms (+ key id), redactions dropped, numbers noised,
+        categories randomised, kept free text scrubbed (what was masked counted in ``found``)."""
         out = table.drop_columns(list(self.redacted))
         for name, mech in self.noised:
             values = out[name].to_numpy()
             idx = out.schema.get_field_index(name)
             out = out.set_column(idx, name, pa.array(mech.apply(values, rng), pa.float64()))
-        for name, rrm in self.randomized:
-            cats = pa.array(rrm.categories)
+        for name, cat in self.randomized:
+            cats = pa.array(cat.categories)
             idx = pc.index_in(out[name], value_set=cats).to_numpy(zero_copy_only=False)
-            reported = pc.take(cats, pa.array(rrm.apply(idx, rng)))
+            reported: pa.Array | pa.ChunkedArray
+            if isinstance(cat, UnaryEncodingMechanism):
+                reported = cat.to_arrow(cat.bits(idx, rng))
+            else:
+                reported = pc.take(cats, pa.array(cat.apply(idx, rng)))
             out = out.set_column(out.schema.get_field_index(name), name, reported)
+        for name in self.scrubbed:
+            text, masked = scrub(out[name])
+            out = out.set_column(out.schema.get_field_index(name), name, text)
+            if found is not None:
+                found.update(masked)
+        key_ids = None
         for name in self.pseudonymized:
-            idx = out.schema.get_field_index(name)
-            out = out.set_column(
-                idx,
-                f"{name[:-3] if name.endswith('_id') else name}_pid",
-                pseudonymizer.apply(out[name]),
-            )
-        if self.pseudonymized:
-            key_ids = pc.fill_null(pa.nulls(out.num_rows, pa.string()), pseudonymizer.key_id)
+            pids, key_ids = pseudonymizer.apply_at(out[name], out["occurred_at"])
+            out = out.set_column(out.schema.get_field_index(name), pid_column(name), pids)
+        if key_ids is not None:
             out = out.append_column("key_id", key_ids)
         return out

@@ -49,12 +49,25 @@ class Redact(PrivacyAnnotation):
 
 
 @dataclass(frozen=True)
+class Scrub(PrivacyAnnotation):
+    """Keep free text, but mask e-mail addresses, phone numbers, card numbers, IP addresses
+    and secrets found in it (``privacy.scrub``). Use ``Redact`` when the text must not leave."""
+
+    kinds = (str,)
+
+
+@dataclass(frozen=True)
 class Noise(PrivacyAnnotation):
-    """Local-DP noise on a number clamped to ``[lower, upper]`` with budget ``epsilon``."""
+    """Local-DP noise on a number clamped to ``[lower, upper]`` with budget ``epsilon``.
+
+    Without ``delta``: discrete Laplace noise, pure ε-DP. With ``delta``: discrete Gaussian
+    noise, (ε, δ)-DP (lighter tails; composes better over many events of one user).
+    """
 
     lower: float
     upper: float
     epsilon: float
+    delta: float | None = None
 
     kinds = (int, float)
 
@@ -66,6 +79,8 @@ class Noise(PrivacyAnnotation):
             raise SchemaError(f"field {field!r}: Noise needs lower < upper")
         if not self.epsilon > 0:
             raise SchemaError(f"field {field!r}: Noise needs epsilon > 0")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise SchemaError(f"field {field!r}: Noise needs 0 < delta < 1 (or no delta)")
 
     @property
     def sensitivity(self) -> float:
@@ -79,10 +94,15 @@ class RandomizedResponse(PrivacyAnnotation):
 
     The true category is kept with probability e^ε / (e^ε + k - 1), else replaced by one of
     the other k - 1 uniformly; ``privacy.estimators`` undoes this in aggregate.
+
+    ``encoding="unary"`` uses optimised unary encoding instead: the released value is the
+    list of categories whose noisy bit is 1 (an Arrow ``list<string>`` column). Choose it
+    when there are many categories: it wins once k > 3 e^ε + 2.
     """
 
     categories: tuple[str, ...]
     epsilon: float
+    encoding: Literal["direct", "unary"] = "direct"
 
     kinds = (str,)
 
@@ -92,6 +112,11 @@ class RandomizedResponse(PrivacyAnnotation):
             raise SchemaError(f"field {field!r}: RandomizedResponse needs 2+ distinct categories")
         if not self.epsilon > 0:
             raise SchemaError(f"field {field!r}: RandomizedResponse needs epsilon > 0")
+        if self.encoding not in ("direct", "unary"):
+            raise SchemaError(
+                f"field {field!r}: RandomizedResponse encoding must be 'direct' or 'unary', "
+                f"not {self.encoding!r}"
+            )
         literal = _literal_values(annotation)
         if literal is not None and set(literal) != set(self.categories):
             raise SchemaError(

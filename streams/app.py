@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hmac
 import logging
 import time
 from collections import defaultdict, deque
@@ -25,7 +26,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from online_learning.checkpoint import ModelStore
 from online_learning.detectors import AdwinDetector, Alarm
 from online_learning.learner import ClickModel
-from privacy.pseudonymize import HmacPseudonymizer, load_or_create_key
+from privacy.pseudonymize import (
+    HmacPseudonymizer,
+    PseudonymKey,
+    load_keyring,
+    load_or_create_key,
+)
 from schemas.envelope import (
     ARROW,
     H_CONTENT_TYPE,
@@ -36,6 +42,8 @@ from schemas.envelope import (
     header_map,
 )
 from schemas.events import DriftEvent, ModelEvent
+from streams.budget_state import TABLE as BUDGET_TABLE
+from streams.budget_state import ledger_key
 from streams.lake import DeltaSink
 from streams.processing import (
     DeadLetter,
@@ -59,11 +67,24 @@ def _raw_topic(app: faust.App, *names: str) -> faust.TopicT:
 
 
 def _pseudonymizer(ws: WorkerSettings) -> HmacPseudonymizer:
-    if ws.pseudonym_key is not None:
-        key = ws.pseudonym_key.get_secret_value().encode()
+    if ws.pseudonym_keyring is not None:
+        keys = load_keyring(ws.pseudonym_keyring)
+    elif ws.pseudonym_key is not None:
+        keys = [PseudonymKey(ws.pseudonym_key_id, ws.pseudonym_key.get_secret_value().encode())]
     else:
-        key = load_or_create_key(ws.state_dir / "pseudonym.key")
-    return HmacPseudonymizer(key, key_id=ws.pseudonym_key_id)
+        keys = [
+            PseudonymKey(ws.pseudonym_key_id, load_or_create_key(ws.state_dir / "pseudonym.key"))
+        ]
+    for key in keys[1:]:
+        # A key starting mid-window would give a user two pseudonyms, and two allowances,
+        # in one window: refuse to start.
+        if key.not_before % ws.budget_window_s:
+            raise ValueError(
+                f"pseudonym key {key.key_id!r} starts mid budget window: its not_before "
+                f"must be a multiple of {ws.budget_window_s} s after the epoch (UTC midnight "
+                "for daily windows)"
+            )
+    return HmacPseudonymizer(keys=keys)
 
 
 class Pipeline:
@@ -73,12 +94,19 @@ class Pipeline:
         self.ws, self.ks, self.streams = ws, ks, streams
         self.topics = Topics(ks.namespace)
         rng = np.random.default_rng(ws.seed)  # None: seeded from the OS CSPRNG
+        pseudonymizer = _pseudonymizer(ws)
+        # Noise per message from HMAC(noise key, source position): a replay is noised as the
+        # first time. The key derives from the oldest pseudonym key (random from the OS
+        # CSPRNG, shared by every worker), and the test seed when there is one.
+        salt = b"eddyline-noise" + (b"" if ws.seed is None else str(ws.seed).encode())
+        noise_key = hmac.digest(pseudonymizer.keys[0].secret, salt, "sha256")
         self.privatizer = Privatizer(
-            _pseudonymizer(ws),
+            pseudonymizer,
             rng,
             max_bytes=ws.max_envelope_bytes,
             max_rows=ws.max_envelope_rows,
             budget=(ws.budget_epsilon, ws.budget_delta, ws.budget_window_s),
+            noise_key=noise_key,
         )
         self.sink = DeltaSink(ws.lake_path)
         self.metrics = WorkerMetrics.create()
@@ -92,27 +120,49 @@ class Pipeline:
             self.model, self.model_offsets = restored.model, restored.offsets
             log.info("restored model %s (%d events learned)", self.model.name, self.model.seen)
         self._last_checkpoint = time.monotonic()
-        self.budget_store = ModelStore(ws.state_dir / "budget")
-        saved = self.budget_store.load("ledgers")
-        if saved is not None:
-            self.privatizer.ledgers.update(saved.model)
         self._last_budget_save = time.monotonic()
+        # Raw partitions whose ledgers were loaded from the budget table since the last
+        # rebalance; bumped by each rebalance, which drops every in-memory ledger.
+        self.ledgers_loaded: set[tuple[str, int]] = set()
+        self.rebalances = 0
         self.stream_of = {self.topics.raw(s): s for s in streams}
         self.stream_of.update({self.topics.private(s): s for s in streams})
         # (events seen before and after this message, raw partition, raw offset), recent ones.
         self.learned: deque[tuple[int, int, int, int]] = deque(maxlen=50_000)
 
-    async def maybe_save_budget(self) -> bool:
-        """Checkpoint the budget ledgers (dropping finished windows) every interval."""
-        if time.monotonic() - self._last_budget_save < self.ws.checkpoint_every_s:
-            return False
+    def load_ledger(self, table: Any, stream: str, partition: int) -> None:
+        """Restore one raw partition's ledgers from the (recovered) budget table."""
+        prefix = f"{stream}/{partition}/"
+        saved = {k[len(prefix) :]: v for k, v in table.items() if k.startswith(prefix) and v}
+        self.privatizer.restore(stream, partition, saved)
+        self.ledgers_loaded.add((stream, partition))
+        log.info("budget ledger %s/%d: %d users restored", stream, partition, len(saved))
+
+    def budget_due(self) -> bool:
+        return time.monotonic() - self._last_budget_save >= self.ws.checkpoint_every_s
+
+    async def save_budget(self, app: faust.App, table: Any) -> int:
+        """Save every user whose ledger changed to the budget table; how many.
+
+        First every output so far is flushed to Kafka: an entry's offset then promises that
+        the user's events up to it are delivered, so a replay can skip them. Then the
+        entries are flushed too, before the caller acks what they cover."""
         self._last_budget_save = time.monotonic()
+        await app.producer.flush()
         today = int(time.time()) // self.ws.budget_window_s
-        for ledger in self.privatizer.ledgers.values():
+        saved = 0
+        for (stream, partition), ledger in self.privatizer.ledgers.items():
             ledger.forget_before(today - 1)  # late events of yesterday still count
-        ledgers = copy.deepcopy(self.privatizer.ledgers)
-        await asyncio.to_thread(self.budget_store.save, "ledgers", ledgers, {})
-        return True
+            for pid, entry in ledger.drain_dirty().items():
+                key = ledger_key(stream, partition, pid)
+                table.send_changelog(partition, key, entry)
+                if entry is None:
+                    table.data.pop(key, None)
+                else:
+                    table.data[key] = entry
+                saved += 1
+        await app.producer.flush()
+        return saved
 
     async def maybe_checkpoint(self) -> ModelEvent | None:
         """Checkpoint the model and its offsets if ``checkpoint_every_s`` has passed; the
@@ -222,6 +272,10 @@ def build_app(
         p.metrics.envelope_rows.observe(result.received)
         p.metrics.suppressed.labels(name, "consent").inc(result.suppressed)
         p.metrics.suppressed.labels(name, "budget").inc(result.over_budget)
+        for kind, n in result.masked.items():
+            p.metrics.pii_masked.labels(name, kind).inc(n)
+        if result.private is not None:
+            p.metrics.budget_charged.labels(name).inc(result.private.num_rows)
         await dead(result.dead)
         if result.private is not None and result.private.num_rows:
             value, headers = encode_arrow(
@@ -230,20 +284,53 @@ def build_app(
             await out[name].send(value=value, partition=msg.partition, headers=headers)
             p.metrics.events_private.labels(name).inc(result.private.num_rows)
 
+    # The budget ledger: changelog-backed Faust table state (streams/budget_state.py).
+    budget = app.Table(
+        BUDGET_TABLE,
+        default=None,
+        partitions=ks.partitions,
+        key_serializer="json",
+        value_serializer="json",
+        help="Per-user privacy budget: events charged per window, last raw offset",
+    )
+
+    @app.on_rebalance_complete.connect
+    def on_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # Faust re-seeks every partition to its committed offset: whatever was charged
+        # since the last save is replayed, so reload the ledgers from the table.
+        p.rebalances += 1
+
     @app.agent(raw)
     async def privatize(stream: faust.StreamT[bytes]) -> None:
-        # Acks wait for the budget checkpoint that covers them: after a crash Kafka replays
-        # from before it, so the restored ledger can only over-count (suppress more), never
-        # forget a charge.
+        # Acks wait for the budget save that covers them, so Kafka's committed offset never
+        # runs ahead of the saved ledger; replays of what a save covers are skipped per user
+        # (by offset), so after a crash the ledger equals that of a run without one.
         manual = stream.noack()  # type: ignore[attr-defined]  # on Stream, not StreamT
         processed: list[Any] = []
+        generation = p.rebalances
         async for event in manual.events():
-            if await p.maybe_save_budget():  # the checkpoint covers every processed event
+            if generation != p.rebalances:
+                generation = p.rebalances
+                processed.clear()
+                p.privatizer.ledgers.clear()
+                p.ledgers_loaded.clear()
+            msg = event.message
+            name = p.stream_of[msg.topic]
+            if (name, msg.partition) not in p.ledgers_loaded:
+                p.load_ledger(budget, name, msg.partition)
+            await privatize_one(event)
+            processed.append(event)
+            if p.budget_due():
+                await p.save_budget(app, budget)
                 for done in processed:
                     await manual.ack(done)
                 processed.clear()
-            await privatize_one(event)
-            processed.append(event)
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]  # Faust leaves it untyped
+    async def save_idle_budget() -> None:
+        # An idle partition still gets its last charges saved (the agent saves on events).
+        if p.budget_due() and any(led.dirty for led in p.privatizer.ledgers.values()):
+            await p.save_budget(app, budget)
 
     @app.agent(private)
     async def lake(stream: faust.StreamT[bytes]) -> None:
@@ -381,7 +468,7 @@ def build_app(
             generate_latest(p.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    del privatize, lake, report_lag, learn, metrics, predict
+    del privatize, on_rebalance, save_idle_budget, lake, report_lag, learn, metrics, predict
     return app, p
 
 

@@ -6,7 +6,9 @@ private table and the dead letters. The Faust agent in ``streams.app`` only move
 
 from __future__ import annotations
 
+import hmac
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass
 from dataclasses import field as _field
 from datetime import datetime
@@ -72,6 +74,8 @@ class Outcome:
     received: int = 0  # rows that decoded, valid or not
     suppressed: int = 0  # valid rows whose consent allows neither storage nor learning
     over_budget: int = 0  # valid rows suppressed because their user's budget is spent
+    replayed: int = 0  # rows charged by an earlier run (a replay after a crash): dropped
+    masked: Counter[str] = _field(default_factory=Counter)  # sensitive strings scrubbed
 
 
 class Privatizer:
@@ -86,10 +90,16 @@ class Privatizer:
         max_bytes: int = 8 << 20,
         max_rows: int = 100_000,
         budget: tuple[float, float, int] = (100.0, 1e-6, 86_400),
+        noise_key: bytes | None = None,
     ) -> None:
         self.budget = budget  # (epsilon, delta, window seconds) per user per stream
-        # event name -> its budget ledger; checkpointed by the worker (streams/app.py)
-        self.ledgers: dict[str, BudgetLedger] = {}
+        # (event name, raw partition) -> its budget ledger; saved by the worker (streams/app.py)
+        self.ledgers: dict[tuple[str, int], BudgetLedger] = {}
+        # With a noise key, each message's noise comes from a generator seeded by a keyed
+        # hash of its source position: a replay is noised exactly as the first time, so no
+        # reader can average two noisings of one event. Without one: the shared ``rng``.
+        self._noise_key = noise_key
+        self._saved: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
         self.max_bytes, self.max_rows = max_bytes, max_rows
         self._pseudonymizer = pseudonymizer
         self._rng = rng
@@ -140,22 +150,44 @@ class Privatizer:
         allowed = pc.or_(good["consent_store"], good["consent_learn"])
         kept = good.filter(allowed)
         out.suppressed = good.num_rows - kept.num_rows
-        private = self.policy(model).apply(kept, self._pseudonymizer, self._rng)
+        rng = self._rng if self._noise_key is None else self.noise_rng(source)
+        private = self.policy(model).apply(kept, self._pseudonymizer, rng, out.masked)
         if private.num_rows and "user_pid" in private.column_names:
-            within = self.ledger(model).charge(private["user_pid"], private["occurred_at"])
-            out.over_budget = int(len(within) - within.sum())
-            private = private.filter(pa.array(within)) if out.over_budget else private
+            charge = self.ledger(model, source.partition).charge(
+                private["user_pid"], private["occurred_at"], source.offset
+            )
+            out.over_budget, out.replayed = charge.over_budget, charge.replayed
+            if out.over_budget or out.replayed:
+                private = private.filter(pa.array(charge.allowed))
         out.private = private
         return out
 
-    def ledger(self, model: type[BaseEvent]) -> BudgetLedger:
-        """The budget ledger of one event type (its allowance from the accountant)."""
-        found = self.ledgers.get(model.event_name)
+    def noise_rng(self, source: SourceRef) -> np.random.Generator:
+        """The generator for one message's noise: seeded by HMAC(noise key, its position)."""
+        assert self._noise_key is not None
+        seed = hmac.digest(self._noise_key, source.header(), "sha256")
+        return np.random.Generator(np.random.PCG64(int.from_bytes(seed, "big")))
+
+    def allowance(self, model: type[BaseEvent]) -> int:
+        """Events one user may send of ``model`` per window (from the accountant)."""
+        epsilon, delta, _ = self.budget
+        return allowance(self.policy(model).mechanisms, epsilon=epsilon, delta=delta)
+
+    def ledger(self, model: type[BaseEvent], partition: int = 0) -> BudgetLedger:
+        """The budget ledger of one event type in one raw partition."""
+        found = self.ledgers.get((model.event_name, partition))
         if found is None:
-            epsilon, delta, window = self.budget
-            n = allowance(self.policy(model).mechanisms, epsilon=epsilon, delta=delta)
-            found = self.ledgers[model.event_name] = BudgetLedger(n, window)
+            found = BudgetLedger(self.allowance(model), self.budget[2])
+            for user, entry in self._saved.pop((model.event_name, partition), {}).items():
+                found.restore(user, entry)
+            self.ledgers[(model.event_name, partition)] = found
         return found
+
+    def restore(self, stream: str, partition: int, saved: dict[str, dict[str, Any]]) -> None:
+        """Saved ledger entries (user pseudonym -> ``BudgetLedger.entry``) for one raw
+        partition: they replace its ledger, which is rebuilt on its next event."""
+        self.ledgers.pop((stream, partition), None)
+        self._saved[(stream, partition)] = saved
 
     def _model(self, env: Envelope, stream: str) -> type[BaseEvent]:
         try:

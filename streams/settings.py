@@ -87,6 +87,9 @@ class WorkerSettings(BaseSettings):
     # The HMAC key for pseudonyms. Unset: a key is made once and kept in ``state_dir``.
     pseudonym_key: SecretStr | None = None
     pseudonym_key_id: str = "k1"
+    # A keyring file (privacy/pseudonymize.py has the format) for rotating keys; it wins
+    # over ``pseudonym_key``. Each key must start on a budget-window boundary.
+    pseudonym_keyring: Path | None = None
     state_dir: Path = Path(".eddyline")
     # The lake agent gathers up to this many envelopes, or waits this long, per Delta commit.
     lake_max_messages: int = Field(default=200, ge=1)

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # exported at runtime, missing from the stubs' __all__
@@ -78,10 +80,9 @@ def ensure_topics(settings: KafkaSettings, streams: list[str], timeout: float = 
     return [t.topic for t in wanted]
 
 
-def read_all(
-    settings: KafkaSettings, topic: str, timeout: float = 10.0
-) -> list[tuple[bytes, dict[str, bytes]]]:
-    """Every message now in ``topic`` (value, headers), read from the start to the high mark."""
+def _scan(settings: KafkaSettings, topic: str, timeout: float) -> Iterator[Any]:
+    """Every message now in ``topic`` (confluent-kafka ``Message``s), from the start to the
+    high mark of each partition."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(
@@ -90,13 +91,12 @@ def read_all(
     try:
         meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
         if meta.error is not None:
-            return []
+            return
         ends = {
             p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
             for p in meta.partitions
         }
         consumer.assign([TopicPartition(topic, p, 0) for p, end in ends.items() if end > 0])
-        out: list[tuple[bytes, dict[str, bytes]]] = []
         pending = {p for p, end in ends.items() if end > 0}
         while pending:
             msg = consumer.poll(timeout)
@@ -104,13 +104,34 @@ def read_all(
                 break
             if msg.error() is not None:
                 continue
-            pairs = msg.headers() or []
-            items = pairs.items() if isinstance(pairs, dict) else pairs
-            headers = {k: v.encode() if isinstance(v, str) else (v or b"") for k, v in items}
-            out.append((msg.value() or b"", headers))
+            yield msg
             partition, offset = msg.partition() or 0, msg.offset() or 0
             if offset + 1 >= ends[partition]:
                 pending.discard(partition)
-        return out
     finally:
         consumer.close()
+
+
+def read_all(
+    settings: KafkaSettings, topic: str, timeout: float = 10.0
+) -> list[tuple[bytes, dict[str, bytes]]]:
+    """Every message now in ``topic`` (value, headers), read from the start to the high mark."""
+    out: list[tuple[bytes, dict[str, bytes]]] = []
+    for msg in _scan(settings, topic, timeout):
+        pairs = msg.headers() or []
+        items = pairs.items() if isinstance(pairs, dict) else pairs
+        headers = {k: v.encode() if isinstance(v, str) else (v or b"") for k, v in items}
+        out.append((msg.value() or b"", headers))
+    return out
+
+
+def read_latest(settings: KafkaSettings, topic: str, timeout: float = 10.0) -> dict[bytes, bytes]:
+    """The latest value of each key in a compacted (changelog) topic; deleted keys left out."""
+    out: dict[bytes, bytes] = {}
+    for msg in _scan(settings, topic, timeout):
+        key, value = msg.key() or b"", msg.value()
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out

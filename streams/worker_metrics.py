@@ -19,6 +19,8 @@ class WorkerMetrics:
     drift_events: Counter
     learned: Counter
     suppressed: Counter
+    budget_charged: Counter
+    pii_masked: Counter
     delta_commit: Histogram
     envelope_rows: Histogram
     commit_rows: Histogram
@@ -43,6 +45,17 @@ class WorkerMetrics:
             counter("drift_events", "Drift events published", ["model"]),
             counter("events_learned", "Rows a model predicted, then learned", ["model"]),
             counter("suppressed", "Valid rows withheld by consent or budget", ["stream", "reason"]),
+            counter(
+                "budget_charged",
+                "Events charged to their user's privacy budget (each spends the stream's "
+                "per-event epsilon; see `eddyline budget show`)",
+                ["stream"],
+            ),
+            counter(
+                "pii_masked",
+                "Sensitive strings masked in kept free text, by kind",
+                ["stream", "kind"],
+            ),
             Histogram("eddyline_worker_delta_commit_seconds", "Delta commit latency", registry=reg),
             Histogram(
                 "eddyline_worker_envelope_rows",

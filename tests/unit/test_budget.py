@@ -9,7 +9,12 @@ import pyarrow as pa
 
 from eddyline.simulate import TrafficSimulator
 from privacy.budget import BudgetLedger, allowance, composed_epsilon
-from privacy.mechanisms import LaplaceMechanism, RandomizedResponseMechanism
+from privacy.mechanisms import (
+    GaussianMechanism,
+    LaplaceMechanism,
+    RandomizedResponseMechanism,
+    UnaryEncodingMechanism,
+)
 from privacy.pseudonymize import HmacPseudonymizer
 from schemas.arrow import arrow_schema
 from schemas.envelope import encode_arrow
@@ -26,6 +31,15 @@ def test_the_allowance_is_the_largest_count_within_the_accountants_epsilon() -> 
         n = allowance(mechanisms, epsilon=budget, delta=1e-6)
         assert composed_epsilon(mechanisms, n, 1e-6) <= budget
         assert composed_epsilon(mechanisms, n + 1, 1e-6) > budget
+    gauss = GaussianMechanism(1.0, 0.0, 300.0, delta=1e-6)
+    oue = UnaryEncodingMechanism(1.0, tuple("abcdefghij"))
+    for mechanisms, budget in (([gauss], 20.0), ([LAPLACE, oue], 20.0)):
+        n = allowance(mechanisms, epsilon=budget, delta=1e-5)
+        assert composed_epsilon(mechanisms, n, 1e-5) <= budget
+        assert composed_epsilon(mechanisms, n + 1, 1e-5) > budget
+    # one event measures its declared ε (within the PLD's discretisation)
+    assert abs(composed_epsilon([oue], 1, 1e-9) - 1.0) < 1e-3
+    assert abs(composed_epsilon([gauss], 1, 1e-6) - 1.0) < 0.01
     # composition by the accountant beats adding up: 152 events of ε=1 fit in ε=100
     assert allowance([LAPLACE], epsilon=100.0, delta=1e-6) > 100
 
@@ -38,7 +52,7 @@ def test_one_user_flooding_a_million_events_never_gets_past_the_budget() -> None
     ledger = BudgetLedger(allowance([LAPLACE], epsilon=10.0, delta=1e-6))
     through = 0
     for _ in range(200):  # 200 batches of 5,000 events, one user, one day
-        through += int(ledger.charge(pa.array(["flooder"] * 5_000), _times(5_000)).sum())
+        through += int(ledger.charge(pa.array(["flooder"] * 5_000), _times(5_000)).allowed.sum())
     assert through == ledger.allowance == 10
     assert composed_epsilon([LAPLACE], through, 1e-6) <= 10.0
 
@@ -46,9 +60,17 @@ def test_one_user_flooding_a_million_events_never_gets_past_the_budget() -> None
 def test_each_user_and_each_window_has_its_own_allowance() -> None:
     ledger = BudgetLedger(allowance=3, window_s=86_400)
     users = pa.array(["a", "b", "a", "a", "a", "b", "c"])
-    assert ledger.charge(users, _times(7)).tolist() == [True, True, True, True, False, True, True]
+    assert ledger.charge(users, _times(7)).allowed.tolist() == [
+        True,
+        True,
+        True,
+        True,
+        False,
+        True,
+        True,
+    ]
     tomorrow = _times(2, T0 + timedelta(days=1))
-    assert ledger.charge(pa.array(["a", "a"]), tomorrow).tolist() == [True, True]
+    assert ledger.charge(pa.array(["a", "a"]), tomorrow).allowed.tolist() == [True, True]
     assert ledger.spent("a", int(T0.timestamp()) // 86_400) == 3
     assert ledger.forget_before(int(T0.timestamp()) // 86_400 + 1) == 3  # a, b, c of day 0
 
@@ -76,3 +98,37 @@ def test_a_budget_beyond_the_search_ceiling_allows_the_ceiling() -> None:
     from privacy.budget import MAX_ALLOWANCE
 
     assert allowance([LAPLACE], epsilon=1e9, delta=1e-6) == MAX_ALLOWANCE
+
+
+def test_replays_are_skipped_per_user_so_a_rerun_leaves_the_ledger_unchanged() -> None:
+    ledger = BudgetLedger(allowance=3)
+    batches = [(["a", "b", "a"], 10), (["a", "a", "c"], 11), (["b", "c"], 12)]
+    for users, offset in batches:
+        ledger.charge(pa.array(users), _times(len(users)), offset)
+    before = dict(ledger.counts)
+    # A crash after the first two messages were saved: both are replayed, then the third.
+    replay = ledger.charge(pa.array(["a", "a", "c"]), _times(3), 11)
+    assert replay.replayed == 3 and not replay.allowed.any()
+    assert ledger.counts == before
+    # A user new to a replayed message is charged: nothing was saved for them.
+    fresh = ledger.charge(pa.array(["a", "d"]), _times(2), 11)
+    assert fresh.allowed.tolist() == [False, True] and fresh.replayed == 1
+
+
+def test_a_ledger_saved_and_restored_entry_by_entry_is_the_same_ledger() -> None:
+    ledger = BudgetLedger(allowance=5)
+    ledger.charge(pa.array(["a", "b", "a"]), _times(3), 7)
+    ledger.charge(pa.array(["a"]), _times(1, T0 + timedelta(days=1)), 8)
+    saved = ledger.drain_dirty()
+    assert set(saved) == {"a", "b"} and not ledger.dirty
+    copy = BudgetLedger(allowance=5)
+    for user, entry in saved.items():
+        assert entry is not None
+        copy.restore(user, entry)
+    assert copy.counts == ledger.counts and copy.last_offset == ledger.last_offset
+    # forgetting old windows marks the users dirty; a user with nothing left is deleted
+    ledger.forget_before(int(T0.timestamp()) // 86_400 + 1)
+    assert ledger.drain_dirty() == {
+        "a": {"offset": 8, "windows": {str(int(T0.timestamp()) // 86_400 + 1): 1}},
+        "b": None,
+    }
