@@ -288,9 +288,7 @@ def build_app(
     budget = app.Table(
         BUDGET_TABLE,
         default=None,
-        partitions=ks.partitions,
-        key_serializer="json",
-        value_serializer="json",
+        partitions=ks.partitions,  # keys and values travel as JSON (Faust's default)
         help="Per-user privacy budget: events charged per window, last raw offset",
     )
 
