@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +27,10 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(worker_app, name="worker")
 app.add_typer(topics_app, name="topics")
 app.add_typer(drift_app, name="drift")
+budget_app = typer.Typer(help="The per-user privacy budget.")
+keys_app = typer.Typer(help="Pseudonym keys (the keyring file in EDDYLINE_PSEUDONYM_KEYRING).")
+app.add_typer(budget_app, name="budget")
+app.add_typer(keys_app, name="keys")
 err = Console(stderr=True)
 out = Console()
 _DEBUG = {"on": False}
@@ -165,6 +170,98 @@ def drift_tail(group: Annotated[str, typer.Option(help="consumer group")] = "edd
     with DriftSubscriber(group_id=group) as sub:
         for event in sub:
             print(event.model_dump_json(), flush=True)
+
+
+@budget_app.command("show")
+def budget_show(
+    user: Annotated[str, typer.Argument(help="the app's user id (or a pseudonym, with --pid)")],
+    pid: Annotated[bool, typer.Option(help="USER is already a pseudonym")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+) -> None:
+    """What one user has spent of the privacy budget, per stream and window.
+
+    The user id is pseudonymised here with the worker's keys (every key of the keyring), so
+    this needs the same EDDYLINE_PSEUDONYM_* settings and state folder as the workers."""
+    import numpy as np
+
+    from privacy.budget import composed_epsilon
+    from schemas.registry import REGISTRY
+    from streams.budget_state import read_ledger
+    from streams.processing import Privatizer, pseudonymizer_from_settings
+
+    ws, ks = WorkerSettings(), KafkaSettings()
+    pseudonymizer = pseudonymizer_from_settings(ws)
+    pids = (
+        {user: "-"}
+        if pid
+        else {pseudonymizer.one(user, i): k.key_id for i, k in enumerate(pseudonymizer.keys)}
+    )
+    budget = (ws.budget_epsilon, ws.budget_delta, ws.budget_window_s)
+    privatizer = Privatizer(pseudonymizer, np.random.default_rng(), budget=budget)
+    rows = []
+    for entry in read_ledger(ws, ks):
+        if entry.user_pid not in pids:
+            continue
+        policy = privatizer.policy(REGISTRY.latest(entry.stream))
+        limit = privatizer.allowance(policy.model)
+        for window, count in sorted(entry.windows.items()):
+            start = window * ws.budget_window_s
+            rows.append(
+                {
+                    "stream": entry.stream,
+                    "window_start": datetime.fromtimestamp(start, UTC).isoformat(),
+                    "user_pid": entry.user_pid,
+                    "key_id": pids[entry.user_pid],
+                    "events": count,
+                    "allowance": limit,
+                    "epsilon_spent": round(
+                        composed_epsilon(policy.mechanisms, count, ws.budget_delta), 4
+                    ),
+                    "epsilon_budget": ws.budget_epsilon,
+                    "delta": ws.budget_delta,
+                }
+            )
+    if not rows:
+        err.print("no budget spent by this user in any live window")
+        raise typer.Exit(1)
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    table = Table(*rows[0].keys())
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    out.print(table)
+
+
+@keys_app.command("add")
+def keys_add(
+    key_id: Annotated[str, typer.Argument(help="the new key's id, e.g. k2")],
+    start: Annotated[
+        str, typer.Option("--from", help="UTC date the key takes over (a window boundary)")
+    ],
+) -> None:
+    """Add a random pseudonym key to the keyring, taking over from ``--from`` (rotation).
+
+    Pseudonyms stay joinable within each key's lifetime; events from ``--from`` on get the
+    new key's pseudonyms. Every worker must read the same keyring file."""
+    from privacy.pseudonymize import add_key
+
+    ws = WorkerSettings()
+    if ws.pseudonym_keyring is None:
+        raise EddylineError("set EDDYLINE_PSEUDONYM_KEYRING to the keyring file's path")
+    at = datetime.fromisoformat(start)
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    if int(at.timestamp()) % ws.budget_window_s:
+        raise EddylineError(
+            f"--from {start}: a key must start on a budget-window boundary "
+            f"(a multiple of {ws.budget_window_s} s; UTC midnight for daily windows)"
+        )
+    try:
+        add_key(ws.pseudonym_keyring, key_id, at)
+    except ValueError as exc:
+        raise EddylineError(str(exc)) from None
+    err.print(f"added key {key_id!r} from {at.isoformat()} to {ws.pseudonym_keyring}")
 
 
 @app.command("query")

@@ -83,3 +83,34 @@ def rr_frequencies(
         half = z * np.sqrt(r * (1 - r) / n) / (p - q)
         out[cat] = Estimate(float(f), float(f - half), float(f + half), confidence)
     return out
+
+
+def oue_frequencies(
+    reports: Sequence[Sequence[str]],
+    categories: Sequence[str],
+    epsilon: float,
+    confidence: float = 0.95,
+) -> dict[str, Estimate]:
+    """True share of each category from optimised unary encoding reports (each report: the
+    categories whose noisy bit is 1) with budget ``epsilon``.
+
+    Each bit is 1 with probability p = 1/2 for the true category and q = 1 / (e^ε + 1)
+    otherwise, so a category's share of reports r_j has expectation q + (p - q) f_j:
+    f_j = (r_j - q) / (p - q), with variance r_j (1 - r_j) / (n (p - q)^2).
+    """
+    n = len(reports)
+    if n == 0:
+        raise ValueError("no reports")
+    p, q = 0.5, 1.0 / (np.exp(epsilon) + 1.0)
+    index = {c: i for i, c in enumerate(categories)}
+    ones = np.zeros(len(categories))
+    for report in reports:
+        for cat in report:
+            ones[index[cat]] += 1
+    z, out = _z(confidence), {}
+    for cat, count in zip(categories, ones.tolist(), strict=True):
+        r = count / n
+        f = (r - q) / (p - q)
+        half = z * np.sqrt(r * (1 - r) / n) / (p - q)
+        out[cat] = Estimate(float(f), float(f - half), float(f + half), confidence)
+    return out

@@ -26,12 +26,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from online_learning.checkpoint import ModelStore
 from online_learning.detectors import AdwinDetector, Alarm
 from online_learning.learner import ClickModel
-from privacy.pseudonymize import (
-    HmacPseudonymizer,
-    PseudonymKey,
-    load_keyring,
-    load_or_create_key,
-)
 from schemas.envelope import (
     ARROW,
     H_CONTENT_TYPE,
@@ -52,6 +46,7 @@ from streams.processing import (
     consented,
     deadletter_table,
     drift_table,
+    pseudonymizer_from_settings,
 )
 from streams.settings import KafkaSettings, WorkerSettings
 from streams.topics import STREAMS, Topics
@@ -66,27 +61,6 @@ def _raw_topic(app: faust.App, *names: str) -> faust.TopicT:
     return app.topic(*names, value_type=bytes, value_serializer="raw", key_serializer="raw")
 
 
-def _pseudonymizer(ws: WorkerSettings) -> HmacPseudonymizer:
-    if ws.pseudonym_keyring is not None:
-        keys = load_keyring(ws.pseudonym_keyring)
-    elif ws.pseudonym_key is not None:
-        keys = [PseudonymKey(ws.pseudonym_key_id, ws.pseudonym_key.get_secret_value().encode())]
-    else:
-        keys = [
-            PseudonymKey(ws.pseudonym_key_id, load_or_create_key(ws.state_dir / "pseudonym.key"))
-        ]
-    for key in keys[1:]:
-        # A key starting mid-window would give a user two pseudonyms, and two allowances,
-        # in one window: refuse to start.
-        if key.not_before % ws.budget_window_s:
-            raise ValueError(
-                f"pseudonym key {key.key_id!r} starts mid budget window: its not_before "
-                f"must be a multiple of {ws.budget_window_s} s after the epoch (UTC midnight "
-                "for daily windows)"
-            )
-    return HmacPseudonymizer(keys=keys)
-
-
 class Pipeline:
     """The worker's state, built once: privatizer, Delta sink, model, metrics, topics."""
 
@@ -94,7 +68,7 @@ class Pipeline:
         self.ws, self.ks, self.streams = ws, ks, streams
         self.topics = Topics(ks.namespace)
         rng = np.random.default_rng(ws.seed)  # None: seeded from the OS CSPRNG
-        pseudonymizer = _pseudonymizer(ws)
+        pseudonymizer = pseudonymizer_from_settings(ws)
         # Noise per message from HMAC(noise key, source position): a replay is noised as the
         # first time. The key derives from the oldest pseudonym key (random from the OS
         # CSPRNG, shared by every worker), and the test seed when there is one.

@@ -22,12 +22,18 @@ from pydantic import ValidationError
 
 from privacy.budget import BudgetLedger, allowance
 from privacy.policy import PrivacyPolicy
-from privacy.pseudonymize import HmacPseudonymizer
+from privacy.pseudonymize import (
+    HmacPseudonymizer,
+    PseudonymKey,
+    load_keyring,
+    load_or_create_key,
+)
 from schemas.arrow import arrow_schema, conform, validate_table
 from schemas.envelope import Envelope, decode
 from schemas.errors import EnvelopeError, UnknownSchemaError
 from schemas.events import BaseEvent
 from schemas.registry import REGISTRY, SchemaRegistry
+from streams.settings import WorkerSettings
 
 
 @dataclass(frozen=True)
@@ -246,6 +252,29 @@ class Privatizer:
             return None
         row = {k: str(v) if isinstance(v, UUID) else v for k, v in obj.__dict__.items()}
         return pa.Table.from_pylist([row], schema=arrow_schema(model))
+
+
+def pseudonymizer_from_settings(ws: WorkerSettings) -> HmacPseudonymizer:
+    """The worker's pseudonymizer: the keyring file, else the key setting, else a key made
+    once in ``state_dir``; refuses a keyring whose keys start mid budget window."""
+    if ws.pseudonym_keyring is not None:
+        keys = load_keyring(ws.pseudonym_keyring)
+    elif ws.pseudonym_key is not None:
+        keys = [PseudonymKey(ws.pseudonym_key_id, ws.pseudonym_key.get_secret_value().encode())]
+    else:
+        keys = [
+            PseudonymKey(ws.pseudonym_key_id, load_or_create_key(ws.state_dir / "pseudonym.key"))
+        ]
+    for key in keys[1:]:
+        # A key starting mid-window would give a user two pseudonyms, and two allowances,
+        # in one window: refuse to start.
+        if key.not_before % ws.budget_window_s:
+            raise ValueError(
+                f"pseudonym key {key.key_id!r} starts mid budget window: its not_before "
+                f"must be a multiple of {ws.budget_window_s} s after the epoch (UTC midnight "
+                "for daily windows)"
+            )
+    return HmacPseudonymizer(keys=keys)
 
 
 Purpose = Literal["store", "learn"]

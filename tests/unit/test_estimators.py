@@ -8,15 +8,27 @@ estimator with probability ~0.003 per seed, and the seeds are fixed (determinist
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from privacy.estimators import laplace_mean, laplace_sum, rr_frequencies
-from privacy.mechanisms import LaplaceMechanism, RandomizedResponseMechanism
+from privacy.estimators import laplace_mean, laplace_sum, oue_frequencies, rr_frequencies
+from privacy.mechanisms import (
+    GaussianMechanism,
+    LaplaceMechanism,
+    RandomizedResponseMechanism,
+    UnaryEncodingMechanism,
+)
 
 TRIALS, MIN_COVERS = 200, 180
 
 
-def test_laplace_mean_and_sum_cover_the_truth() -> None:
-    mech = LaplaceMechanism(epsilon=1.0, lower=0.0, upper=300.0)
+@pytest.mark.parametrize(
+    "mech",
+    [
+        LaplaceMechanism(epsilon=1.0, lower=0.0, upper=300.0),
+        GaussianMechanism(epsilon=1.0, lower=0.0, upper=300.0, delta=1e-6),
+    ],
+)
+def test_noised_mean_and_sum_cover_the_truth(mech: LaplaceMechanism | GaussianMechanism) -> None:
     mean_covers = sum_covers = 0
     for seed in range(TRIALS):
         rng = np.random.default_rng(seed)
@@ -52,3 +64,18 @@ def test_rr_is_far_from_the_raw_reported_share() -> None:
     assert (
         abs(rr_frequencies(reported.tolist(), cats, 0.5)["b"].value - 0.9) < 0.02
     )  # ... and undone
+
+
+def test_oue_frequencies_cover_the_planted_shares() -> None:
+    cats = tuple(f"c{i}" for i in range(20))
+    planted = np.random.default_rng(99).dirichlet(np.ones(20))
+    mech = UnaryEncodingMechanism(1.0, cats)
+    covers = np.zeros(len(cats))
+    for seed in range(TRIALS):
+        rng = np.random.default_rng(seed)
+        truth = rng.choice(len(cats), size=5_000, p=planted)
+        reports = mech.to_arrow(mech.bits(truth, rng)).to_pylist()
+        est = oue_frequencies(reports, cats, 1.0)
+        shares = np.bincount(truth, minlength=len(cats)) / len(truth)
+        covers += [est[c].covers(shares[i]) for i, c in enumerate(cats)]
+    assert (covers >= MIN_COVERS).all(), covers

@@ -100,3 +100,124 @@ def test_policy_replaces_ids_drops_redacted_text_and_noises_numbers() -> None:
     )
     noised = PrivacyPolicy.for_model(InteractionEvent).apply(it, pseud, np.random.default_rng(0))
     assert noised["dwell_time_s"][0].as_py() != 10.0
+
+
+# --- key rotation ----------------------------------------------------------------------
+
+DAY = 86_400
+
+
+def test_each_event_is_pseudonymised_under_the_key_in_force_at_its_time(tmp_path) -> None:
+    from datetime import UTC, datetime
+
+    from privacy.pseudonymize import PseudonymKey, add_key, load_keyring
+
+    path = tmp_path / "keyring"
+    add_key(path, "k1", datetime(1970, 1, 1, tzinfo=UTC))
+    add_key(path, "k2", datetime(2026, 12, 1, tzinfo=UTC))
+    assert path.stat().st_mode & 0o077 == 0
+    keys = load_keyring(path)
+    assert [k.key_id for k in keys] == ["k1", "k2"] and keys[1].not_before % DAY == 0
+    assert "secret" not in repr(keys[0]) or keys[0].secret.hex() not in repr(keys[0])
+    ring = HmacPseudonymizer(keys=keys)
+    times = pa.array(
+        [datetime(2026, 11, 30, 23, 59, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)] * 2,
+        pa.timestamp("us", tz="UTC"),
+    )
+    pids, key_ids = ring.apply_at(pa.array(["alice", "alice", "bob", "bob"]), times)
+    assert key_ids.to_pylist() == ["k1", "k2", "k1", "k2"]
+    p = pids.to_pylist()
+    # joinable within a key's lifetime, not across keys
+    assert p[0] == HmacPseudonymizer(keys[0].secret, key_id="k1").one("alice") != p[1]
+    assert p[1] == HmacPseudonymizer(keys[1].secret, key_id="k2").one("alice")
+    assert len(set(p)) == 4
+    with pytest.raises(ValueError, match="unique"):
+        HmacPseudonymizer(keys=[PseudonymKey("k", b"a" * 16), PseudonymKey("k", b"b" * 16, 5)])
+
+
+def test_a_broken_keyring_line_is_named_without_the_key(tmp_path) -> None:
+    from privacy.pseudonymize import load_keyring
+
+    path = tmp_path / "keyring"
+    path.write_text("# comment\nk1 1970-01-01 " + "ab" * 16 + "\nk2 2027-01-01 " + "cd" * 4 + "\n")
+    with pytest.raises(ValueError, match=r"keyring:3: a pseudonym key needs at least 16") as exc:
+        load_keyring(path)
+    assert "cd" * 4 not in str(exc.value)
+
+
+def test_a_worker_refuses_a_key_starting_mid_window(tmp_path) -> None:
+    from streams.processing import pseudonymizer_from_settings
+    from streams.settings import WorkerSettings
+
+    path = tmp_path / "keyring"
+    path.write_text(f"k1 1970-01-01 {'ab' * 16}\nk2 2027-01-01T12:00:00 {'cd' * 16}\n")
+    with pytest.raises(ValueError, match="starts mid budget window"):
+        pseudonymizer_from_settings(WorkerSettings(pseudonym_keyring=path, state_dir=tmp_path))
+    path.write_text(f"k1 1970-01-01 {'ab' * 16}\nk2 2027-01-01 {'cd' * 16}\n")
+    ring = pseudonymizer_from_settings(WorkerSettings(pseudonym_keyring=path, state_dir=tmp_path))
+    assert [k.key_id for k in ring.keys] == ["k1", "k2"]
+
+
+# --- scrubbing kept free text ----------------------------------------------------------
+
+
+def test_scrub_masks_each_kind_of_sensitive_string_and_counts_it() -> None:
+    from privacy.scrub import luhn, scrub
+
+    texts = [
+        "write to jane.doe+x@mail.example.org today",
+        "call +44 20 7946 0958 or (555) 123-4567",
+        "card 4111 1111 1111 1111, not 4111 1111 1111 1112",
+        "from 192.168.10.254 and 2001:db8::8a2e:370:7334 at 10:30",
+        "key AKIAIOSFODNN7EXAMPLE and ghp_0123456789abcdefghijABCDEF",
+        "Authorization: Bearer abcdefghijklmnop.qrstuvwx",
+        "order 12345 shipped on 2026-11-29, version 1.2.3",
+        None,
+    ]
+    out, found = scrub(pa.array(texts))
+    assert out.to_pylist() == [
+        "write to [email] today",
+        "call [phone] or [phone]",
+        "card [card], not 4111 1111 1111 1112",
+        "from [ip] and [ip] at 10:30",
+        "key [secret] and [secret]",
+        "Authorization: [secret]",
+        "order 12345 shipped on 2026-11-29, version 1.2.3",
+        None,
+    ]
+    assert dict(found) == {"email": 1, "phone": 2, "card": 1, "ip": 2, "secret": 3}
+    assert luhn("79927398713") and not luhn("79927398710")
+
+
+def test_policy_applies_gaussian_unary_encoding_and_scrub_from_annotations() -> None:
+    from collections import Counter
+    from typing import Annotated, ClassVar
+
+    from privacy.mechanisms import GaussianMechanism, UnaryEncodingMechanism
+    from schemas.annotations import Noise, RandomizedResponse, Scrub
+    from schemas.events import BaseEvent
+    from schemas.registry import SchemaRegistry
+
+    cats = tuple(f"genre{i}" for i in range(40))
+
+    class Review(BaseEvent):
+        event_name: ClassVar[str] = "review_test"
+        event_version: ClassVar[int] = 1
+        event_registry: ClassVar[SchemaRegistry | None] = SchemaRegistry()
+        stars: Annotated[float, Noise(lower=0, upper=5, epsilon=1.0, delta=1e-6)]
+        genre: Annotated[str, RandomizedResponse(cats, epsilon=1.0, encoding="unary")]
+        text: Annotated[str, Scrub()]
+
+    policy = PrivacyPolicy.for_model(Review)
+    assert isinstance(policy.noised[0][1], GaussianMechanism)
+    assert isinstance(policy.randomized[0][1], UnaryEncodingMechanism)
+    table = _rows(
+        Review, user_id="u1", app_id="a", stars=4.0, genre="genre3", text="mail me at a@b.io"
+    )
+    found: Counter[str] = Counter()
+    out = policy.apply(table, HmacPseudonymizer(b"k" * 32), np.random.default_rng(0), found)
+    assert out["text"].to_pylist() == ["mail me at [email]"] and found == {"email": 1}
+    assert out.schema.field("genre").type == pa.list_(pa.string())
+    assert set(out["genre"][0].as_py()) <= set(cats)
+    units = out["stars"][0].as_py() / policy.noised[0][1].grid
+    assert units == round(units)

@@ -122,3 +122,21 @@ def test_json_without_a_schema_header_uses_the_streams_latest_version(
     value = _event().model_dump_json().encode()
     out = privatizer.process(value, [], SRC, "interaction")
     assert out.schema_id == "interaction:1" and out.private is not None
+
+
+def test_a_replayed_message_is_noised_exactly_as_the_first_time() -> None:
+    rows = [_row(_event(user_id=f"u{i}", dwell_time_s=float(i))) for i in range(50)]
+    value, headers = _envelope(rows)
+
+    def run(source: SourceRef) -> list[float]:
+        privatizer = Privatizer(
+            HmacPseudonymizer(b"k" * 32), np.random.default_rng(), noise_key=b"n" * 32
+        )
+        out = privatizer.process(value, headers, source, "interaction")
+        assert out.private is not None
+        return out.private["dwell_time_s"].to_pylist()
+
+    first = run(SRC)
+    assert run(SRC) == first  # a fresh worker replaying the same message: same noise
+    assert run(SourceRef(SRC.topic, SRC.partition, SRC.offset + 1)) != first
+    assert first != [float(i) for i in range(50)]
