@@ -140,42 +140,43 @@ class BudgetLedger:
             else pc.dictionary_encode(users)
         )
         codes = encoded.indices.to_numpy().astype(np.int64)
+        names = encoded.dictionary.to_pylist()
         micros = pc.cast(at, pa.int64()).to_numpy(zero_copy_only=False)
         windows = micros // (self.window_s * 1_000_000)
-        key = codes * (windows.max() - windows.min() + 1) + (windows - windows.min())
-        groups, inverse = np.unique(key, return_inverse=True)
-        # rank of each row among its group's rows, in batch order
-        order = np.argsort(inverse, kind="stable")
-        sizes = np.bincount(inverse)
-        starts = np.repeat(np.cumsum(sizes) - sizes, sizes)
-        rank = np.empty(n, dtype=np.int64)
-        rank[order] = np.arange(n) - starts
-        # One dict look-up per (user, window) in the batch, not per event.
-        first = np.zeros(len(groups), dtype=np.int64)
-        first[inverse[::-1]] = np.arange(n)[::-1]
-        names = encoded.dictionary.to_pylist()
-        group_users = [names[codes[i]] for i in first.tolist()]
-        group_keys = [
-            (u, int(windows[i])) for u, i in zip(group_users, first.tolist(), strict=True)
-        ]
-        prior = np.array([self.counts.get(k, 0) for k in group_keys], dtype=np.int64)
-        if offset is None:
-            fresh = np.ones(len(groups), dtype=bool)
+        low, high = int(windows.min()), int(windows.max())
+        if low == high:  # the common case: one window, so a group is a user
+            inverse = codes
+            group_users = names
+            group_windows = [low] * len(names)
         else:
-            last = self.last_offset
-            fresh = np.array([last.get(u, -1) < offset for u in group_users], dtype=bool)
-        allowed = fresh[inverse] & (prior[inverse] + rank < self.allowance)
-        kept = np.bincount(inverse, weights=allowed, minlength=len(groups)).astype(np.int64)
-        for k, before, add, new in zip(
-            group_keys, prior.tolist(), kept.tolist(), fresh.tolist(), strict=True
-        ):
-            if not new:
-                continue
-            if add:
-                self.counts[k] = before + add
-            if offset is not None:
-                self.last_offset[k[0]] = offset
-            self.dirty.add(k[0])
+            key = codes * (high - low + 1) + (windows - low)
+            groups, inverse = np.unique(key, return_inverse=True)
+            first = np.zeros(len(groups), dtype=np.int64)
+            first[inverse[::-1]] = np.arange(n)[::-1]
+            group_users = [names[c] for c in codes[first].tolist()]
+            group_windows = windows[first].tolist()
+        # One dict look-up per (user, window) in the batch, not per event; updates in C.
+        group_keys = list(zip(group_users, group_windows, strict=True))
+        get = self.counts.get
+        prior = np.array([get(k, 0) for k in group_keys], dtype=np.int64)
+        if offset is None:
+            fresh = np.ones(len(group_keys), dtype=bool)
+        else:
+            last = self.last_offset.get
+            fresh = np.array([last(u, -1) < offset for u in group_users], dtype=bool)
+        sizes = np.bincount(inverse, minlength=len(group_keys))
+        if (prior + sizes <= self.allowance).all():  # nobody reaches the limit: no ranks
+            allowed = fresh[inverse]
+        else:
+            allowed = fresh[inverse] & (prior[inverse] + _ranks(inverse, sizes) < self.allowance)
+        kept = np.bincount(inverse, weights=allowed, minlength=len(group_keys)).astype(np.int64)
+        total = (prior + kept).tolist()
+        changed = np.flatnonzero(kept).tolist()
+        self.counts.update({group_keys[i]: total[i] for i in changed})
+        new_users = group_users if fresh.all() else [group_users[i] for i in np.flatnonzero(fresh)]
+        if offset is not None:
+            self.last_offset.update(dict.fromkeys(new_users, offset))
+        self.dirty.update(new_users)
         replayed = int(n - fresh[inverse].sum())
         return Charge(allowed, replayed, int(n - replayed - allowed.sum()))
 
@@ -219,6 +220,15 @@ class BudgetLedger:
         self.last_offset[user] = int(entry["offset"])
         for w, c in entry["windows"].items():
             self.counts[(user, int(w))] = int(c)
+
+
+def _ranks(inverse: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Each row's rank among the rows of its group (``inverse``), in batch order."""
+    order = np.argsort(inverse, kind="stable")
+    starts = np.repeat(np.cumsum(sizes) - sizes, sizes)
+    rank = np.empty(len(inverse), dtype=np.int64)
+    rank[order] = np.arange(len(inverse)) - starts
+    return rank
 
 
 @dataclass(frozen=True)

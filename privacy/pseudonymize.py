@@ -104,9 +104,23 @@ class HmacPseudonymizer:
     def _apply_key(self, column: pa.Array | pa.ChunkedArray, key: int) -> pa.Array:
         # HMAC has no vectorised form, so this loops in Python, but once per distinct id in
         # the batch (users repeat within a batch), then maps back with a vectorised take.
-        uniques = pc.unique(column)
-        mapped = pa.array([self.one(v, key) for v in uniques.to_pylist()], type=pa.string())
-        return pc.take(mapped, pc.index_in(column, value_set=uniques))
+        encoded = pc.dictionary_encode(column)  # one hash pass: distinct ids + row indices
+        if isinstance(encoded, pa.ChunkedArray):
+            encoded = encoded.unify_dictionaries().combine_chunks()
+        values = encoded.dictionary.to_pylist()
+        cache = self._caches[key]
+        found = [*map(cache.get, values)]
+        if None in found:  # new users: their HMACs in one comprehension, then cached
+            secret = self.keys[key].secret
+            misses = [v for v, f in zip(values, found, strict=True) if f is None]
+            if len(cache) + len(misses) > self._cache_size:
+                cache.clear()
+            cache.update(
+                {v: hmac.digest(secret, v.encode(), "sha256").hex()[:_HEX_CHARS] for v in misses}
+            )
+            found = [*map(cache.__getitem__, values)]
+        mapped = pa.array(found, type=pa.string())
+        return pc.take(mapped, encoded.indices)
 
     def apply(self, column: pa.Array | pa.ChunkedArray) -> pa.Array:
         """Pseudonymise a string column under the newest key."""
@@ -118,8 +132,7 @@ class HmacPseudonymizer:
         """(pseudonyms, key ids) of a string column, each row under the key in force at its
         timestamp in ``at``."""
         if len(self.keys) == 1:
-            ids = pa.array(np.full(len(column), self.keys[0].key_id, dtype=object), pa.string())
-            return self._apply_key(column, 0), ids
+            return self._apply_key(column, 0), pa.repeat(self.keys[0].key_id, len(column))
         micros = pc.cast(at, pa.int64()).to_numpy(zero_copy_only=False)
         which = np.maximum(np.searchsorted(self._starts, micros, side="right") - 1, 0)
         out = np.empty(len(column), dtype=object)

@@ -3,7 +3,11 @@ equals the ledger of a run without the crash, and no user gets more than the bud
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -108,3 +112,17 @@ def test_the_ledger_after_kill_9_equals_the_ledger_without_a_crash(
     assert rows_crash == rows_calm
     assert max(ledger_calm.values()) == ALLOWANCE  # the busiest users hit the budget...
     assert min(ledger_calm.values()) < ALLOWANCE  # ...most did not: a double charge would show
+
+    # `eddyline budget show` finds a user by their raw id (pseudonymised with the same key)
+    busiest, sent = Counter(e.user_id for e in events).most_common(1)[0]
+    shown = subprocess.run(
+        [sys.executable, "-m", "eddyline", "budget", "show", busiest, "--json"],
+        env={**os.environ, **env, "EDDYLINE_NAMESPACE": crashed.namespace},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    [row] = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert row["stream"] == "interaction" and row["events"] == min(sent, ALLOWANCE)
+    assert row["allowance"] == ALLOWANCE and 0 < row["epsilon_spent"] <= 10.0
+    assert busiest not in shown.stdout + shown.stderr  # the raw id is never printed

@@ -21,9 +21,10 @@ from schemas.arrow import arrow_schema
 from schemas.envelope import ARROW, encode_arrow, encode_json
 from schemas.events import DriftEvent, InteractionEvent, ModelEvent
 from streams.broker import free_port
+from streams.budget_state import changelog_topic
 from streams.producer import EventProducer
-from streams.settings import KafkaSettings
-from streams.topics import Topics, read_all
+from streams.settings import KafkaSettings, WorkerSettings
+from streams.topics import Topics, read_all, read_latest
 from streams.worker_process import WorkerProcess
 from tests.integration.helpers import deadletters, delta_ids, wait_for
 
@@ -169,7 +170,11 @@ def test_ten_thousand_events_exactly_once_private_deadlettered_and_drift(
     ]
     assert announced and announced[-1].model == "click" and announced[-1].events_seen > 0
 
-    _assert_no_raw_personal_data(kafka, lake, [sim.user_id(i) for i in range(sim.users)])
+    # the worker's own output too: its log file and its metrics page
+    logs_and_metrics = [worker.log_path.read_bytes(), (worker.metrics() or "").encode()]
+    _assert_no_raw_personal_data(
+        kafka, lake, [sim.user_id(i) for i in range(sim.users)], logs_and_metrics
+    )
 
 
 def _drift_events(kafka: KafkaSettings) -> list[DriftEvent]:
@@ -188,10 +193,16 @@ def _drift_events(kafka: KafkaSettings) -> list[DriftEvent]:
     return found
 
 
-def _assert_no_raw_personal_data(kafka: KafkaSettings, lake: Path, user_ids: list[str]) -> None:
-    """Canaries: raw user ids and the marked comment appear nowhere past the boundary."""
+def _assert_no_raw_personal_data(
+    kafka: KafkaSettings, lake: Path, user_ids: list[str], extra: list[bytes]
+) -> None:
+    """Canaries: raw user ids and the marked comment appear nowhere past the boundary:
+    private topics, dead letters, signals, the budget ledger, Delta, logs, metrics."""
     topics = Topics(kafka.namespace)
     blobs = [v for s in ("interaction", "feedback") for v, _ in read_all(kafka, topics.private(s))]
+    blobs += list(read_latest(kafka, changelog_topic(WorkerSettings(), kafka)))  # keys
+    blobs += list(read_latest(kafka, changelog_topic(WorkerSettings(), kafka)).values())
+    blobs += extra
     blobs += [v for v, _ in read_all(kafka, topics.deadletter)]
     blobs += [v for v, _ in read_all(kafka, topics.drift)]
     blobs += [v for v, _ in read_all(kafka, topics.models)]
