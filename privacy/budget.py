@@ -115,10 +115,16 @@ class BudgetLedger:
 
     allowance: int
     window_s: int = 86_400
-    counts: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: window index -> user pseudonym -> events charged
+    windows: dict[int, dict[str, int]] = field(default_factory=dict)
     last_offset: dict[str, int] = field(default_factory=dict)
     #: users changed since the last ``drain_dirty``
     dirty: set[str] = field(default_factory=set)
+
+    @property
+    def counts(self) -> dict[tuple[str, int], int]:
+        """Every (user, window) -> events charged (a copy, for reading)."""
+        return {(u, w): c for w, users in self.windows.items() for u, c in users.items()}
 
     def charge(
         self,
@@ -134,46 +140,56 @@ class BudgetLedger:
         n = len(users)
         if n == 0:
             return Charge(np.zeros(0, dtype=bool), 0, 0)
-        encoded = (
-            pc.dictionary_encode(users).combine_chunks()
-            if isinstance(users, pa.ChunkedArray)
-            else pc.dictionary_encode(users)
-        )
-        codes = encoded.indices.to_numpy().astype(np.int64)
-        names = encoded.dictionary.to_pylist()
         micros = pc.cast(at, pa.int64()).to_numpy(zero_copy_only=False)
         windows = micros // (self.window_s * 1_000_000)
         low, high = int(windows.min()), int(windows.max())
-        if low == high:  # the common case: one window, so a group is a user
-            inverse = codes
-            group_users = names
-            group_windows = [low] * len(names)
-        else:
-            key = codes * (high - low + 1) + (windows - low)
-            groups, inverse = np.unique(key, return_inverse=True)
-            first = np.zeros(len(groups), dtype=np.int64)
-            first[inverse[::-1]] = np.arange(n)[::-1]
-            group_users = [names[c] for c in codes[first].tolist()]
-            group_windows = windows[first].tolist()
-        # One dict look-up per (user, window) in the batch, not per event; updates in C.
-        group_keys = list(zip(group_users, group_windows, strict=True))
-        get = self.counts.get
-        prior = np.array([get(k, 0) for k in group_keys], dtype=np.int64)
+        if low == high:  # the common case: one window per batch
+            return self._charge_window(users, low, offset)
+        parts = [np.flatnonzero(windows == w) for w in range(low, high + 1)]
+        allowed = np.zeros(n, dtype=bool)
+        replayed = over = 0
+        for w, rows in zip(range(low, high + 1), parts, strict=True):
+            if len(rows):
+                part = self._charge_window(pc.take(users, pa.array(rows)), w, offset)
+                allowed[rows] = part.allowed
+                replayed, over = replayed + part.replayed, over + part.over_budget
+        return Charge(allowed, replayed, over)
+
+    def _charge_window(
+        self, users: pa.Array | pa.ChunkedArray, window: int, offset: int | None
+    ) -> Charge:
+        n = len(users)
+        encoded = pc.dictionary_encode(users)
+        if isinstance(encoded, pa.ChunkedArray):
+            encoded = encoded.unify_dictionaries().combine_chunks()
+        inverse = encoded.indices.to_numpy().astype(np.int64)
+        names = encoded.dictionary.to_pylist()
+        counts = self.windows.setdefault(window, {})
+        # One C-level look-up per user in the batch (missing -> None -> NaN), none per event.
+        prior = np.nan_to_num(np.array([*map(counts.get, names)], dtype=np.float64)).astype(
+            np.int64
+        )
         if offset is None:
-            fresh = np.ones(len(group_keys), dtype=bool)
+            fresh = np.ones(len(names), dtype=bool)
         else:
-            last = self.last_offset.get
-            fresh = np.array([last(u, -1) < offset for u in group_users], dtype=bool)
-        sizes = np.bincount(inverse, minlength=len(group_keys))
+            last = np.array([*map(self.last_offset.get, names)], dtype=np.float64)
+            fresh = ~(last >= offset)  # NaN (never seen) compares False: fresh
+        sizes = np.bincount(inverse, minlength=len(names))
         if (prior + sizes <= self.allowance).all():  # nobody reaches the limit: no ranks
             allowed = fresh[inverse]
         else:
             allowed = fresh[inverse] & (prior[inverse] + _ranks(inverse, sizes) < self.allowance)
-        kept = np.bincount(inverse, weights=allowed, minlength=len(group_keys)).astype(np.int64)
-        total = (prior + kept).tolist()
-        changed = np.flatnonzero(kept).tolist()
-        self.counts.update({group_keys[i]: total[i] for i in changed})
-        new_users = group_users if fresh.all() else [group_users[i] for i in np.flatnonzero(fresh)]
+        kept = np.bincount(inverse, weights=allowed, minlength=len(names)).astype(np.int64)
+        changed = np.flatnonzero(kept)
+        if len(changed):
+            counts.update(
+                zip(
+                    [names[i] for i in changed.tolist()],
+                    (prior[changed] + kept[changed]).tolist(),
+                    strict=True,
+                )
+            )
+        new_users = names if fresh.all() else [names[i] for i in np.flatnonzero(fresh).tolist()]
         if offset is not None:
             self.last_offset.update(dict.fromkeys(new_users, offset))
         self.dirty.update(new_users)
@@ -182,36 +198,32 @@ class BudgetLedger:
 
     def spent(self, user: str, window: int) -> int:
         """Events charged to ``user`` (a pseudonym) in ``window``."""
-        return self.counts.get((user, window), 0)
+        return self.windows.get(window, {}).get(user, 0)
 
     def forget_before(self, window: int) -> int:
-        """Drop windows older than ``window`` (they can no longer be charged); how many."""
-        old = [k for k in self.counts if k[1] < window]
-        for k in old:
-            del self.counts[k]
-            self.dirty.add(k[0])
-        return len(old)
+        """Drop windows older than ``window`` (they can no longer be charged); how many
+        (user, window) entries went."""
+        gone = 0
+        for w in [w for w in self.windows if w < window]:
+            users = self.windows.pop(w)
+            self.dirty.update(users)
+            gone += len(users)
+        return gone
 
     def entry(self, user: str) -> dict[str, Any] | None:
         """One user's state as JSON-able data (None once nothing is left to remember)."""
-        windows = {str(w): c for (u, w), c in self.counts.items() if u == user}
-        if not windows and user not in self.last_offset:
+        windows = {str(w): users[user] for w, users in self.windows.items() if user in users}
+        if not windows:
             return None
         return {"offset": self.last_offset.get(user, -1), "windows": windows}
 
     def drain_dirty(self) -> dict[str, dict[str, Any] | None]:
         """The entries of the users changed since the last call (None: forget the user)."""
-        by_user: dict[str, dict[str, int]] = {u: {} for u in self.dirty}
-        for (u, w), c in self.counts.items():
-            if u in by_user:
-                by_user[u][str(w)] = c
         out: dict[str, dict[str, Any] | None] = {}
-        for u, windows in by_user.items():
-            if windows:
-                out[u] = {"offset": self.last_offset.get(u, -1), "windows": windows}
-            else:  # nothing left in any live window: the user's offset can go too
-                self.last_offset.pop(u, None)
-                out[u] = None
+        for user in self.dirty:
+            out[user] = found = self.entry(user)
+            if found is None:  # nothing left in any live window: the offset can go too
+                self.last_offset.pop(user, None)
         self.dirty.clear()
         return out
 
@@ -219,7 +231,7 @@ class BudgetLedger:
         """Load one user's saved entry (from ``drain_dirty``)."""
         self.last_offset[user] = int(entry["offset"])
         for w, c in entry["windows"].items():
-            self.counts[(user, int(w))] = int(c)
+            self.windows.setdefault(int(w), {})[user] = int(c)
 
 
 def _ranks(inverse: np.ndarray, sizes: np.ndarray) -> np.ndarray:

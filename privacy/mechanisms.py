@@ -63,9 +63,15 @@ class _GridMechanism:
 
 
 def _discrete_laplace(parameter: float, size: int, rng: np.random.Generator) -> np.ndarray:
-    """P(k) ∝ exp(-parameter |k|) on the integers: the difference of two geometric draws."""
-    success = -math.expm1(-parameter)  # 1 - e^-a
-    out: np.ndarray = rng.geometric(success, size) - rng.geometric(success, size)
+    """P(k) ∝ exp(-parameter |k|) on the integers: the difference of two geometric draws.
+
+    floor(E / a) with E standard exponential is geometric on {0, 1, ...} with success
+    probability 1 - e^-a (numpy's own geometric sampler inverts the same way, but is ~4x
+    slower than its ziggurat exponential); the difference of two is discrete Laplace.
+    """
+    e = rng.standard_exponential((2, size))
+    g = np.floor(e / parameter)
+    out: np.ndarray = (g[0] - g[1]).astype(np.int64)
     return out
 
 
