@@ -139,26 +139,23 @@ class BudgetLedger:
         charged. ``at`` are the events' timestamps."""
         n = len(users)
         if n == 0:
-            return Charge(np.zeros(0, dtype=bool), 0, 0)
+            return Charge(np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
         micros = pc.cast(at, pa.int64()).to_numpy(zero_copy_only=False)
         windows = micros // (self.window_s * 1_000_000)
         low, high = int(windows.min()), int(windows.max())
         if low == high:  # the common case: one window per batch
             return self._charge_window(users, low, offset)
         parts = [np.flatnonzero(windows == w) for w in range(low, high + 1)]
-        allowed = np.zeros(n, dtype=bool)
-        replayed = over = 0
+        allowed, over = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
         for w, rows in zip(range(low, high + 1), parts, strict=True):
             if len(rows):
                 part = self._charge_window(pc.take(users, pa.array(rows)), w, offset)
-                allowed[rows] = part.allowed
-                replayed, over = replayed + part.replayed, over + part.over_budget
-        return Charge(allowed, replayed, over)
+                allowed[rows], over[rows] = part.allowed, part.over
+        return Charge(allowed, over)
 
     def _charge_window(
         self, users: pa.Array | pa.ChunkedArray, window: int, offset: int | None
     ) -> Charge:
-        n = len(users)
         encoded = pc.dictionary_encode(users)
         if isinstance(encoded, pa.ChunkedArray):
             encoded = encoded.unify_dictionaries().combine_chunks()
@@ -193,8 +190,7 @@ class BudgetLedger:
         if offset is not None:
             self.last_offset.update(dict.fromkeys(new_users, offset))
         self.dirty.update(new_users)
-        replayed = int(n - fresh[inverse].sum())
-        return Charge(allowed, replayed, int(n - replayed - allowed.sum()))
+        return Charge(allowed, fresh[inverse] & ~allowed)
 
     def spent(self, user: str, window: int) -> int:
         """Events charged to ``user`` (a pseudonym) in ``window``."""
@@ -248,5 +244,13 @@ class Charge:
     """What charging a batch decided."""
 
     allowed: np.ndarray  # rows within budget (these are released)
-    replayed: int  # rows already charged by an earlier run (dropped, not charged)
-    over_budget: int  # rows suppressed because their user's budget is spent
+    over: np.ndarray  # rows past their user's budget (suppressed or coarsened)
+
+    @property
+    def over_budget(self) -> int:
+        return int(self.over.sum())
+
+    @property
+    def replayed(self) -> int:
+        """Rows already charged by an earlier run (dropped, not charged)."""
+        return int(len(self.allowed) - self.allowed.sum() - self.over.sum())

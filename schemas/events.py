@@ -68,6 +68,10 @@ class BaseEvent(BaseModel):
     compatibility: ClassVar[Compatibility] = "BACKWARD"
     #: Where the class registers itself; tests pass a registry of their own.
     event_registry: ClassVar[SchemaRegistry] = REGISTRY
+    #: An event past its user's privacy budget is ``"suppress"``-ed (not released at all)
+    #: or ``"coarsen"``-ed: released with every noised or randomised field set to null, so
+    #: it spends no budget (its unprotected fields, its timing and its count still show).
+    over_budget: ClassVar[Literal["suppress", "coarsen"]] = "suppress"
 
     event_id: UUID = Field(default_factory=new_event_id)
     user_id: Annotated[str, Field(min_length=1, max_length=256), Pseudonymize()]

@@ -246,6 +246,7 @@ def build_app(
         p.metrics.envelope_rows.observe(result.received)
         p.metrics.suppressed.labels(name, "consent").inc(result.suppressed)
         p.metrics.suppressed.labels(name, "budget").inc(result.over_budget)
+        p.metrics.suppressed.labels(name, "budget_coarsened").inc(result.coarsened)
         for kind, n in result.masked.items():
             p.metrics.pii_masked.labels(name, kind).inc(n)
         if result.private is not None:

@@ -81,6 +81,7 @@ class Outcome:
     suppressed: int = 0  # valid rows whose consent allows neither storage nor learning
     over_budget: int = 0  # valid rows suppressed because their user's budget is spent
     replayed: int = 0  # rows charged by an earlier run (a replay after a crash): dropped
+    coarsened: int = 0  # over-budget rows released with their protected fields nulled
     masked: Counter[str] = _field(default_factory=Counter)  # sensitive strings scrubbed
 
 
@@ -163,10 +164,27 @@ class Privatizer:
                 private["user_pid"], private["occurred_at"], source.offset
             )
             out.over_budget, out.replayed = charge.over_budget, charge.replayed
-            if out.over_budget or out.replayed:
-                private = private.filter(pa.array(charge.allowed))
+            keep = charge.allowed
+            if out.over_budget and model.over_budget == "coarsen":
+                private = self._coarsen(model, private, charge.allowed)
+                keep = charge.allowed | charge.over
+                out.coarsened, out.over_budget = out.over_budget, 0
+            if not keep.all():
+                private = private.filter(pa.array(keep))
         out.private = private
         return out
+
+    def _coarsen(self, model: type[BaseEvent], table: pa.Table, allowed: np.ndarray) -> pa.Table:
+        """``table`` with every protected field nulled on the rows not ``allowed``."""
+        policy = self.policy(model)
+        mask = pa.array(allowed)
+        for name in [n for n, _ in policy.noised] + [n for n, _ in policy.randomized]:
+            col = table[name]
+            nulls = pa.nulls(table.num_rows, col.type)
+            table = table.set_column(
+                table.schema.get_field_index(name), name, pc.if_else(mask, col, nulls)
+            )
+        return table
 
     def noise_rng(self, source: SourceRef) -> np.random.Generator:
         """The generator for one message's noise: seeded by HMAC(noise key, its position)."""

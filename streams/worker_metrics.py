@@ -44,7 +44,11 @@ class WorkerMetrics:
             counter("deadlettered", "Rows (or undecodable messages) dead-lettered", ["reason"]),
             counter("drift_events", "Drift events published", ["model"]),
             counter("events_learned", "Rows a model predicted, then learned", ["model"]),
-            counter("suppressed", "Valid rows withheld by consent or budget", ["stream", "reason"]),
+            counter(
+                "suppressed",
+                "Valid rows withheld by consent or budget (budget_coarsened: released without their protected fields)",
+                ["stream", "reason"],
+            ),
             counter(
                 "budget_charged",
                 "Events charged to their user's privacy budget (each spends the stream's "

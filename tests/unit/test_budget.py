@@ -132,3 +132,40 @@ def test_a_ledger_saved_and_restored_entry_by_entry_is_the_same_ledger() -> None
         "a": {"offset": 8, "windows": {str(int(T0.timestamp()) // 86_400 + 1): 1}},
         "b": None,
     }
+
+
+def test_a_policy_may_coarsen_over_budget_events_instead_of_suppressing_them() -> None:
+    from typing import ClassVar, Literal
+
+    from schemas.registry import SchemaRegistry
+
+    class Coarse(InteractionEvent):
+        event_name: ClassVar[str] = "coarse_test"
+        event_registry: ClassVar[SchemaRegistry] = SchemaRegistry()
+        over_budget: ClassVar[Literal["suppress", "coarsen"]] = "coarsen"
+
+    privatizer = Privatizer(
+        HmacPseudonymizer(b"k" * 32, key_id="k"),
+        np.random.default_rng(0),
+        budget=(10.0, 1e-6, 86_400),
+        registry=Coarse.event_registry,
+    )
+    rows = [
+        {**e.__dict__, "event_id": str(e.event_id), "user_id": "same-user", "occurred_at": T0}
+        for e in TrafficSimulator(seed=1).interactions(25)
+    ]
+    value, headers = encode_arrow(
+        pa.Table.from_pylist(rows, schema=arrow_schema(Coarse)), "coarse_test:1"
+    )
+    out = privatizer.process(value, headers, SourceRef("raw", 0, 0), "coarse_test")
+    assert out.private is not None and out.private.num_rows == 25
+    assert out.coarsened == 15 and out.over_budget == 0
+    dwell = out.private["dwell_time_s"].to_pylist()
+    assert None not in dwell[:10] and dwell[10:] == [None] * 15  # nothing protected leaks
+    assert out.private["action"].to_pylist() == [r["action"] for r in rows]  # the rest stays
+    assert (
+        privatizer.ledger(Coarse).spent(
+            out.private["user_pid"][0].as_py(), int(T0.timestamp()) // 86_400
+        )
+        == 10
+    )
