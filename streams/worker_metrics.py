@@ -46,7 +46,8 @@ class WorkerMetrics:
             counter("events_learned", "Rows a model predicted, then learned", ["model"]),
             counter(
                 "suppressed",
-                "Valid rows withheld by consent or budget (budget_coarsened: released without their protected fields)",
+                "Valid rows withheld by consent or budget "
+                "(budget_coarsened: released without their protected fields)",
                 ["stream", "reason"],
             ),
             counter(
