@@ -29,6 +29,8 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(drift_app, name="drift")
 budget_app = typer.Typer(help="The per-user privacy budget.")
 keys_app = typer.Typer(help="Pseudonym keys (the keyring file in EDDYLINE_PSEUDONYM_KEYRING).")
+retrain_app = typer.Typer(help="Retraining on drift with DP (needs the [retrain] extra).")
+app.add_typer(retrain_app, name="retrain")
 app.add_typer(budget_app, name="budget")
 app.add_typer(keys_app, name="keys")
 err = Console(stderr=True)
@@ -262,6 +264,73 @@ def keys_add(
     except ValueError as exc:
         raise EddylineError(str(exc)) from None
     err.print(f"added key {key_id!r} from {at.isoformat()} to {ws.pseudonym_keyring}")
+
+
+@retrain_app.command("run")
+def retrain_run(
+    lake: Annotated[str, typer.Option(help="lake root")] = "./lake",
+    registry: Annotated[str, typer.Option(help="registry root")] = "./lake/_registry",
+    epsilon: Annotated[float, typer.Option(help="ε per training run (Opacus target)")] = 2.0,
+    delta: Annotated[float, typer.Option(help="δ per training run")] = 1e-5,
+    total_epsilon: Annotated[
+        float, typer.Option(help="ε over every run on the same data; refuses past it")
+    ] = 10.0,
+    min_rows: Annotated[int, typer.Option(help="post-change rows needed")] = 2_000,
+) -> None:
+    """Retrain on drift events, shadow the challenger on live traffic, promote or roll back.
+
+    Runs until Ctrl-C / SIGTERM. Registry changes go to signals.models as ModelEvents."""
+    import signal
+    import threading
+
+    try:
+        from consumers.retrain import TrainConfig, run_service
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise EddylineError(f"{exc}: install the [retrain] extra") from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    err.print(
+        f"retraining on drift: lake {lake}, registry {registry}, "
+        f"ε {epsilon} per run, {total_epsilon} in all"
+    )
+    try:
+        run_service(
+            lake,
+            registry,
+            kafka=KafkaSettings(),
+            config=TrainConfig(epsilon=epsilon, delta=delta),
+            total_epsilon=total_epsilon,
+            min_rows=min_rows,
+            stop=stop,
+            handled_path=Path(registry) / "handled_drift_keys.txt",
+        )
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@retrain_app.command("status")
+def retrain_status(
+    model: str = "click",
+    registry: Annotated[str, typer.Option(help="registry root")] = "./lake/_registry",
+) -> None:
+    """Registered versions of a model: metrics, ε spent, lineage, and where the aliases point."""
+    from consumers.registry import ModelRegistry
+
+    reg = ModelRegistry(registry)
+    aliases = {a: reg.alias(model, a) for a in ("champion", "challenger", "previous")}
+    table = Table("version", "aliases", "holdout log-loss", "ε", "drift", "trained on")
+    for v in reg.versions(model):
+        names = ", ".join(a for a, n in aliases.items() if n == v.version)
+        loss = v.metrics.get("holdout_log_loss", v.metrics.get("log_loss", float("nan")))
+        table.add_row(
+            str(v.version),
+            names,
+            f"{loss:.4f}",
+            f"{v.epsilon:.3f}",
+            v.drift_key or "bootstrap",
+            json.dumps(v.lineage.get("trained_on", {})),
+        )
+    out.print(table)
 
 
 @app.command("query")

@@ -172,14 +172,22 @@ class DriftEvent(BaseModel):
 
 
 class ModelEvent(BaseModel):
-    """A new version of an online model (a checkpoint), published on ``signals.models``."""
+    """A change to a model, published on ``signals.models``: an online model's checkpoint
+    (``kind="checkpoint"``), or a registry change from retraining (``registered``,
+    ``promoted``, ``rolled_back``, ``rejected``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str
     model_version: int
-    checkpoint: int  # increases with every checkpoint of this model
-    events_seen: int
-    offsets: dict[int, int]  # raw partition -> last raw offset learned
+    kind: Literal["checkpoint", "registered", "promoted", "rolled_back", "rejected"] = (
+        "checkpoint"
+    )
+    checkpoint: int = 0  # increases with every checkpoint of an online model
+    events_seen: int = 0
+    offsets: dict[int, int] = Field(default_factory=dict)  # raw partition -> last offset learned
     error_rate: float | None = None  # recent progressive error, if known
+    alias: str | None = None  # registry changes: the alias that moved (champion, challenger)
+    previous_version: int | None = None  # the version the alias pointed to before
+    reason: str | None = None
     created_at: AwareDatetime = Field(default_factory=_now)

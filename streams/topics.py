@@ -50,9 +50,14 @@ class Topics:
     def models(self) -> str:
         return self._name("signals.models")
 
+    @property
+    def drift_deadletter(self) -> str:
+        """Drift events a subscriber's handler kept failing on (with the error)."""
+        return self._name("signals.drift.deadletter")
+
     def all(self, streams: list[str]) -> list[str]:
         names = [self.raw(s) for s in streams] + [self.private(s) for s in streams]
-        return [*names, self.deadletter, self.drift, self.models]
+        return [*names, self.deadletter, self.drift, self.models, self.drift_deadletter]
 
 
 def ensure_topics(settings: KafkaSettings, streams: list[str], timeout: float = 30.0) -> list[str]:
