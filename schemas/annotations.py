@@ -6,7 +6,7 @@ them and checks, when a model is defined, that each one can work on its field's 
 Examples:
     >>> from typing import Annotated
     >>> Annotated[float, Noise(lower=0.0, upper=300.0, epsilon=1.0)]  # doctest: +ELLIPSIS
-    typing.Annotated[float, Noise(lower=0.0, upper=300.0, epsilon=1.0)]
+    typing.Annotated[float, Noise(lower=0.0, upper=300.0, epsilon=1.0, delta=None)]
 """
 
 from __future__ import annotations

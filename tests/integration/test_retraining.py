@@ -1,0 +1,158 @@
+"""Retraining on the real broker: drift events through the DriftSubscriber (commit after the
+handler, retries, dead letters, idempotency), and the whole loop: simulated traffic with a
+concept drift -> worker -> drift event -> DP retraining -> shadow -> champion -> ModelEvent."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+from prometheus_client import CollectorRegistry
+
+from consumers.drift import DriftSubscriber, HandledKeys
+from consumers.registry import ModelRegistry
+from eddyline.simulate import TrafficSimulator
+from schemas.events import DriftEvent, ModelEvent
+from streams.broker import free_port
+from streams.producer import EventProducer
+from streams.settings import KafkaSettings
+from streams.topics import Topics, read_all
+from streams.worker_process import WorkerProcess
+from tests.integration.helpers import delta_ids, wait_for
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("opacus", reason="the [retrain] extra is not installed")
+
+
+def _drift(key: str, at: datetime, model: str = "click") -> DriftEvent:
+    return DriftEvent(
+        idempotency_key=key,
+        model=model,
+        model_version=1,
+        stream="interaction",
+        signal="error_rate",
+        detector="adwin",
+        severity=0.2,
+        stat_before=0.2,
+        stat_after=0.4,
+        events_seen=1,
+        offsets_after={0: (1, 2)},
+        detected_at=at,
+    )
+
+
+def _publish(kafka: KafkaSettings, events: list[DriftEvent]) -> None:
+    producer = Producer(kafka.librdkafka())
+    for e in events:
+        producer.produce(Topics(kafka.namespace).drift, e.model_dump_json().encode(), key=b"k")
+    producer.flush(10)
+
+
+def test_the_subscriber_commits_after_the_handler_retries_dead_letters_and_deduplicates(
+    kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    _publish(
+        kafka,
+        [
+            _drift("a", now),
+            _drift("a", now),  # a duplicate
+            _drift("other-model", now, model="ranker"),  # filtered out
+            _drift("flaky", now + timedelta(seconds=1)),
+            _drift("broken", now + timedelta(seconds=2)),
+        ],
+    )
+    handled = HandledKeys(tmp_path / "handled.txt")
+
+    class Crash(BaseException):
+        """Stands for the process dying inside the handler."""
+
+    def dies(event: DriftEvent) -> None:
+        raise Crash
+
+    # A handler that dies: nothing is committed, so the event comes back to the next run.
+    with DriftSubscriber(group_id="job", kafka=kafka, models={"click"}, handled=handled) as sub:
+        with pytest.raises(Crash):
+            sub.run(dies)
+    calls: list[str] = []
+    failures = {"flaky": 2, "broken": 99}
+
+    def handler(event: DriftEvent) -> None:
+        calls.append(event.idempotency_key)
+        if failures.get(event.idempotency_key, 0) > 0:
+            failures[event.idempotency_key] -= 1
+            raise RuntimeError(f"cannot retrain {event.idempotency_key} yet")
+
+    with DriftSubscriber(group_id="job", kafka=kafka, models={"click"}, handled=handled) as sub:
+        done = sub.run(handler, retries=3, backoff_s=0.05, idle_timeout_s=5)
+    assert done == 2  # "a" once, "flaky" on its third try
+    assert calls == ["a", "flaky", "flaky", "flaky", "broken", "broken", "broken", "broken"]
+    [letter] = [json.loads(v) for v, _ in read_all(kafka, Topics(kafka.namespace).drift_deadletter)]
+    assert letter["event"]["idempotency_key"] == "broken" and letter["attempts"] == 4
+    assert "RuntimeError: cannot retrain broken yet" in letter["error"]
+    # Everything was committed: a restarted job (same group, same key file) has nothing to do.
+    with DriftSubscriber(
+        group_id="job", kafka=kafka, handled=HandledKeys(tmp_path / "handled.txt")
+    ) as sub:
+        assert sub.run(handler, idle_timeout_s=3) == 0
+
+
+def test_drift_retrains_shadows_and_promotes_a_better_model(
+    kafka: KafkaSettings, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    from consumers.retrain import TrainConfig, run_service
+
+    lake = Path(worker_env["EDDYLINE_LAKE_PATH"])
+    worker = WorkerProcess(worker_env, tmp_path / "worker.log", free_port()).start()
+    stop = threading.Event()
+    service = threading.Thread(
+        target=run_service,
+        args=(lake, tmp_path / "registry"),
+        kwargs={
+            "kafka": kafka,
+            "config": TrainConfig(epsilon=3.0, epochs=3),
+            "min_rows": 2_000,
+            "window": 1_000,
+            "min_events": 1_000,
+            "stop": stop,
+        },
+        daemon=True,
+    )
+    service.start()
+    registry = ModelRegistry(tmp_path / "registry")
+    try:
+        sim = TrafficSimulator(users=400, seed=31, drift_at=6_000)
+        with EventProducer(kafka=kafka, registry=CollectorRegistry()) as producer:
+            for event in sim.interactions(12_000):
+                producer.emit(event)
+            producer.flush()
+            wait_for(lambda: len(delta_ids(lake, "interaction")) >= 12_000, 120, "traffic in Delta")
+            wait_for(lambda: registry.alias("click", "challenger") is not None, 180, "a challenger")
+            # live traffic (after the change) for the shadow, until the challenger wins
+            later = TrafficSimulator(users=400, seed=32, drift_at=0).interactions(100_000)
+            deadline = time.monotonic() + 180
+            while registry.alias("click", "champion") == 1 and time.monotonic() < deadline:
+                for _ in range(1_000):
+                    producer.emit(next(later))
+                producer.flush()
+                time.sleep(0.5)
+        assert registry.alias("click", "champion") == 2
+        models = [
+            ModelEvent.model_validate_json(v)
+            for v, _ in read_all(kafka, Topics(kafka.namespace).models)
+        ]
+        changes = [(m.kind, m.model_version) for m in models if m.kind != "checkpoint"]
+        assert changes == [("promoted", 1), ("registered", 2), ("promoted", 2)]
+        new = registry.get("click", 2)
+        # the new model beats the pre-drift model on post-drift data, and says why it exists
+        assert new.metrics["holdout_log_loss"] < new.metrics["champion_holdout_log_loss"]
+        assert new.drift_key and new.lineage["trained_on"]["after_version"] >= 0
+    finally:
+        stop.set()
+        service.join(30)
+        worker.stop()
