@@ -522,7 +522,8 @@ def run_service(
     producer = Producer(ks.librdkafka({"enable.idempotence": True}))
 
     def publish(event: ModelEvent) -> None:
-        producer.produce(topics.models, event.model_dump_json().encode())
+        # keyed by model: one partition, so readers see a model's changes in order
+        producer.produce(topics.models, event.model_dump_json().encode(), key=event.model.encode())
         producer.flush(30)
         log.warning(
             "model event: %s v%d %s (%s)",
