@@ -501,11 +501,13 @@ def run_service(
     group_id: str = "eddyline-retrain",
     stop: Any = None,
     handled_path: Path | None = None,
+    own_shadow: bool = False,
 ) -> None:
-    """Run the retraining job and the shadow evaluator until ``stop`` (a threading.Event)
-    is set: drift events from ``signals.drift`` (their own consumer group, commit after the
-    handler, retries with backoff, a dead-letter for handlers that keep failing), live
-    private interactions for the shadow, registry changes published on ``signals.models``."""
+    """Run the retraining job until ``stop`` (a threading.Event) is set: drift events from
+    ``signals.drift`` (their own consumer group, commit after the handler, retries with
+    backoff, a dead-letter for handlers that keep failing), registry changes published on
+    ``signals.models``. The workers shadow the challenger (``EDDYLINE_SHADOW``); with
+    ``own_shadow=True`` this process does it instead, from the private topic."""
     import threading
 
     from confluent_kafka import Consumer, KafkaError, Producer
@@ -519,7 +521,10 @@ def run_service(
     ks: KafkaSettings = kafka or KafkaSettings()
     stop = stop or threading.Event()
     topics = Topics(ks.namespace)
-    producer = Producer(ks.librdkafka({"enable.idempotence": True}))
+    # murmur2 as Kafka's Java client and the worker's aiokafka: one model, one partition
+    producer = Producer(
+        ks.librdkafka({"enable.idempotence": True, "partitioner": "murmur2_random"})
+    )
 
     def publish(event: ModelEvent) -> None:
         # keyed by model: one partition, so readers see a model's changes in order
@@ -576,9 +581,11 @@ def run_service(
             consumer.close()
 
     thread = threading.Thread(target=shadow_loop, name="eddyline-shadow", daemon=True)
-    thread.start()
+    if own_shadow:
+        thread.start()
     with DriftSubscriber(
         group_id=group_id, kafka=ks, models={job.model}, handled=HandledKeys(handled_path)
     ) as sub:
         sub.run(job.handle, stop=stop)
-    thread.join(10)
+    if own_shadow:
+        thread.join(10)

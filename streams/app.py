@@ -23,6 +23,8 @@ import faust
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from consumers.registry import ModelRegistry
+from consumers.retrain import ShadowEvaluator
 from online_learning.checkpoint import ModelStore
 from online_learning.detectors import AdwinDetector, Alarm
 from online_learning.learner import ClickModel
@@ -99,6 +101,15 @@ class Pipeline:
         # rebalance; bumped by each rebalance, which drops every in-memory ledger.
         self.ledgers_loaded: set[tuple[str, int]] = set()
         self.rebalances = 0
+        self.shadow: ShadowEvaluator | None = None
+        if ws.shadow:
+            registry = ModelRegistry(ws.registry_path or f"{ws.lake_path}/_registry")
+            self.shadow = ShadowEvaluator(
+                registry,
+                self.model.name,
+                window=ws.shadow_window,
+                min_events=ws.shadow_min_events,
+            )
         self.stream_of = {self.topics.raw(s): s for s in streams}
         self.stream_of.update({self.topics.private(s): s for s in streams})
         # (events seen before and after this message, raw partition, raw offset), recent ones.
@@ -412,6 +423,18 @@ def build_app(
             p.model_offsets[partition] = offset
             p.learned.append((p.model.seen - table.num_rows, p.model.seen, partition, offset))
             p.metrics.learned.labels(p.model.name).inc(table.num_rows)
+            if p.shadow is not None:  # registry models, scored on the same events
+                try:
+                    changes = await asyncio.to_thread(p.shadow.observe, table)
+                except Exception:
+                    log.exception("shadow evaluation failed on a batch")
+                    changes = []
+                for change in changes:
+                    await models.send(
+                        key=change.model.encode(),
+                        value=change.model_dump_json().encode(),
+                        headers=_JSON_HEADERS,
+                    )
             p.metrics.model_seen.labels(p.model.name).set(p.model.seen)
             announced = await p.maybe_checkpoint()
             if announced is not None:

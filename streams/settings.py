@@ -111,3 +111,10 @@ class WorkerSettings(BaseSettings):
     # Model checkpoints (with the offsets they cover) go to state_dir/models this often.
     checkpoint_every_s: float = Field(default=5.0, gt=0)
     seed: int | None = None  # fixed randomness, for tests only
+    # Shadow evaluation of registry models (docs/retraining.md): the learn agent scores the
+    # champion and the challenger on live events and promotes / rolls back. Registry root
+    # default: <lake_path>/_registry.
+    shadow: bool = True
+    registry_path: str | None = None
+    shadow_window: int = Field(default=2_000, ge=10)
+    shadow_min_events: int = Field(default=1_000, ge=1)

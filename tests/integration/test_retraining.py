@@ -107,23 +107,23 @@ def test_drift_retrains_shadows_and_promotes_a_better_model(
     from consumers.retrain import TrainConfig, run_service
 
     lake = Path(worker_env["EDDYLINE_LAKE_PATH"])
-    worker = WorkerProcess(worker_env, tmp_path / "worker.log", free_port()).start()
+    # the worker shadows registry models on the events it learns from
+    env = {**worker_env, "EDDYLINE_SHADOW_WINDOW": "1000", "EDDYLINE_SHADOW_MIN_EVENTS": "1000"}
+    worker = WorkerProcess(env, tmp_path / "worker.log", free_port()).start()
     stop = threading.Event()
     service = threading.Thread(
         target=run_service,
-        args=(lake, tmp_path / "registry"),
+        args=(lake, lake / "_registry"),
         kwargs={
             "kafka": kafka,
             "config": TrainConfig(epsilon=3.0, epochs=3),
             "min_rows": 2_000,
-            "window": 1_000,
-            "min_events": 1_000,
             "stop": stop,
         },
         daemon=True,
     )
     service.start()
-    registry = ModelRegistry(tmp_path / "registry")
+    registry = ModelRegistry(lake / "_registry")
     try:
         sim = TrafficSimulator(users=400, seed=31, drift_at=6_000)
         traffic = sim.interactions(12_000)
@@ -153,7 +153,12 @@ def test_drift_retrains_shadows_and_promotes_a_better_model(
             ModelEvent.model_validate_json(v)
             for v, _ in read_all(kafka, Topics(kafka.namespace).models)
         ]
-        changes = [(m.kind, m.model_version) for m in models if m.kind != "checkpoint"]
+        # from two processes (the job and the worker's shadow): in the order they happened
+        changes = [
+            (m.kind, m.model_version)
+            for m in sorted(models, key=lambda m: m.created_at)
+            if m.kind != "checkpoint"
+        ]
         assert changes == [("promoted", 1), ("registered", 2), ("promoted", 2)]
         new = registry.get("click", 2)
         # the new model beats the pre-drift model on post-drift data, and says why it exists

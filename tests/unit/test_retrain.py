@@ -28,7 +28,6 @@ from consumers.retrain import (
 from eddyline.simulate import TrafficSimulator
 from schemas.events import DriftEvent, ModelEvent
 
-
 DRIFT_AT = 6_000
 
 
