@@ -180,9 +180,7 @@ class ModelEvent(BaseModel):
 
     model: str
     model_version: int
-    kind: Literal["checkpoint", "registered", "promoted", "rolled_back", "rejected"] = (
-        "checkpoint"
-    )
+    kind: Literal["checkpoint", "registered", "promoted", "rolled_back", "rejected"] = "checkpoint"
     checkpoint: int = 0  # increases with every checkpoint of an online model
     events_seen: int = 0
     offsets: dict[int, int] = Field(default_factory=dict)  # raw partition -> last offset learned
