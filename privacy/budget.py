@@ -20,7 +20,7 @@ Examples:
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,6 +221,29 @@ class BudgetLedger:
             if found is None:  # nothing left in any live window: the offset can go too
                 self.last_offset.pop(user, None)
         self.dirty.clear()
+        return out
+
+    def users(self) -> set[str]:
+        """Every user the ledger remembers."""
+        out = set(self.last_offset)
+        for users in self.windows.values():
+            out.update(users)
+        return out
+
+    def shards(
+        self, wanted: set[int], shard_of: Callable[[str], int] | None = None
+    ) -> dict[int, dict[str, dict[str, Any]]]:
+        """The entries of every user in the ``wanted`` shards (``shard_of(user)``; default:
+        the first hex byte of the pseudonym, mod 16), by shard; a wanted shard with no users
+        maps to an empty dict."""
+        which = shard_of or (lambda u: int(u[:2], 16) % 16)
+        out: dict[int, dict[str, dict[str, Any]]] = {s: {} for s in wanted}
+        for user in self.users():
+            shard = which(user)
+            if shard in out:
+                entry = self.entry(user)
+                if entry is not None:
+                    out[shard][user] = entry
         return out
 
     def restore(self, user: str, entry: dict[str, Any]) -> None:

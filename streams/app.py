@@ -39,7 +39,7 @@ from schemas.envelope import (
 )
 from schemas.events import DriftEvent, ModelEvent
 from streams.budget_state import TABLE as BUDGET_TABLE
-from streams.budget_state import ledger_key
+from streams.budget_state import shard_key, shard_of
 from streams.lake import DeltaSink
 from streams.processing import (
     DeadLetter,
@@ -118,7 +118,10 @@ class Pipeline:
     def load_ledger(self, table: Any, stream: str, partition: int) -> None:
         """Restore one raw partition's ledgers from the (recovered) budget table."""
         prefix = f"{stream}/{partition}/"
-        saved = {k[len(prefix) :]: v for k, v in table.items() if k.startswith(prefix) and v}
+        saved: dict[str, dict[str, Any]] = {}
+        for key, shard in table.items():
+            if key.startswith(prefix) and shard:
+                saved.update(shard)
         self.privatizer.restore(stream, partition, saved)
         self.ledgers_loaded.add((stream, partition))
         log.info("budget ledger %s/%d: %d users restored", stream, partition, len(saved))
@@ -127,24 +130,29 @@ class Pipeline:
         return time.monotonic() - self._last_budget_save >= self.ws.checkpoint_every_s
 
     async def save_budget(self, app: faust.App, table: Any) -> int:
-        """Save every user whose ledger changed to the budget table; how many.
+        """Save the ledger shards holding a user whose ledger changed; how many.
 
         First every output so far is flushed to Kafka: an entry's offset then promises that
         the user's events up to it are delivered, so a replay can skip them. Then the
-        entries are flushed too, before the caller acks what they cover."""
+        shards are flushed too, before the caller acks what they cover. One changelog
+        message per shard (all its users), not per user: a message per user cost a quarter
+        of the worker's throughput at 20,000 users."""
         self._last_budget_save = time.monotonic()
         await app.producer.flush()
         today = int(time.time()) // self.ws.budget_window_s
         saved = 0
         for (stream, partition), ledger in self.privatizer.ledgers.items():
             ledger.forget_before(today - 1)  # late events of yesterday still count
-            for pid, entry in ledger.drain_dirty().items():
-                key = ledger_key(stream, partition, pid)
-                table.send_changelog(partition, key, entry)
-                if entry is None:
-                    table.data.pop(key, None)
+            dirty = ledger.drain_dirty()
+            if not dirty:
+                continue
+            for shard, entries in ledger.shards({shard_of(p) for p in dirty}, shard_of).items():
+                key = shard_key(stream, partition, shard)
+                table.send_changelog(partition, key, entries or None)
+                if entries:
+                    table.data[key] = entries
                 else:
-                    table.data[key] = entry
+                    table.data.pop(key, None)
                 saved += 1
         await app.producer.flush()
         return saved

@@ -1,9 +1,10 @@
 """Where the budget ledger lives in Kafka: a Faust table's changelog, keyed by user.
 
-The privatize agent keeps each raw partition's ledger in memory and saves the users it
-changed to the Faust table ``budget`` (changelog topic ``<app id>-budget-changelog``, same
-partition as the raw partition, compacted): one entry per (stream, raw partition, pseudonym)
-holding the events charged per window and the last raw offset charged. A worker that is
+The privatize agent keeps each raw partition's ledger in memory and saves the shards holding
+users it changed to the Faust table ``budget`` (changelog topic
+``<app id>-budget-changelog``, same partition as the raw partition, compacted): one value per
+(stream, raw partition, shard of 16 by pseudonym) mapping each pseudonym to the events
+charged per window and the last raw offset charged. A worker that is
 assigned the partition (after a crash or a rebalance) recovers the table first, so the
 ledger follows the partition. ``eddyline budget show`` reads the same topic.
 """
@@ -30,8 +31,16 @@ def changelog_topic(ws: WorkerSettings, ks: KafkaSettings) -> str:
     return f"{app_id(ws, ks)}-{TABLE}-changelog"
 
 
-def ledger_key(stream: str, partition: int, user_pid: str) -> str:
-    return f"{stream}/{partition}/{user_pid}"
+SHARDS = 16
+
+
+def shard_of(user_pid: str) -> int:
+    """A pseudonym's shard: its first hex byte (pseudonyms are uniform HMAC output)."""
+    return int(user_pid[:2], 16) % SHARDS
+
+
+def shard_key(stream: str, partition: int, shard: int) -> str:
+    return f"{stream}/{partition}/{shard}"
 
 
 @dataclass(frozen=True)
@@ -45,18 +54,27 @@ class LedgerEntry:
     offset: int  # the last raw offset charged to the user
 
 
-def parse(key: str, value: dict[str, Any]) -> LedgerEntry:
-    stream, partition, pid = key.split("/", 2)
-    windows = {int(w): int(c) for w, c in value["windows"].items()}
-    return LedgerEntry(stream, int(partition), pid, windows, int(value["offset"]))
+def parse(key: str, shard: dict[str, dict[str, Any]]) -> list[LedgerEntry]:
+    """The entries of one saved shard."""
+    stream, partition, _ = key.split("/", 2)
+    return [
+        LedgerEntry(
+            stream,
+            int(partition),
+            pid,
+            {int(w): int(c) for w, c in value["windows"].items()},
+            int(value["offset"]),
+        )
+        for pid, value in shard.items()
+    ]
 
 
 def read_ledger(ws: WorkerSettings, ks: KafkaSettings) -> list[LedgerEntry]:
     """Every saved ledger entry, read from the changelog topic (Faust writes keys and values
     as JSON)."""
-    out = []
+    out: list[LedgerEntry] = []
     for key, value in read_latest(ks, changelog_topic(ws, ks)).items():
-        entry = json.loads(value)
-        if entry is not None:
-            out.append(parse(json.loads(key), entry))
+        shard = json.loads(value)
+        if shard:
+            out += parse(json.loads(key), shard)
     return out
