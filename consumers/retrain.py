@@ -399,7 +399,7 @@ class ShadowEvaluator:
     publish: Callable[[ModelEvent], None] = lambda event: None
     _scorers: dict[str, tuple[int, LinearScorer]] = field(default_factory=dict)
     _losses: dict[str, deque[float]] = field(default_factory=dict)
-    _refreshed: float = 0.0
+    _refreshed: float = -math.inf
 
     def refresh(self) -> None:
         """Load whatever the aliases point to now."""
@@ -421,7 +421,7 @@ class ShadowEvaluator:
 
     def observe(self, table: pa.Table) -> list[ModelEvent]:
         """Score a batch of live private events; the registry changes it led to."""
-        if time.monotonic() - self._refreshed > 5.0 or not self._scorers:
+        if time.monotonic() - self._refreshed > 5.0:  # the registry is read every 5 s at most
             self.refresh()
         if table.num_rows == 0 or CHAMPION not in self._scorers:
             return []
