@@ -10,6 +10,7 @@ Errors derive from :class:`EddylineError` (the tree is in ``schemas.errors``).
 """
 
 from consumers.drift import DriftSubscriber
+from eddyline.predict import Prediction, PredictionError, Predictor
 from schemas import (
     BaseEvent,
     BrokerError,
@@ -51,6 +52,9 @@ __all__ = [
     "Lake",
     "MissingExtraError",
     "Noise",
+    "Prediction",
+    "PredictionError",
+    "Predictor",
     "ProducerClosedError",
     "ProducerSettings",
     "Pseudonymize",

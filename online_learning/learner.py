@@ -11,7 +11,9 @@ Examples:
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -21,6 +23,11 @@ from river import compose, linear_model, optim, preprocessing
 from online_learning.detectors import AdwinDetector, Alarm
 
 POSITIVE_ACTIONS = ("click", "purchase")
+METRICS_WINDOW = 10_000
+
+
+def _window() -> deque[float]:
+    return deque(maxlen=METRICS_WINDOW)
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,16 @@ class ClickModel:
     )
     seen: int = 0
     checkpoints: int = 0  # checkpoints taken of this model's lineage (survives restores)
+    #: per-event progressive (predict-then-learn) 0/1 errors and log-losses, the latest
+    #: METRICS_WINDOW of them: the rolling metrics
+    recent_errors: deque[float] = field(default_factory=lambda: _window(), repr=False)
+    recent_losses: deque[float] = field(default_factory=lambda: _window(), repr=False)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # checkpoints from before the rolling metrics existed restore with empty windows
+        self.__dict__.update(state)
+        self.__dict__.setdefault("recent_errors", _window())
+        self.__dict__.setdefault("recent_losses", _window())
 
     def predict_one(self, item_category: str, position: float, dwell_time_s: float) -> float:
         """Probability of a click or purchase for one (privatised) interaction."""
@@ -73,6 +90,18 @@ class ClickModel:
         assert isinstance(actions, pl.Series)
         return actions.is_in(POSITIVE_ACTIONS).alias("y")
 
+    def rolling_metrics(self) -> dict[str, float]:
+        """Progressive metrics over the last METRICS_WINDOW events (empty before any)."""
+        if not self.recent_errors:
+            return {}
+        error = float(np.mean(self.recent_errors))
+        return {
+            "error_rate": error,
+            "accuracy": 1.0 - error,
+            "log_loss": float(np.mean(self.recent_losses)),
+            "events": float(len(self.recent_errors)),
+        }
+
     def process(self, batch: pa.Table) -> BatchOutcome:
         """Predict each row, score the predictions, learn from the batch, update drift."""
         if batch.num_rows == 0:
@@ -80,7 +109,12 @@ class ClickModel:
         x, y = self.features(batch), self.target(batch)
         proba = self.pipeline.predict_proba_many(x)
         p_true = proba["True"].to_numpy() if "True" in proba.columns else np.zeros(len(x))
-        errors = ((p_true > 0.5) != y.to_numpy()).astype(np.float64)
+        truth = y.to_numpy()
+        errors = ((p_true > 0.5) != truth).astype(np.float64)
+        q = np.clip(p_true, 1e-7, 1 - 1e-7)
+        losses = -np.where(truth, np.log(q), np.log(1 - q))
+        self.recent_errors.extend(errors.tolist())
+        self.recent_losses.extend(losses.tolist())
         self.pipeline.learn_many(x, y)
         self.seen += batch.num_rows
         return BatchOutcome(errors, self.detector.update_many(errors))

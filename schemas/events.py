@@ -185,6 +185,8 @@ class ModelEvent(BaseModel):
     events_seen: int = 0
     offsets: dict[int, int] = Field(default_factory=dict)  # raw partition -> last offset learned
     error_rate: float | None = None  # recent progressive error, if known
+    #: rolling progressive metrics (error_rate, accuracy, log_loss, events in the window)
+    metrics: dict[str, float] = Field(default_factory=dict)
     alias: str | None = None  # registry changes: the alias that moved (champion, challenger)
     previous_version: int | None = None  # the version the alias pointed to before
     reason: str | None = None

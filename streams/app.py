@@ -48,6 +48,7 @@ from streams.processing import (
     consented,
     deadletter_table,
     drift_table,
+    model_metrics_table,
     pseudonymizer_from_settings,
 )
 from streams.settings import KafkaSettings, WorkerSettings
@@ -174,6 +175,7 @@ class Pipeline:
             events_seen=model.seen,
             offsets=offsets,
             error_rate=model.detector.estimate,
+            metrics=model.rolling_metrics(),
         )
 
     def drift_event(self, alarm: Alarm) -> DriftEvent:
@@ -367,6 +369,7 @@ def build_app(
 
     json_to_delta(deadletter, "deadletters", lambda v: deadletter_table([v], datetime.now(UTC)))
     json_to_delta(drift, "drift_events", lambda v: drift_table([v]))
+    json_to_delta(models, "model_metrics", lambda v: model_metrics_table([v]))
 
     @app.page("/predict/{model}")
     async def predict(web: Any, request: Any, model: str) -> Any:
@@ -444,6 +447,8 @@ def build_app(
                         headers=_JSON_HEADERS,
                     )
             p.metrics.model_seen.labels(p.model.name).set(p.model.seen)
+            for metric, value in p.model.rolling_metrics().items():
+                p.metrics.model_metric.labels(p.model.name, metric).set(value)
             announced = await p.maybe_checkpoint()
             if announced is not None:
                 for done in unacked:

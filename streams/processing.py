@@ -380,3 +380,49 @@ def drift_table(events: list[bytes]) -> pa.Table:
         d["occurred_at"] = datetime.fromisoformat(d.pop("detected_at"))
         rows.append({name: d.get(name) for name in _DRIFT_SCHEMA.names})
     return pa.Table.from_pylist(rows, schema=_DRIFT_SCHEMA)
+
+
+_MODEL_METRICS_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("model_version", pa.int64()),
+        ("kind", pa.string()),
+        ("checkpoint", pa.int64()),
+        ("events_seen", pa.int64()),
+        ("error_rate", pa.float64()),
+        ("accuracy", pa.float64()),
+        ("log_loss", pa.float64()),
+        ("window_events", pa.int64()),
+        ("alias", pa.string()),
+        ("previous_version", pa.int64()),
+        ("reason", pa.string()),
+        ("occurred_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def model_metrics_table(events: list[bytes]) -> pa.Table:
+    """Model events (their JSON) as rows of the ``model_metrics`` table: each online
+    checkpoint's rolling metrics, and each registry change (``kind``)."""
+    rows = []
+    for raw in events:
+        d = json.loads(raw)
+        m = d.get("metrics") or {}
+        rows.append(
+            {
+                "model": d["model"],
+                "model_version": d["model_version"],
+                "kind": d.get("kind", "checkpoint"),
+                "checkpoint": d.get("checkpoint"),
+                "events_seen": d.get("events_seen"),
+                "error_rate": m.get("error_rate", d.get("error_rate")),
+                "accuracy": m.get("accuracy"),
+                "log_loss": m.get("log_loss"),
+                "window_events": int(m["events"]) if "events" in m else None,
+                "alias": d.get("alias"),
+                "previous_version": d.get("previous_version"),
+                "reason": d.get("reason"),
+                "occurred_at": datetime.fromisoformat(d["created_at"]),
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=_MODEL_METRICS_SCHEMA)

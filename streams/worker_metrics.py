@@ -27,6 +27,7 @@ class WorkerMetrics:
     predict: Histogram
     lag: Gauge
     model_seen: Gauge
+    model_metric: Gauge
     files: Gauge
 
     @classmethod
@@ -82,6 +83,12 @@ class WorkerMetrics:
                 "eddyline_worker_model_events_seen",
                 "Events a model has learned, ever",
                 ["model"],
+                registry=reg,
+            ),
+            Gauge(
+                "eddyline_worker_model_metric",
+                "Rolling progressive metric of an online model (last 10,000 events)",
+                ["model", "metric"],
                 registry=reg,
             ),
             Gauge(

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from consumers.drift import DriftSubscriber
 from consumers.lake import Lake
+from eddyline.predict import PredictionError, Predictor
 from eddyline.simulate import TrafficSimulator
 from schemas.arrow import arrow_schema
 from schemas.envelope import ARROW, encode_arrow, encode_json
@@ -153,6 +154,18 @@ def test_ten_thousand_events_exactly_once_private_deadlettered_and_drift(
         return Lake(lake).read("drift_events", columns=["drift_id"])["drift_id"].to_pylist()
 
     wait_for(lambda: str(drifts[0].drift_id) in drift_rows(), 30, "drift events in Delta")
+
+    # Each checkpoint's rolling metrics land in the model_metrics table and in Prometheus.
+    def metric_rows() -> list[dict]:
+        if not (lake / "model_metrics").exists():
+            return []
+        return Lake(lake).read("model_metrics").to_pylist()
+
+    wait_for(lambda: any(r["log_loss"] for r in metric_rows()), 30, "model metrics in Delta")
+    assert all(0 <= r["error_rate"] <= 1 for r in metric_rows() if r["kind"] == "checkpoint")
+    assert 'eddyline_worker_model_metric{metric="log_loss",model="click"}' in (
+        worker.metrics() or ""
+    )
     # The model answers predictions, and announces its checkpoints.
     base = f"http://127.0.0.1:{worker.web_port}/predict"
     with urllib.request.urlopen(
@@ -164,6 +177,15 @@ def test_ten_thousand_events_exactly_once_private_deadlettered_and_drift(
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(url)
         assert err.value.code == status
+    # ... and through the Python helper, with the worker's reason on a bad request
+    predictor = Predictor(f"http://127.0.0.1:{worker.web_port}")
+    got = predictor.predict("click", item_category="sports", position=1, dwell_time_s=5)
+    assert got.model == "click" and got.probability == pytest.approx(
+        answer["probability"], abs=0.05
+    )
+    with pytest.raises(PredictionError, match="unknown model") as refused:
+        predictor.predict("nope", item_category="x")
+    assert refused.value.status == 404
     announced = [
         ModelEvent.model_validate_json(v)
         for v, _ in read_all(kafka, Topics(kafka.namespace).models)

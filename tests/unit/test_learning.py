@@ -54,3 +54,32 @@ def test_an_alarm_locates_where_the_change_began() -> None:
     alarms = [a for chunk in np.array_split(values, 12) for a in detector.update_many(chunk)]
     assert len(alarms) == 1 and alarms[0].index > 4_000
     assert abs(alarms[0].change_index - 4_000) < 60  # the change was at value 4,000
+
+
+def test_rolling_metrics_cover_the_last_ten_thousand_events_and_survive_a_restore() -> None:
+    import json
+    import pickle
+
+    from online_learning.learner import METRICS_WINDOW
+    from schemas.events import ModelEvent
+    from streams.processing import model_metrics_table
+
+    sim = TrafficSimulator(users=100, seed=3)
+    model = ClickModel()
+    assert model.rolling_metrics() == {}
+    errors = [model.process(b).errors for b in _batches(sim, 15_000)]
+    m = model.rolling_metrics()
+    assert m["events"] == METRICS_WINDOW
+    assert m["error_rate"] == np.concatenate(errors)[-METRICS_WINDOW:].mean()
+    assert m["accuracy"] == 1 - m["error_rate"] and 0.3 < m["log_loss"] < 0.7
+    # a checkpoint from before the metrics existed still loads, with empty windows
+    state = dict(pickle.loads(pickle.dumps(model)).__dict__)
+    del state["recent_errors"], state["recent_losses"]
+    old = ClickModel.__new__(ClickModel)
+    old.__setstate__(state)
+    assert old.rolling_metrics() == {}
+    # ... and each checkpoint's metrics become a model_metrics row
+    event = ModelEvent(model="click", model_version=1, checkpoint=3, events_seen=15_000, metrics=m)
+    [row] = model_metrics_table([event.model_dump_json().encode()]).to_pylist()
+    assert row["log_loss"] == m["log_loss"] and row["window_events"] == METRICS_WINDOW
+    assert row["kind"] == "checkpoint" and json.loads(event.model_dump_json())["metrics"]
