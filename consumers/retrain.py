@@ -502,6 +502,7 @@ def run_service(
     stop: Any = None,
     handled_path: Path | None = None,
     own_shadow: bool = False,
+    signals: set[str] | None = None,
 ) -> None:
     """Run the retraining job until ``stop`` (a threading.Event) is set: drift events from
     ``signals.drift`` (their own consumer group, commit after the handler, retries with
@@ -584,7 +585,13 @@ def run_service(
     if own_shadow:
         thread.start()
     with DriftSubscriber(
-        group_id=group_id, kafka=ks, models={job.model}, handled=HandledKeys(handled_path)
+        group_id=group_id,
+        kafka=ks,
+        models={job.model},
+        # concept drift by default: label-rate and feature drift are watched and published
+        # too, but a model retrained on them would mostly relearn the same concept
+        signals=signals if signals is not None else {"error_rate"},
+        handled=HandledKeys(handled_path),
     ) as sub:
         sub.run(job.handle, stop=stop)
     if own_shadow:

@@ -24,6 +24,8 @@ from online_learning.detectors import AdwinDetector, Alarm
 
 POSITIVE_ACTIONS = ("click", "purchase")
 METRICS_WINDOW = 10_000
+# Watched features are scaled to about [0, 1] by their validation bounds.
+_FEATURE_SCALE = {"position": 1_000.0}
 
 
 def _window() -> deque[float]:
@@ -32,10 +34,22 @@ def _window() -> deque[float]:
 
 @dataclass(frozen=True)
 class BatchOutcome:
-    """What one batch did to a model: per-row errors (0/1) and any drift alarms."""
+    """What one batch did to a model: per-row errors (0/1), drift alarms on the error
+    (concept drift), and alarms of the watchers (signal, watched name, alarm)."""
 
     errors: np.ndarray
     alarms: list[Alarm]
+    watched: list[tuple[str, str, Alarm]] = field(default_factory=list)
+
+
+def _watchers() -> dict[str, AdwinDetector]:
+    # Prior drift: the share of positive labels. Data drift: list position (not noised,
+    # scaled to [0, 1] by its validation bound; the noised dwell time is too noisy to
+    # watch per event). Both directions count: a feature moving either way is a change.
+    return {
+        "label_rate": AdwinDetector(direction="both"),
+        "feature:position": AdwinDetector(direction="both"),
+    }
 
 
 @dataclass
@@ -62,6 +76,8 @@ class ClickModel:
     checkpoints: int = 0  # checkpoints taken of this model's lineage (survives restores)
     #: per-event progressive (predict-then-learn) 0/1 errors and log-losses, the latest
     #: METRICS_WINDOW of them: the rolling metrics
+    #: detectors on other signals than the error: "label_rate", "feature:<column>"
+    watchers: dict[str, AdwinDetector] = field(default_factory=_watchers)
     recent_errors: deque[float] = field(default_factory=lambda: _window(), repr=False)
     recent_losses: deque[float] = field(default_factory=lambda: _window(), repr=False)
 
@@ -69,6 +85,7 @@ class ClickModel:
         # checkpoints from before the rolling metrics existed restore with empty windows
         self.__dict__.update(state)
         self.__dict__.setdefault("recent_errors", _window())
+        self.__dict__.setdefault("watchers", _watchers())
         self.__dict__.setdefault("recent_losses", _window())
 
     def predict_one(self, item_category: str, position: float, dwell_time_s: float) -> float:
@@ -117,4 +134,15 @@ class ClickModel:
         self.recent_losses.extend(losses.tolist())
         self.pipeline.learn_many(x, y)
         self.seen += batch.num_rows
-        return BatchOutcome(errors, self.detector.update_many(errors))
+        watched = []
+        for name, detector in self.watchers.items():
+            if name == "label_rate":
+                values = truth.astype(np.float64)
+            else:
+                column = name.split(":", 1)[1]
+                values = batch[column].to_numpy(zero_copy_only=False).astype(np.float64)
+                values = values / _FEATURE_SCALE.get(column, 1.0)
+            for alarm in detector.update_many(values):
+                signal = "label_rate" if name == "label_rate" else "feature"
+                watched.append((signal, name, alarm))
+        return BatchOutcome(errors, self.detector.update_many(errors), watched)

@@ -155,6 +155,7 @@ class DriftEvent(BaseModel):
     model_version: int
     stream: str
     signal: Literal["error_rate", "feature", "label_rate"]
+    feature: str | None = None  # the column, for signal "feature"
     detector: str
     severity: float
     stat_before: float

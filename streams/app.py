@@ -178,8 +178,12 @@ class Pipeline:
             metrics=model.rolling_metrics(),
         )
 
-    def drift_event(self, alarm: Alarm) -> DriftEvent:
-        """A drift event naming the offsets of the data after the change."""
+    def drift_event(
+        self, alarm: Alarm, signal: str = "error_rate", watched: str | None = None
+    ) -> DriftEvent:
+        """A drift event naming the offsets of the data after the change. ``signal``:
+        error_rate (concept drift), label_rate (prior drift) or feature (data drift, the
+        feature named by ``watched``, e.g. ``feature:position``)."""
         start = alarm.change_index
         after: dict[int, tuple[int, int]] = {}
         for seen_before, seen_after, partition, offset in self.learned:
@@ -191,11 +195,14 @@ class Pipeline:
                 after[partition] = (min(lo, offset), max(hi, offset))
         key = ",".join(f"{p}:{lo}" for p, (lo, _) in sorted(after.items()))
         return DriftEvent(
-            idempotency_key=f"{self.model.name}:{self.model.version}:error_rate:{key}",
+            idempotency_key=f"{self.model.name}:{self.model.version}:{watched or signal}:{key}",
             model=self.model.name,
             model_version=self.model.version,
             stream=self.model.stream,
-            signal="error_rate",
+            signal=signal,  # type: ignore[arg-type]  # one of DriftEvent's signals
+            feature=watched.split(":", 1)[1]
+            if watched and watched.startswith("feature:")
+            else None,
             detector="adwin",
             severity=alarm.severity,
             stat_before=alarm.before,
@@ -455,9 +462,11 @@ def build_app(
                     await manual.ack(done)
                 unacked.clear()
                 await models.send(value=announced.model_dump_json().encode(), headers=_JSON_HEADERS)
-            for alarm in outcome.alarms:
-                drift_event = await asyncio.to_thread(p.drift_event, alarm)
+            alarms = [("error_rate", None, a) for a in outcome.alarms] + outcome.watched
+            for signal, watched, alarm in alarms:
+                drift_event = await asyncio.to_thread(p.drift_event, alarm, signal, watched)
                 await drift.send(
+                    key=p.model.name.encode(),
                     value=drift_event.model_dump_json().encode(),
                     headers=[*_JSON_HEADERS, (H_SCHEMA, b"drift:1")],
                 )
@@ -465,7 +474,7 @@ def build_app(
                 log.warning(
                     "drift: %s %s %.3f -> %.3f",
                     p.model.name,
-                    "error_rate",
+                    watched or signal,
                     alarm.before,
                     alarm.after,
                 )

@@ -357,6 +357,7 @@ _DRIFT_SCHEMA = pa.schema(
         ("model_version", pa.int64()),
         ("stream", pa.string()),
         ("signal", pa.string()),
+        ("feature", pa.string()),
         ("detector", pa.string()),
         ("severity", pa.float64()),
         ("stat_before", pa.float64()),

@@ -83,3 +83,31 @@ def test_rolling_metrics_cover_the_last_ten_thousand_events_and_survive_a_restor
     [row] = model_metrics_table([event.model_dump_json().encode()]).to_pylist()
     assert row["log_loss"] == m["log_loss"] and row["window_events"] == METRICS_WINDOW
     assert row["kind"] == "checkpoint" and json.loads(event.model_dump_json())["metrics"]
+
+
+def _controlled(n: int, positive: float, positions: tuple[int, int], seed: int) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    return pa.table(
+        {
+            "item_category": rng.choice(["news", "sports", "music", "tech"], n),
+            "position": rng.integers(*positions, n),
+            "dwell_time_s": rng.exponential(20.0, n),
+            "action": np.where(rng.random(n) < positive, "click", "view"),
+        }
+    )
+
+
+def test_watchers_catch_a_label_rate_shift_and_a_feature_shift_and_nothing_else() -> None:
+    # Fixed seeds: deterministic. 10,000 events, then the label rate moves 0.2 -> 0.45 at
+    # 10,000 and the position moves from 0-20 to 100-300 at 20,000.
+    model = ClickModel()
+    found = []
+    plan = [(0.2, (0, 20))] * 20 + [(0.45, (0, 20))] * 20 + [(0.45, (100, 300))] * 20
+    for i, (positive, positions) in enumerate(plan):
+        out = model.process(_controlled(500, positive, positions, seed=i))
+        found += [(signal, name, alarm.index) for signal, name, alarm in out.watched]
+    labels = [f for f in found if f[0] == "label_rate"]
+    features = [f for f in found if f[1] == "feature:position"]
+    assert labels and 10_000 < labels[0][2] < 11_000  # within 1,000 events
+    assert features and 20_000 < features[0][2] < 20_500
+    assert all(index > 10_000 for _, _, index in found)  # quiet before the first change
