@@ -56,6 +56,20 @@ class NotEnoughDataError(EddylineError):
     """Too few rows after the change to train and evaluate on yet (retried later)."""
 
 
+def registry_change(
+    model: str, version: int, kind: Any, alias: str | None, previous: int | None, reason: str
+) -> ModelEvent:
+    """The ``ModelEvent`` announcing a registry change on ``signals.models``."""
+    return ModelEvent(
+        model=model,
+        model_version=version,
+        kind=kind,
+        alias=alias,
+        previous_version=previous,
+        reason=reason,
+    )
+
+
 # -- the model ---------------------------------------------------------------------------
 
 
@@ -301,12 +315,20 @@ class RetrainJob:
                 self.model, CHALLENGER, version.version, f"beat v{champion.version} on holdout"
             )
             self.publish(
-                self._event(version, "registered", CHALLENGER, previous, "offline gate passed")
+                registry_change(
+                    self.model,
+                    version.version,
+                    "registered",
+                    CHALLENGER,
+                    previous,
+                    "offline gate passed",
+                )
             )
         else:
             self.publish(
-                self._event(
-                    version,
+                registry_change(
+                    self.model,
+                    version.version,
                     "rejected",
                     None,
                     None,
@@ -354,7 +376,11 @@ class RetrainJob:
             },
         )
         self.registry.set_alias(self.model, CHAMPION, version.version, "bootstrap: first model")
-        self.publish(self._event(version, "promoted", CHAMPION, None, "bootstrap: first model"))
+        self.publish(
+            registry_change(
+                self.model, version.version, "promoted", CHAMPION, None, "bootstrap: first model"
+            )
+        )
         return version
 
     def _check_budget(self, rows: int) -> None:
@@ -369,18 +395,6 @@ class RetrainJob:
                 f"ε = {composed_epsilon(spent, self.config.delta):.2f}. Raise "
                 "EDDYLINE_RETRAIN_TOTAL_EPSILON, lower the per-run ε, or wait for new data."
             )
-
-    def _event(
-        self, version: ModelVersion, kind: Any, alias: str | None, previous: int | None, reason: str
-    ) -> ModelEvent:
-        return ModelEvent(
-            model=self.model,
-            model_version=version.version,
-            kind=kind,
-            alias=alias,
-            previous_version=previous,
-            reason=reason,
-        )
 
 
 # -- shadow evaluation, promotion, rollback ----------------------------------------------
@@ -443,16 +457,7 @@ class ShadowEvaluator:
             self.registry.set_alias(self.model, CHALLENGER, None, "promoted")
             self.refresh()
             log.warning("promoted %s v%d over v%d: %s", self.model, new, old, why)
-            return [
-                ModelEvent(
-                    model=self.model,
-                    model_version=new,
-                    kind="promoted",
-                    alias=CHAMPION,
-                    previous_version=old,
-                    reason=why,
-                )
-            ]
+            return [registry_change(self.model, new, "promoted", CHAMPION, old, why)]
         if prev is not None and champ is not None and champ > prev + self.margin:
             bad, good = self._scorers[CHAMPION][0], self._scorers[PREVIOUS][0]
             why = f"live log-loss {champ:.4f} > previous v{good}'s {prev:.4f}"
@@ -460,16 +465,7 @@ class ShadowEvaluator:
             self.registry.set_alias(self.model, PREVIOUS, None, "rolled back to")
             self.refresh()
             log.warning("rolled %s back from v%d to v%d: %s", self.model, bad, good, why)
-            return [
-                ModelEvent(
-                    model=self.model,
-                    model_version=good,
-                    kind="rolled_back",
-                    alias=CHAMPION,
-                    previous_version=bad,
-                    reason=why,
-                )
-            ]
+            return [registry_change(self.model, good, "rolled_back", CHAMPION, bad, why)]
         return []
 
 

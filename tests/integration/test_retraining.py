@@ -23,26 +23,14 @@ from streams.producer import EventProducer
 from streams.settings import KafkaSettings
 from streams.topics import Topics, read_all
 from streams.worker_process import WorkerProcess
+from tests.factories import drift_event
 from tests.integration.helpers import delta_ids, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def _drift(key: str, at: datetime, model: str = "click") -> DriftEvent:
-    return DriftEvent(
-        idempotency_key=key,
-        model=model,
-        model_version=1,
-        stream="interaction",
-        signal="error_rate",
-        detector="adwin",
-        severity=0.2,
-        stat_before=0.2,
-        stat_after=0.4,
-        events_seen=1,
-        offsets_after={0: (1, 2)},
-        detected_at=at,
-    )
+    return drift_event(key, detected_at=at, model=model)
 
 
 def _publish(kafka: KafkaSettings, events: list[DriftEvent]) -> None:

@@ -27,6 +27,7 @@ from consumers.retrain import (
 )
 from eddyline.simulate import TrafficSimulator
 from schemas.events import DriftEvent, ModelEvent
+from tests.factories import drift_event
 
 DRIFT_AT = 6_000
 
@@ -61,18 +62,10 @@ def lake(tmp_path: Path) -> Path:
 
 
 def _drift(key: str = "click:1:error_rate:0:100", at: datetime | None = None) -> DriftEvent:
-    return DriftEvent(
-        idempotency_key=key,
-        model="click",
-        model_version=1,
-        stream="interaction",
-        signal="error_rate",
-        detector="adwin",
-        severity=0.2,
-        stat_before=0.2,
-        stat_after=0.4,
+    """A drift detected at ``at`` whose "before" window is version 0, "after" version 1."""
+    return drift_event(
+        key,
         events_seen=DRIFT_AT + 300,
-        offsets_after={0: (100, 200)},
         lake_version=1,
         lake_version_before=0,
         detected_at=at or datetime.now(UTC),
