@@ -286,21 +286,11 @@ class RetrainJob:
         cut = int(after.num_rows * (1 - self.holdout))
         train, holdout = after.slice(0, cut), after.slice(cut)
         champion = self._champion(before, holdout, event)
-        self._check_budget(train.num_rows)
-        result = train_dp(train, self.config)
-        metrics = {f"holdout_{k}": v for k, v in evaluate(result.scorer, holdout).items()}
         champion_metrics = evaluate(LinearScorer.load(champion.artifact), holdout)
-        metrics["champion_holdout_log_loss"] = champion_metrics["log_loss"]
-        version = self.registry.register(
-            self.model,
-            result.scorer.save,
-            metrics=metrics,
-            epsilon=result.epsilon,
-            delta=result.delta,
-            accountant_history=result.history,
-            data_key=self.stream,
-            drift_key=event.idempotency_key,
-            lineage={
+        version = self._train_and_register(
+            train,
+            holdout,
+            {
                 "drift_id": str(event.drift_id),
                 "detected_at": event.detected_at.isoformat(),
                 "table": self.stream,
@@ -308,7 +298,10 @@ class RetrainJob:
                 "holdout_rows": holdout.num_rows,
                 "champion_version": champion.version,
             },
+            drift_key=event.idempotency_key,
+            champion_holdout_log_loss=champion_metrics["log_loss"],
         )
+        metrics = version.metrics
         better = metrics["holdout_log_loss"] < champion_metrics["log_loss"]
         if better:
             previous = self.registry.set_alias(
@@ -358,18 +351,10 @@ class RetrainJob:
             return self.registry.get(self.model, current)
         if before.num_rows < self.min_rows:
             raise NotEnoughDataError(f"no champion, and {before.num_rows} rows before the change")
-        self._check_budget(before.num_rows)
-        result = train_dp(before, self.config)
-        metrics = {f"holdout_{k}": v for k, v in evaluate(result.scorer, holdout).items()}
-        version = self.registry.register(
-            self.model,
-            result.scorer.save,
-            metrics=metrics,
-            epsilon=result.epsilon,
-            delta=result.delta,
-            accountant_history=result.history,
-            data_key=self.stream,
-            lineage={
+        version = self._train_and_register(
+            before,
+            holdout,
+            {
                 "bootstrap": True,
                 "table": self.stream,
                 "trained_on": {"to_version": event.lake_version_before},
@@ -382,6 +367,30 @@ class RetrainJob:
             )
         )
         return version
+
+    def _train_and_register(
+        self,
+        rows: pa.Table,
+        holdout: pa.Table,
+        lineage: dict[str, Any],
+        drift_key: str | None = None,
+        **extra_metrics: float,
+    ) -> ModelVersion:
+        """Check the budget, train with DP on ``rows``, score on ``holdout``, register."""
+        self._check_budget(rows.num_rows)
+        result = train_dp(rows, self.config)
+        metrics = {f"holdout_{k}": v for k, v in evaluate(result.scorer, holdout).items()}
+        return self.registry.register(
+            self.model,
+            result.scorer.save,
+            metrics={**metrics, **extra_metrics},
+            epsilon=result.epsilon,
+            delta=result.delta,
+            accountant_history=result.history,
+            data_key=self.stream,
+            drift_key=drift_key,
+            lineage=lineage,
+        )
 
     def _check_budget(self, rows: int) -> None:
         spent = self.registry.spent(self.stream)
