@@ -102,6 +102,7 @@ class Pipeline:
         # rebalance; bumped by each rebalance, which drops every in-memory ledger.
         self.ledgers_loaded: set[tuple[str, int]] = set()
         self.rebalances = 0
+        self.budget_lock = asyncio.Lock()  # charging + sending vs saving (privatize_one)
         self.shadow: ShadowEvaluator | None = None
         if ws.shadow:
             registry = ModelRegistry(ws.registry_path or f"{ws.lake_path}/_registry")
@@ -127,6 +128,12 @@ class Pipeline:
         self.ledgers_loaded.add((stream, partition))
         log.info("budget ledger %s/%d: %d users restored", stream, partition, len(saved))
 
+    def forget_ledger(self, stream: str, partition: int) -> None:
+        """Drop a partition's in-memory ledgers; the next event reloads them from the table."""
+        for key in [k for k in self.privatizer.ledgers if k == (stream, partition)]:
+            del self.privatizer.ledgers[key]
+        self.ledgers_loaded.discard((stream, partition))
+
     def budget_due(self) -> bool:
         return time.monotonic() - self._last_budget_save >= self.ws.checkpoint_every_s
 
@@ -138,6 +145,10 @@ class Pipeline:
         shards are flushed too, before the caller acks what they cover. One changelog
         message per shard (all its users), not per user: a message per user cost a quarter
         of the worker's throughput at 20,000 users."""
+        async with self.budget_lock:
+            return await self._save_budget(app, table)
+
+    async def _save_budget(self, app: faust.App, table: Any) -> int:
         self._last_budget_save = time.monotonic()
         await app.producer.flush()
         today = int(time.time()) // self.ws.budget_window_s
@@ -261,6 +272,20 @@ def build_app(
             await deadletter.send(value=letter.to_json(), headers=_JSON_HEADERS)
 
     async def privatize_one(event: Any) -> None:
+        # A save must never see a charge whose output is not sent yet (the save promises
+        # the outputs of what it covers are in Kafka, so a replay skips them): charging and
+        # sending hold the budget lock, which saves take too. If this is cut short (a
+        # cancelled agent at shutdown or rebalance), the partition's in-memory ledger is
+        # dropped, so the half-done charge can never be saved; it reloads from the table.
+        msg = event.message
+        async with p.budget_lock:
+            try:
+                await _privatize_one(event)
+            except BaseException:
+                p.forget_ledger(p.stream_of[msg.topic], msg.partition)
+                raise
+
+    async def _privatize_one(event: Any) -> None:
         msg = event.message
         src = SourceRef(msg.topic, msg.partition, msg.offset)
         name = p.stream_of[msg.topic]
