@@ -49,6 +49,10 @@ class AdwinDetector:
     warmup: int = 1_000
     cooldown: int = 2_000
     direction: Literal["up", "down", "both"] = "up"
+    #: the smallest move of the mean (across the located change) worth an alarm: ADWIN
+    #: finds tiny but real shifts in long streams, which tell a retraining job nothing it
+    #: can act on. A shift too small still starts the cooldown.
+    min_change: float = 0.0
     seen: int = 0
     _adwin: drift.ADWIN = field(init=False, repr=False)
     _last_alarm: int = field(default=-(10**12), init=False, repr=False)
@@ -74,7 +78,8 @@ class AdwinDetector:
                 self._previous_alarm = self._last_alarm if self._last_alarm > 0 else 0
                 self._last_alarm = self.seen
         self._recent = np.concatenate([self._recent, values])[-self.recent_size :]
-        return [self._locate(a, first, len(values)) for a in alarms]
+        located = [self._locate(a, first, len(values)) for a in alarms]
+        return [a for a in located if abs(a.after - a.before) >= self.min_change]
 
     def _locate(self, alarm: Alarm, first: int, batch: int) -> Alarm:
         """Where the change most likely began: the split of the recent values (after the
@@ -92,7 +97,10 @@ class AdwinDetector:
         if self.direction != "both":
             gap = np.maximum(gap if self.direction == "up" else -gap, 0.0)
         split = int(np.argmax(k * (n - k) / n * gap**2)) + 1
-        return Alarm(alarm.index, alarm.before, alarm.after, alarm.index - (n - split))
+        # the statistics on either side of the located change, not ADWIN's window means
+        before = float(csum[split - 1] / split)
+        after = float((x.sum() - csum[split - 1]) / (n - split))
+        return Alarm(alarm.index, before, after, alarm.index - (n - split))
 
     @property
     def estimate(self) -> float:

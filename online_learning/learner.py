@@ -46,9 +46,10 @@ def _watchers() -> dict[str, AdwinDetector]:
     # Prior drift: the share of positive labels. Data drift: list position (not noised,
     # scaled to [0, 1] by its validation bound; the noised dwell time is too noisy to
     # watch per event). Both directions count: a feature moving either way is a change.
+    # A move under 0.05 (5 points of label rate; 5% of the feature's range) is not reported.
     return {
-        "label_rate": AdwinDetector(direction="both"),
-        "feature:position": AdwinDetector(direction="both"),
+        "label_rate": AdwinDetector(direction="both", min_change=0.05),
+        "feature:position": AdwinDetector(direction="both", min_change=0.05),
     }
 
 
