@@ -166,9 +166,10 @@ class DriftSubscriber:
         Each event's offset is committed only once its handler returned (or it was
         dead-lettered after ``retries`` failed attempts): a crash mid-handler redelivers
         it. Events whose idempotency key is in ``handled`` are skipped."""
+        stop = stop or threading.Event()  # never set: run until idle (or forever)
         done = 0
         idle_since = time.monotonic()
-        while stop is None or not stop.is_set():
+        while not stop.is_set():
             found = self._next(1.0)
             if found is None:
                 if idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
@@ -194,10 +195,8 @@ class DriftSubscriber:
                             exc,
                             delay,
                         )
-                        if stop is not None and stop.wait(delay):
+                        if stop.wait(delay):
                             return done
-                        if stop is None:
-                            time.sleep(delay)
                         delay = min(delay * 2, max_backoff_s)
                     else:
                         self.handled.add(event.idempotency_key)

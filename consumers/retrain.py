@@ -277,7 +277,7 @@ class RetrainJob:
             return None
         if event.lake_version_before is None:
             raise EddylineError(f"drift event {event.drift_id} names no Delta version")
-        before, after, latest = self._windows(event)
+        after, latest = self._after(event)
         if after.num_rows < self.min_rows:
             raise NotEnoughDataError(
                 f"{after.num_rows} rows after the change, {self.min_rows} needed; retry later"
@@ -285,7 +285,7 @@ class RetrainJob:
         after = after.sort_by("occurred_at")
         cut = int(after.num_rows * (1 - self.holdout))
         train, holdout = after.slice(0, cut), after.slice(cut)
-        champion = self._champion(before, holdout, event)
+        champion = self._champion(holdout, event)
         champion_metrics = evaluate(LinearScorer.load(champion.artifact), holdout)
         version = self._train_and_register(
             train,
@@ -331,24 +331,27 @@ class RetrainJob:
             )
         return version
 
-    def _windows(self, event: DriftEvent) -> tuple[pa.Table, pa.Table, int]:
-        """(rows before the change, rows added since, the latest table version read)."""
+    def _lake(self) -> Any:
         from consumers.lake import Lake
 
-        lake = Lake(str(self.lake))
-        table = lake.table(self.stream)
-        latest = table.version()
-        before = lake.read(self.stream, as_of=event.lake_version_before)
-        now = lake.read(self.stream, as_of=latest)
-        seen = pa.array(before["event_id"].to_pylist() if before.num_rows else [], pa.string())
-        after = now.filter(pc.invert(pc.is_in(now["event_id"], value_set=seen)))
-        return before, after, latest
+        return Lake(str(self.lake))
 
-    def _champion(self, before: pa.Table, holdout: pa.Table, event: DriftEvent) -> ModelVersion:
+    def _after(self, event: DriftEvent) -> tuple[pa.Table, int]:
+        """(the rows added since ``lake_version_before``, the latest table version read):
+        the pre-change version is read for its event ids only."""
+        lake = self._lake()
+        latest = lake.table(self.stream).version()
+        seen = lake.read(self.stream, as_of=event.lake_version_before, columns=["event_id"])
+        now = lake.read(self.stream, as_of=latest)
+        fresh = pc.invert(pc.is_in(now["event_id"], value_set=seen["event_id"].combine_chunks()))
+        return now.filter(fresh), latest
+
+    def _champion(self, holdout: pa.Table, event: DriftEvent) -> ModelVersion:
         """The champion, bootstrapping one from the pre-change rows if there is none."""
         current = self.registry.alias(self.model, CHAMPION)
         if current is not None:
             return self.registry.get(self.model, current)
+        before = self._lake().read(self.stream, as_of=event.lake_version_before)
         if before.num_rows < self.min_rows:
             raise NotEnoughDataError(f"no champion, and {before.num_rows} rows before the change")
         version = self._train_and_register(
@@ -501,26 +504,20 @@ def run_service(
     config: TrainConfig | None = None,
     total_epsilon: float = 10.0,
     min_rows: int = 2_000,
-    window: int = 2_000,
-    min_events: int = 1_000,
     group_id: str = "eddyline-retrain",
     stop: Any = None,
     handled_path: Path | None = None,
-    own_shadow: bool = False,
     signals: set[str] | None = None,
 ) -> None:
     """Run the retraining job until ``stop`` (a threading.Event) is set: drift events from
     ``signals.drift`` (their own consumer group, commit after the handler, retries with
     backoff, a dead-letter for handlers that keep failing), registry changes published on
-    ``signals.models``. The workers shadow the challenger (``EDDYLINE_SHADOW``); with
-    ``own_shadow=True`` this process does it instead, from the private topic."""
+    ``signals.models``. The workers shadow the challenger (``EDDYLINE_SHADOW``)."""
     import threading
 
-    from confluent_kafka import Consumer, KafkaError, Producer
+    from confluent_kafka import Producer
 
     from consumers.drift import DriftSubscriber, HandledKeys
-    from schemas.envelope import decode, header_map
-    from streams.processing import consented
     from streams.settings import KafkaSettings
     from streams.topics import Topics
 
@@ -553,42 +550,6 @@ def run_service(
         min_rows=min_rows,
         publish=publish,
     )
-    shadow = ShadowEvaluator(registry, window=window, min_events=min_events, publish=publish)
-
-    def shadow_loop() -> None:
-        consumer = Consumer(
-            ks.librdkafka(
-                {
-                    "group.id": f"{group_id}-shadow",
-                    "auto.offset.reset": "latest",
-                    "enable.auto.commit": True,
-                }
-            )
-        )
-        consumer.subscribe([topics.private(job.stream)])
-        try:
-            while not stop.is_set():
-                msg = consumer.poll(1.0)
-                if msg is None:
-                    continue
-                error = msg.error()
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        log.warning("shadow: %s", error)
-                    continue
-                headers = header_map(msg.headers() or [])  # type: ignore[arg-type]  # bytes values
-                table = decode(msg.value(), headers).table
-                if table is not None:
-                    try:
-                        shadow.observe(consented(table, "learn"))
-                    except Exception:
-                        log.exception("shadow evaluation failed on a batch")
-        finally:
-            consumer.close()
-
-    thread = threading.Thread(target=shadow_loop, name="eddyline-shadow", daemon=True)
-    if own_shadow:
-        thread.start()
     with DriftSubscriber(
         group_id=group_id,
         kafka=ks,
@@ -599,5 +560,3 @@ def run_service(
         handled=HandledKeys(handled_path),
     ) as sub:
         sub.run(job.handle, stop=stop)
-    if own_shadow:
-        thread.join(10)

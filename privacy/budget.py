@@ -231,15 +231,13 @@ class BudgetLedger:
         return out
 
     def shards(
-        self, wanted: set[int], shard_of: Callable[[str], int] | None = None
+        self, wanted: set[int], shard_of: Callable[[str], int]
     ) -> dict[int, dict[str, dict[str, Any]]]:
-        """The entries of every user in the ``wanted`` shards (``shard_of(user)``; default:
-        the first hex byte of the pseudonym, mod 16), by shard; a wanted shard with no users
-        maps to an empty dict."""
-        which = shard_of or (lambda u: int(u[:2], 16) % 16)
+        """The entries of every user in the ``wanted`` shards (``shard_of(user)``), by
+        shard; a wanted shard with no users maps to an empty dict."""
         out: dict[int, dict[str, dict[str, Any]]] = {s: {} for s in wanted}
         for user in self.users():
-            shard = which(user)
+            shard = shard_of(user)
             if shard in out:
                 entry = self.entry(user)
                 if entry is not None:

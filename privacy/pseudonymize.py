@@ -41,6 +41,10 @@ import pyarrow.compute as pc
 _HEX_CHARS = 32
 
 
+def _pseudonym(secret: bytes, value: str) -> str:
+    return hmac.digest(secret, value.encode(), "sha256").hex()[:_HEX_CHARS]
+
+
 @dataclass(frozen=True)
 class PseudonymKey:
     """One key of a keyring: in force from ``not_before`` (epoch seconds) until the next."""
@@ -97,8 +101,7 @@ class HmacPseudonymizer:
         if found is None:
             if len(cache) >= self._cache_size:
                 cache.clear()
-            found = hmac.digest(self.keys[key].secret, value.encode(), "sha256").hex()
-            found = cache[value] = found[:_HEX_CHARS]
+            found = cache[value] = _pseudonym(self.keys[key].secret, value)
         return found
 
     def _apply_key(self, column: pa.Array | pa.ChunkedArray, key: int) -> pa.Array:
@@ -115,9 +118,7 @@ class HmacPseudonymizer:
             misses = [v for v, f in zip(values, found, strict=True) if f is None]
             if len(cache) + len(misses) > self._cache_size:
                 cache.clear()
-            cache.update(
-                {v: hmac.digest(secret, v.encode(), "sha256").hex()[:_HEX_CHARS] for v in misses}
-            )
+            cache.update({v: _pseudonym(secret, v) for v in misses})
             found = [*map(cache.__getitem__, values)]
         mapped = pa.array(found, type=pa.string())
         return pc.take(mapped, encoded.indices)

@@ -130,8 +130,7 @@ class Pipeline:
 
     def forget_ledger(self, stream: str, partition: int) -> None:
         """Drop a partition's in-memory ledgers; the next event reloads them from the table."""
-        for key in [k for k in self.privatizer.ledgers if k == (stream, partition)]:
-            del self.privatizer.ledgers[key]
+        self.privatizer.ledgers.pop((stream, partition), None)
         self.ledgers_loaded.discard((stream, partition))
 
     def budget_due(self) -> bool:
@@ -479,10 +478,11 @@ def build_app(
                         headers=_JSON_HEADERS,
                     )
             p.metrics.model_seen.labels(p.model.name).set(p.model.seen)
-            for metric, value in p.model.rolling_metrics().items():
-                p.metrics.model_metric.labels(p.model.name, metric).set(value)
             announced = await p.maybe_checkpoint()
             if announced is not None:
+                # the rolling metrics are computed once per checkpoint, not per batch
+                for metric, value in announced.metrics.items():
+                    p.metrics.model_metric.labels(p.model.name, metric).set(value)
                 for done in unacked:
                     await manual.ack(done)
                 unacked.clear()
