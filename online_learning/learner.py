@@ -20,7 +20,7 @@ import polars as pl
 import pyarrow as pa
 from river import compose, linear_model, optim, preprocessing
 
-from online_learning.detectors import AdwinDetector, Alarm
+from online_learning.detectors import AdwinDetector, Alarm, BlockWatcher
 
 POSITIVE_ACTIONS = ("click", "purchase")
 METRICS_WINDOW = 10_000
@@ -42,14 +42,15 @@ class BatchOutcome:
     watched: list[tuple[str, str, Alarm]] = field(default_factory=list)
 
 
-def _watchers() -> dict[str, AdwinDetector]:
+def _watchers() -> dict[str, BlockWatcher]:
+    # Block means of 8 events: an eighth of the per-event ADWIN cost (detectors.py).
     # Prior drift: the share of positive labels. Data drift: list position (not noised,
     # scaled to [0, 1] by its validation bound; the noised dwell time is too noisy to
     # watch per event). Both directions count: a feature moving either way is a change.
     # A move under 0.05 (5 points of label rate; 5% of the feature's range) is not reported.
     return {
-        "label_rate": AdwinDetector(direction="both", min_change=0.05),
-        "feature:position": AdwinDetector(direction="both", min_change=0.05),
+        "label_rate": BlockWatcher(AdwinDetector(direction="both", min_change=0.05)),
+        "feature:position": BlockWatcher(AdwinDetector(direction="both", min_change=0.05)),
     }
 
 
@@ -78,7 +79,7 @@ class ClickModel:
     #: per-event progressive (predict-then-learn) 0/1 errors and log-losses, the latest
     #: METRICS_WINDOW of them: the rolling metrics
     #: detectors on other signals than the error: "label_rate", "feature:<column>"
-    watchers: dict[str, AdwinDetector] = field(default_factory=_watchers)
+    watchers: dict[str, BlockWatcher] = field(default_factory=_watchers)
     recent_errors: deque[float] = field(default_factory=lambda: _window(), repr=False)
     recent_losses: deque[float] = field(default_factory=lambda: _window(), repr=False)
 
