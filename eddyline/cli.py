@@ -33,6 +33,8 @@ retrain_app = typer.Typer(help="Retraining on drift with DP (needs the [retrain]
 app.add_typer(retrain_app, name="retrain")
 app.add_typer(budget_app, name="budget")
 app.add_typer(keys_app, name="keys")
+learners_app = typer.Typer(help="Learner specs: the online models a worker runs.")
+app.add_typer(learners_app, name="learners")
 err = Console(stderr=True)
 out = Console()
 _DEBUG = {"on": False}
@@ -331,6 +333,31 @@ def retrain_status(
             json.dumps(v.lineage.get("trained_on", {})),
         )
     out.print(table)
+
+
+@learners_app.command("check")
+def learners_check(
+    specs: Annotated[
+        list[str] | None,
+        typer.Argument(help="built-in names or YAML files; default: EDDYLINE_LEARNERS"),
+    ] = None,
+) -> None:
+    """Load and check learner specs as the worker would; exit 1 naming the first problem."""
+    from online_learning.spec import load_specs
+
+    loaded = load_specs(specs or WorkerSettings().learners)
+    for spec in loaded:
+        features = ", ".join(f"{f.column} ({f.kind})" for f in spec.features)
+        watchers = ", ".join(w.key for w in spec.drift.watch) or "none"
+        out.print(
+            f"[bold]{spec.name}[/bold] v{spec.version} over {spec.stream}: {spec.description}\n"
+            f"  features: {features}\n"
+            f"  target:   {', '.join(r.column for r in spec.target)}\n"
+            f"  pipeline: {spec.build_pipeline()}\n"
+            f"  metrics:  {', '.join(spec.metrics)}; watchers: {watchers}",
+            soft_wrap=True,
+        )
+    err.print(f"{len(loaded)} learner spec(s) OK")
 
 
 @app.command("query")

@@ -1,7 +1,9 @@
 """Realistic traffic: interactions and feedback from many users, with a concept drift.
 
 Before ``drift_at``, users click news and music; after it, sports and tech: the click model's
-error jumps, which the worker's drift detector must catch.
+error jumps, which the worker's drift detector must catch. Feedback follows the same world:
+users are satisfied with news and music items before the change, sports and tech after
+(an item's category is its number modulo 4, as for interactions).
 
 Examples:
     >>> sim = TrafficSimulator(users=10, seed=1, drift_at=5)
@@ -24,6 +26,8 @@ from schemas.events import Action, FeedbackEvent, InteractionEvent
 CATEGORIES = ("news", "sports", "music", "tech")
 _P_CLICK_BEFORE = np.array([0.75, 0.15, 0.70, 0.20])
 _P_CLICK_AFTER = np.array([0.15, 0.75, 0.20, 0.70])
+_P_SATISFIED_BEFORE = np.array([0.85, 0.25, 0.80, 0.30])
+_P_SATISFIED_AFTER = np.array([0.25, 0.85, 0.30, 0.80])
 
 
 @dataclass
@@ -75,15 +79,25 @@ class TrafficSimulator:
             )
 
     def feedback(self, n: int) -> Iterator[FeedbackEvent]:
-        """``n`` feedback events; some carry a free-text comment (redacted by the worker)."""
+        """``n`` feedback events, drifted once ``drift_at`` interactions have been emitted: a
+        rating, a thumbs-up label, or both; some carry a free-text comment (redacted by the
+        worker)."""
         rng = self._rng
-        for _ in range(n):
-            rating = int(rng.integers(1, 6))
+        users = rng.integers(0, self.users, n)
+        items = rng.integers(0, self.items, n)
+        cats = items % len(CATEGORIES)
+        drifted = self.drift_at is not None and self._emitted >= self.drift_at
+        p = (_P_SATISFIED_AFTER if drifted else _P_SATISFIED_BEFORE)[cats]
+        satisfied = rng.random(n) < p
+        rating = np.where(satisfied, rng.integers(4, 6, n), rng.integers(1, 4, n))
+        form = rng.random(n)  # < 0.4: rating only; < 0.7: label only; else both
+        comment = rng.random(n) < 0.1
+        for k in range(n):
             yield FeedbackEvent(
-                user_id=self.user_id(int(rng.integers(0, self.users))),
+                user_id=self.user_id(int(users[k])),
                 app_id=self.app_id,
-                item_id=f"sku-{int(rng.integers(0, self.items))}",
-                rating=rating,
-                label=rating >= 4,
-                comment="loved it, mail me at fan@example.com" if rng.random() < 0.1 else None,
+                item_id=f"sku-{int(items[k])}",
+                rating=int(rating[k]) if form[k] < 0.4 or form[k] >= 0.7 else None,
+                label=bool(satisfied[k]) if form[k] >= 0.4 else None,
+                comment="loved it, mail me at fan@example.com" if comment[k] else None,
             )

@@ -1,31 +1,46 @@
-"""Online models over privatised batches: predict, then learn, then watch the error.
+"""Online models over privatised batches: predict, then learn, then watch for drift.
+
+An :class:`OnlineModel` runs one :class:`~online_learning.spec.LearnerSpec`: features from
+the batch's private columns (polars), the River pipeline with ``predict_proba_many`` /
+``learn_many`` when every step has them (else a tight per-row loop), rolling progressive
+metrics, ADWIN on the 0/1 error and the spec's watchers.
 
 Examples:
     >>> import pyarrow as pa
-    >>> m = ClickModel()
+    >>> m = OnlineModel.builtin("click")
     >>> batch = pa.table({"item_category": ["news", "tech"], "position": [0, 3],
     ...                   "dwell_time_s": [10.0, 2.0], "action": ["click", "skip"]})
     >>> m.process(batch).errors.shape
     (2,)
+    >>> 0.0 <= m.predict_one({"item_category": "news", "position": "3", "dwell_time_s": "9"}) <= 1
+    True
+    >>> m.predict_one({"item_category": "news"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    online_learning.spec.LearnerSpecError: model 'click': missing feature 'position' (needs ...)
 """
 
 from __future__ import annotations
 
+import math
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from river import compose, linear_model, optim, preprocessing
+import pyarrow.compute as pc
+from river import base
 
 from online_learning.detectors import AdwinDetector, Alarm, BlockWatcher
+from online_learning.spec import Detector, LearnerSpec, LearnerSpecError, load_spec
+from schemas.events import base_kind
+from schemas.registry import REGISTRY
 
-POSITIVE_ACTIONS = ("click", "purchase")
 METRICS_WINDOW = 10_000
-# Watched features are scaled to about [0, 1] by their validation bounds.
-_FEATURE_SCALE = {"position": 1_000.0}
 
 
 def _window() -> deque[float]:
@@ -42,109 +57,228 @@ class BatchOutcome:
     watched: list[tuple[str, str, Alarm]] = field(default_factory=list)
 
 
-def _watchers() -> dict[str, BlockWatcher]:
-    # Block means of 8 events: an eighth of the per-event ADWIN cost (detectors.py).
-    # Prior drift: the share of positive labels. Data drift: list position (not noised,
-    # scaled to [0, 1] by its validation bound; the noised dwell time is too noisy to
-    # watch per event). Both directions count: a feature moving either way is a change.
-    # A move under 0.05 (5 points of label rate; 5% of the feature's range) is not reported.
-    return {
-        "label_rate": BlockWatcher(AdwinDetector(direction="both", min_change=0.05)),
-        "feature:position": BlockWatcher(AdwinDetector(direction="both", min_change=0.05)),
-    }
+def _detector(d: Detector, warmup: int, cooldown: int) -> AdwinDetector:
+    return AdwinDetector(
+        delta=d.delta,
+        clock=d.clock,
+        warmup=warmup if d.warmup is None else d.warmup,
+        cooldown=cooldown if d.cooldown is None else d.cooldown,
+        direction=d.direction,
+        min_change=d.min_change,
+    )
 
 
 @dataclass
-class ClickModel:
-    """Probability that an interaction is a click or purchase, from privatised features.
+class OnlineModel:
+    """One learner spec, running: the River pipeline, its detectors, its rolling metrics.
 
-    Features: the item category (one-hot), list position, and the noised dwell time.
-    A River scaler + logistic regression, trained with ``learn_many``; ADWIN watches the
-    0/1 error of each prediction made *before* learning from the row (progressive
-    validation), so the error rate is an honest live metric.
+    Every prediction is made *before* the model learns from the row (progressive
+    validation), so the error rate the detector watches is an honest live metric.
     """
 
-    name: str = "click"
-    version: int = 1
-    stream: str = "interaction"
-    detector: AdwinDetector = field(default_factory=AdwinDetector)
-    pipeline: compose.Pipeline = field(
-        default_factory=lambda: compose.Pipeline(
-            preprocessing.StandardScaler(),
-            linear_model.LogisticRegression(optimizer=optim.SGD(0.05)),
-        )
-    )
+    spec: LearnerSpec
+    pipeline: Any
+    detector: AdwinDetector
+    #: detectors on other signals than the error: "label_rate", "feature:<column>"
+    watchers: dict[str, BlockWatcher]
     seen: int = 0
     checkpoints: int = 0  # checkpoints taken of this model's lineage (survives restores)
-    #: per-event progressive (predict-then-learn) 0/1 errors and log-losses, the latest
-    #: METRICS_WINDOW of them: the rolling metrics
-    #: detectors on other signals than the error: "label_rate", "feature:<column>"
-    watchers: dict[str, BlockWatcher] = field(default_factory=_watchers)
-    recent_errors: deque[float] = field(default_factory=lambda: _window(), repr=False)
-    recent_losses: deque[float] = field(default_factory=lambda: _window(), repr=False)
+    #: per-event progressive (predict-then-learn) values, the latest METRICS_WINDOW of
+    #: them: 0/1 errors, log-losses, squared errors of the probability (Brier)
+    recent_errors: deque[float] = field(default_factory=_window, repr=False)
+    recent_losses: deque[float] = field(default_factory=_window, repr=False)
+    recent_brier: deque[float] = field(default_factory=_window, repr=False)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # checkpoints from before the rolling metrics existed restore with empty windows
-        self.__dict__.update(state)
-        self.__dict__.setdefault("recent_errors", _window())
-        self.__dict__.setdefault("watchers", _watchers())
-        self.__dict__.setdefault("recent_losses", _window())
-
-    def predict_one(self, item_category: str, position: float, dwell_time_s: float) -> float:
-        """Probability of a click or purchase for one (privatised) interaction."""
-        x = {
-            "position": float(position),
-            "dwell_time_s": float(dwell_time_s),
-            f"item_category_{item_category}": 1.0,
+    @classmethod
+    def from_spec(
+        cls, spec: LearnerSpec, warmup: int = 1_000, cooldown: int = 2_000
+    ) -> OnlineModel:
+        """A fresh model; ``warmup``/``cooldown`` apply where the spec leaves them unset."""
+        watchers = {
+            w.key: BlockWatcher(_detector(w, warmup, cooldown), block=w.block)
+            for w in spec.drift.watch
         }
-        return float(self.pipeline.predict_proba_one(x).get(True, 0.0))
+        return cls(
+            spec, spec.build_pipeline(), _detector(spec.drift.error, warmup, cooldown), watchers
+        )
+
+    @classmethod
+    def builtin(cls, name: str, **kwargs: Any) -> OnlineModel:
+        """A fresh model of a shipped spec (``click``, ``satisfaction``)."""
+        return cls.from_spec(load_spec(name), **kwargs)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def version(self) -> int:
+        return self.spec.version
+
+    @property
+    def stream(self) -> str:
+        return self.spec.stream
+
+    @property
+    def minibatch(self) -> bool:
+        """Whether every pipeline step learns and predicts on whole frames."""
+        return all(
+            isinstance(s, base.MiniBatchTransformer | base.MiniBatchClassifier)
+            for s in self.pipeline.steps.values()
+        )
+
+    def columns(self) -> list[str]:
+        """The private columns this model reads (features, target, watched)."""
+        spec = self.spec
+        cols = [f.column for f in spec.features] + [r.column for r in spec.target]
+        cols += [w.column for w in spec.drift.watch if w.column is not None]
+        return list(dict.fromkeys(cols))
 
     def features(self, batch: pa.Table) -> pl.DataFrame:
-        frame = pl.from_arrow(batch.select(["item_category", "position", "dwell_time_s"]))
+        """The model's input frame for a batch of private rows."""
+        exprs: list[pl.Expr] = []
+        extra: dict[str, Any] = {}
+        dummies: list[str] = []
+        for f in self.spec.features:
+            c = pl.col(f.column)
+            if f.kind == "numeric":
+                exprs.append(c.cast(pl.Float64).fill_null(0.0))
+            elif f.kind == "one_hot" and f.categories is not None:
+                exprs += [
+                    (c == v).fill_null(False).cast(pl.Float64).alias(f"{f.column}_{v}")
+                    for v in f.categories
+                ]
+            elif f.kind == "one_hot":
+                exprs.append(c)
+                dummies.append(f.column)
+            elif f.kind == "hashed":
+                name = f"{f.column}_h"
+                extra[name] = _hash_buckets(batch[f.column], f.buckets)
+                dummies.append(name)
+            else:  # hour_of_day, on the unit circle: 23:59 is next to 00:00
+                hour = c.dt.hour().cast(pl.Float64) + c.dt.minute().cast(pl.Float64) / 60.0
+                angle = hour * (2 * math.pi / 24)
+                exprs += [
+                    angle.sin().alias(f"{f.column}_hour_sin"),
+                    angle.cos().alias(f"{f.column}_hour_cos"),
+                ]
+        frame = pl.from_arrow(batch.select(list({f.column for f in self.spec.features})))
         assert isinstance(frame, pl.DataFrame)
-        return frame.with_columns(pl.col("position").cast(pl.Float64)).to_dummies("item_category")
+        out = frame.select(exprs + [pl.lit(v).alias(k) for k, v in extra.items()])
+        return out.to_dummies(dummies) if dummies else out
 
     def target(self, batch: pa.Table) -> pl.Series:
-        actions = pl.from_arrow(batch["action"])
-        assert isinstance(actions, pl.Series)
-        return actions.is_in(POSITIVE_ACTIONS).alias("y")
+        """The 0/1 label per row (null where no rule's column is set)."""
+        tests = []
+        for rule in self.spec.target:
+            c = pl.col(rule.column)
+            test = c.is_in(rule.is_in) if rule.is_in is not None else c >= rule.at_least
+            tests.append(pl.when(c.is_not_null()).then(test))
+        frame = pl.from_arrow(batch.select(list({r.column for r in self.spec.target})))
+        assert isinstance(frame, pl.DataFrame)
+        return frame.select(pl.coalesce(tests).alias("y"))["y"]
+
+    def predict_one(self, values: dict[str, Any]) -> float:
+        """Probability of the positive label for one row of feature values (strings are
+        parsed by the event's field types, as a query string would send them); raises
+        :class:`LearnerSpecError` naming a missing or malformed feature."""
+        event = REGISTRY.latest(self.stream)
+        needs = [f.column for f in self.spec.features]
+        unknown = sorted(set(values) - set(needs))
+        if unknown:
+            raise LearnerSpecError(
+                f"model {self.name!r}: unknown feature {unknown[0]!r} (needs {', '.join(needs)})"
+            )
+        row: dict[str, Any] = {}
+        for f in self.spec.features:
+            raw = values.get(f.column)
+            if raw is None and f.kind != "hour_of_day":
+                raise LearnerSpecError(
+                    f"model {self.name!r}: missing feature {f.column!r} (needs {', '.join(needs)})"
+                )
+            kind = base_kind(event.model_fields[f.column].annotation)
+            try:
+                row[f.column] = _parse(raw, kind, f.kind)
+            except (KeyError, TypeError, ValueError):
+                raise LearnerSpecError(
+                    f"model {self.name!r}: feature {f.column!r} needs a {f.kind} "
+                    f"{kind.__name__} value, got {raw!r}"
+                ) from None
+        x = self.features(pa.Table.from_pylist([row])).to_dicts()[0]
+        return float(self.pipeline.predict_proba_one(x).get(True, 0.0))
 
     def rolling_metrics(self) -> dict[str, float]:
-        """Progressive metrics over the last METRICS_WINDOW events (empty before any)."""
+        """The spec's progressive metrics over the last METRICS_WINDOW events."""
         if not self.recent_errors:
             return {}
         error = float(np.mean(self.recent_errors))
-        return {
-            "error_rate": error,
-            "accuracy": 1.0 - error,
-            "log_loss": float(np.mean(self.recent_losses)),
-            "events": float(len(self.recent_errors)),
+        every = {
+            "error_rate": lambda: error,
+            "accuracy": lambda: 1.0 - error,
+            "log_loss": lambda: float(np.mean(self.recent_losses)),
+            "brier": lambda: float(np.mean(self.recent_brier)),
         }
+        out: dict[str, float] = {m: every[m]() for m in self.spec.metrics}
+        out["events"] = float(len(self.recent_errors))
+        return out
 
     def process(self, batch: pa.Table) -> BatchOutcome:
         """Predict each row, score the predictions, learn from the batch, update drift."""
         if batch.num_rows == 0:
             return BatchOutcome(np.zeros(0), [])
-        x, y = self.features(batch), self.target(batch)
-        proba = self.pipeline.predict_proba_many(x)
-        p_true = proba["True"].to_numpy() if "True" in proba.columns else np.zeros(len(x))
-        truth = y.to_numpy()
+        y = self.target(batch)
+        if y.null_count():  # no label: nothing to score or learn
+            keep = y.is_not_null()
+            batch, y = batch.filter(pa.array(keep.to_numpy())), y.filter(keep)
+            if batch.num_rows == 0:
+                return BatchOutcome(np.zeros(0), [])
+        x = self.features(batch)
+        if self.minibatch:
+            proba = self.pipeline.predict_proba_many(x)
+            p_true = proba["True"].to_numpy() if "True" in proba.columns else np.zeros(len(x))
+            self.pipeline.learn_many(x, y)
+        else:  # e.g. a Hoeffding tree: no mini-batch API, so a tight per-row loop
+            p_true = np.empty(len(x))
+            for i, (xi, yi) in enumerate(zip(x.iter_rows(named=True), y, strict=True)):
+                p_true[i] = self.pipeline.predict_proba_one(xi).get(True, 0.0)
+                self.pipeline.learn_one(xi, yi)
+        truth = y.to_numpy().astype(bool)
         errors = ((p_true > 0.5) != truth).astype(np.float64)
         q = np.clip(p_true, 1e-7, 1 - 1e-7)
-        losses = -np.where(truth, np.log(q), np.log(1 - q))
         self.recent_errors.extend(errors.tolist())
-        self.recent_losses.extend(losses.tolist())
-        self.pipeline.learn_many(x, y)
+        self.recent_losses.extend((-np.where(truth, np.log(q), np.log(1 - q))).tolist())
+        if "brier" in self.spec.metrics:
+            self.recent_brier.extend(((p_true - truth) ** 2).tolist())
         self.seen += batch.num_rows
-        watched = []
-        for name, detector in self.watchers.items():
-            if name == "label_rate":
+        watched: list[tuple[str, str, Alarm]] = []
+        for w in self.spec.drift.watch:
+            if w.column is None:
                 values = truth.astype(np.float64)
             else:
-                column = name.split(":", 1)[1]
-                values = batch[column].to_numpy(zero_copy_only=False).astype(np.float64)
-                values = values / _FEATURE_SCALE.get(column, 1.0)
-            for alarm in detector.update_many(values):
-                signal = "label_rate" if name == "label_rate" else "feature"
-                watched.append((signal, name, alarm))
+                col = pc.drop_null(batch[w.column])
+                values = col.to_numpy(zero_copy_only=False).astype(np.float64) / w.scale
+            for alarm in self.watchers[w.key].update_many(values):
+                watched.append((w.signal, w.key, alarm))
         return BatchOutcome(errors, self.detector.update_many(errors), watched)
+
+
+def _hash_buckets(column: pa.ChunkedArray, buckets: int) -> pl.Series:
+    """Stable buckets (CRC-32 of the text, the same in every process and release) of each
+    value: one hash per distinct value in the batch, then a gather."""
+    encoded = pc.dictionary_encode(column).combine_chunks()
+    table = np.array(
+        [zlib.crc32(str(v).encode()) % buckets for v in encoded.dictionary.to_pylist()],
+        dtype=np.int32,
+    )
+    indices = encoded.indices.to_numpy(zero_copy_only=False)
+    return pl.Series(table[indices] if len(table) else np.zeros(len(indices), np.int32))
+
+
+def _parse(raw: Any, kind: type, feature: str) -> Any:
+    if feature == "hour_of_day":
+        return datetime.fromisoformat(raw) if raw else datetime.now(UTC)
+    if not isinstance(raw, str):
+        return raw
+    if kind is bool:
+        return {"true": True, "1": True, "false": False, "0": False}[raw.lower()]
+    return kind(raw) if kind in (int, float) else raw

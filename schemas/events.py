@@ -46,12 +46,12 @@ def new_event_id() -> UUID:
     return UUID(int=(_ids.getrandbits(128) & _V4_MASK) | _V4_BITS)
 
 
-def _base_kind(annotation: Any) -> type:
+def base_kind(annotation: Any) -> type:
     """The Python type under Optional/Literal, for annotation checks."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType) and len(args) == 1:
-        return _base_kind(args[0])
+        return base_kind(args[0])
     if origin is Literal:
         return type(args[0])
     return annotation if isinstance(annotation, type) else object
@@ -87,7 +87,7 @@ class BaseEvent(BaseModel):
         for name, info in cls.model_fields.items():
             for meta in info.metadata:
                 if isinstance(meta, PrivacyAnnotation):
-                    meta.check(name, _base_kind(info.annotation), info.annotation)
+                    meta.check(name, base_kind(info.annotation), info.annotation)
         if cls.event_name:
             cls.event_registry.register(cls)
 

@@ -3,7 +3,8 @@
 * ``privatize``: raw ``events.<stream>`` → decode, validate, privatise → ``events.<stream>.private``
   (same partition; the source offset rides in a header); bad input → ``events.deadletter``.
 * ``lake``: private topics → Delta, exactly once (``streams.lake``); acks only after commit.
-* ``learn``: private interactions → the click model; drift → ``signals.drift``.
+* ``learn``: private events → the online models of their stream (one per learner spec,
+  ``EDDYLINE_LEARNERS``); drift → ``signals.drift``; checkpoints → ``signals.models``.
 
 One process is one asyncio loop; scale out with more processes in the same consumer group.
 """
@@ -26,8 +27,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from consumers.registry import ModelRegistry
 from consumers.retrain import ShadowEvaluator
 from online_learning.checkpoint import ModelStore
-from online_learning.detectors import AdwinDetector, Alarm
-from online_learning.learner import ClickModel
+from online_learning.detectors import Alarm
+from online_learning.learner import OnlineModel
+from online_learning.spec import LearnerSpec, LearnerSpecError, load_specs
 from schemas.envelope import (
     ARROW,
     H_CONTENT_TYPE,
@@ -65,7 +67,7 @@ def _raw_topic(app: faust.App, *names: str) -> faust.TopicT:
 
 
 class Pipeline:
-    """The worker's state, built once: privatizer, Delta sink, model, metrics, topics."""
+    """The worker's state, built once: privatizer, Delta sink, models, metrics, topics."""
 
     def __init__(self, ws: WorkerSettings, ks: KafkaSettings, streams: list[str]) -> None:
         self.ws, self.ks, self.streams = ws, ks, streams
@@ -87,15 +89,20 @@ class Pipeline:
         )
         self.sink = DeltaSink(ws.lake_path)
         self.metrics = WorkerMetrics.create()
-        detector = AdwinDetector(warmup=ws.drift_warmup, cooldown=ws.drift_cooldown)
         self.store = ModelStore(ws.state_dir / "models")
-        self.model = ClickModel(detector=detector)
-        # raw partition -> last raw offset the model has learned (restored from a checkpoint)
-        self.model_offsets: dict[int, int] = {}
-        restored = self.store.load(self.model.name)
-        if restored is not None:
-            self.model, self.model_offsets = restored.model, restored.offsets
-            log.info("restored model %s (%d events learned)", self.model.name, self.model.seen)
+        self.models: dict[str, OnlineModel] = {}
+        # model -> raw partition -> last raw offset it has learned (from its checkpoint)
+        self.model_offsets: dict[str, dict[int, int]] = {}
+        for spec in load_specs(ws.learners):
+            if spec.stream not in streams:
+                raise LearnerSpecError(
+                    f"learner {spec.name!r} reads {spec.stream!r}, which this worker does not "
+                    f"process (streams: {', '.join(streams)})"
+                )
+            self.models[spec.name], self.model_offsets[spec.name] = self._restore(spec)
+        self.models_of: dict[str, list[OnlineModel]] = defaultdict(list)
+        for model in self.models.values():
+            self.models_of[model.stream].append(model)
         self._last_checkpoint = time.monotonic()
         self._last_budget_save = time.monotonic()
         # Raw partitions whose ledgers were loaded from the budget table since the last
@@ -103,19 +110,44 @@ class Pipeline:
         self.ledgers_loaded: set[tuple[str, int]] = set()
         self.rebalances = 0
         self.budget_lock = asyncio.Lock()  # charging + sending vs saving (privatize_one)
-        self.shadow: ShadowEvaluator | None = None
-        if ws.shadow:
-            registry = ModelRegistry(ws.registry_path or f"{ws.lake_path}/_registry")
-            self.shadow = ShadowEvaluator(
-                registry,
-                self.model.name,
-                window=ws.shadow_window,
-                min_events=ws.shadow_min_events,
-            )
+        # registry models (retrained offline), scored on the live batches of their model
+        self.shadows: dict[str, ShadowEvaluator] = {}
+        for model in self.models.values():
+            if ws.shadow and model.spec.shadow:
+                registry = ModelRegistry(ws.registry_path or f"{ws.lake_path}/_registry")
+                self.shadows[model.name] = ShadowEvaluator(
+                    registry, model.name, window=ws.shadow_window, min_events=ws.shadow_min_events
+                )
         self.stream_of = {self.topics.raw(s): s for s in streams}
         self.stream_of.update({self.topics.private(s): s for s in streams})
-        # (events seen before and after this message, raw partition, raw offset), recent ones.
-        self.learned: deque[tuple[int, int, int, int]] = deque(maxlen=50_000)
+        # Per model, recent messages learned: (events seen before and after it, raw
+        # partition, raw offset); what a drift event's offsets come from.
+        self.learned: dict[str, deque[tuple[int, int, int, int]]] = {
+            name: deque(maxlen=50_000) for name in self.models
+        }
+
+    def _restore(self, spec: LearnerSpec) -> tuple[OnlineModel, dict[int, int]]:
+        """The model's last checkpoint if it was taken of this very spec; else a fresh model
+        (which learns from the committed offsets on, not from the start of the topic)."""
+        ws = self.ws
+        fresh = OnlineModel.from_spec(spec, warmup=ws.drift_warmup, cooldown=ws.drift_cooldown)
+        try:
+            restored = self.store.load(spec.name)
+        except Exception as exc:  # an unreadable checkpoint must not stop the worker
+            log.warning("model %s: checkpoint unreadable (%s); starting fresh", spec.name, exc)
+            return fresh, {}
+        if restored is None:
+            return fresh, {}
+        model = restored.model
+        if not isinstance(model, OnlineModel) or model.spec.fingerprint() != spec.fingerprint():
+            log.warning(
+                "model %s: the checkpoint was taken of another spec; starting fresh (bump "
+                "`version` in the spec when you change it)",
+                spec.name,
+            )
+            return fresh, {}
+        log.info("restored model %s (%d events learned)", spec.name, model.seen)
+        return model, restored.offsets
 
     def load_ledger(self, table: Any, stream: str, partition: int) -> None:
         """Restore one raw partition's ledgers from the (recovered) budget table."""
@@ -168,35 +200,44 @@ class Pipeline:
         await app.producer.flush()
         return saved
 
-    async def maybe_checkpoint(self) -> ModelEvent | None:
-        """Checkpoint the model and its offsets if ``checkpoint_every_s`` has passed; the
-        ``ModelEvent`` announcing it, or None."""
+    async def maybe_checkpoint(self) -> list[ModelEvent]:
+        """Checkpoint every model and its offsets if ``checkpoint_every_s`` has passed; the
+        ``ModelEvent`` announcing each (none if it was not time yet)."""
         if time.monotonic() - self._last_checkpoint < self.ws.checkpoint_every_s:
-            return None
+            return []
         self._last_checkpoint = time.monotonic()
-        self.model.checkpoints += 1
-        # A consistent copy, taken on the event loop between batches; written in a thread.
-        model, offsets = copy.deepcopy(self.model), dict(self.model_offsets)
-        await asyncio.to_thread(self.store.save, model.name, model, offsets)
-        return ModelEvent(
-            model=model.name,
-            model_version=model.version,
-            checkpoint=model.checkpoints,
-            events_seen=model.seen,
-            offsets=offsets,
-            error_rate=model.detector.estimate,
-            metrics=model.rolling_metrics(),
-        )
+        announced = []
+        for name, live in self.models.items():
+            live.checkpoints += 1
+            # A consistent copy, taken on the event loop between batches; written in a thread.
+            model, offsets = copy.deepcopy(live), dict(self.model_offsets[name])
+            await asyncio.to_thread(self.store.save, name, model, offsets)
+            announced.append(
+                ModelEvent(
+                    model=name,
+                    model_version=model.version,
+                    checkpoint=model.checkpoints,
+                    events_seen=model.seen,
+                    offsets=offsets,
+                    error_rate=model.detector.estimate,
+                    metrics=model.rolling_metrics(),
+                )
+            )
+        return announced
 
     def drift_event(
-        self, alarm: Alarm, signal: str = "error_rate", watched: str | None = None
+        self,
+        model: OnlineModel,
+        alarm: Alarm,
+        signal: str = "error_rate",
+        watched: str | None = None,
     ) -> DriftEvent:
         """A drift event naming the offsets of the data after the change. ``signal``:
         error_rate (concept drift), label_rate (prior drift) or feature (data drift, the
         feature named by ``watched``, e.g. ``feature:position``)."""
         start = alarm.change_index
         after: dict[int, tuple[int, int]] = {}
-        for seen_before, seen_after, partition, offset in self.learned:
+        for seen_before, seen_after, partition, offset in self.learned[model.name]:
             # A message belongs to the "after" window if most of its rows do: envelopes hold
             # thousands of events, and a cut a few values early must not pull in a whole
             # pre-change envelope.
@@ -205,10 +246,10 @@ class Pipeline:
                 after[partition] = (min(lo, offset), max(hi, offset))
         key = ",".join(f"{p}:{lo}" for p, (lo, _) in sorted(after.items()))
         return DriftEvent(
-            idempotency_key=f"{self.model.name}:{self.model.version}:{watched or signal}:{key}",
-            model=self.model.name,
-            model_version=self.model.version,
-            stream=self.model.stream,
+            idempotency_key=f"{model.name}:{model.version}:{watched or signal}:{key}",
+            model=model.name,
+            model_version=model.version,
+            stream=model.stream,
             signal=signal,  # type: ignore[arg-type]  # one of DriftEvent's signals
             feature=watched.split(":", 1)[1]
             if watched and watched.startswith("feature:")
@@ -219,10 +260,10 @@ class Pipeline:
             stat_after=alarm.after,
             events_seen=alarm.index,
             offsets_after=after,
-            lake_version=self.sink.version(self.model.stream),
+            lake_version=self.sink.version(model.stream),
             lake_version_before=self.sink.version_before(
-                self.model.stream,
-                {(self.topics.raw(self.model.stream), p): lo for p, (lo, _) in after.items()},
+                model.stream,
+                {(self.topics.raw(model.stream), p): lo for p, (lo, _) in after.items()},
             ),
         )
 
@@ -259,7 +300,6 @@ def build_app(
     )
     raw = _raw_topic(app, *[p.topics.raw(s) for s in p.streams])
     private = _raw_topic(app, *[p.topics.private(s) for s in p.streams])
-    learn_in = _raw_topic(app, p.topics.private(p.model.stream))
     out = {s: _raw_topic(app, p.topics.private(s)) for s in p.streams}
     deadletter = _raw_topic(app, p.topics.deadletter)
     drift = _raw_topic(app, p.topics.drift)
@@ -404,29 +444,24 @@ def build_app(
 
     @app.page("/predict/{model}")
     async def predict(web: Any, request: Any, model: str) -> Any:
-        """``GET /predict/click?item_category=news&position=3&dwell_time_s=12``"""
+        """``GET /predict/click?item_category=news&position=3&dwell_time_s=12``: the query
+        holds the model's features (its spec's columns)."""
         started = time.perf_counter()
-        if model != p.model.name:
-            return web.json({"error": f"unknown model {model!r}"}, status=404)
-        q = request.query
-        try:
-            proba = p.model.predict_one(
-                q["item_category"], float(q.get("position", 0)), float(q.get("dwell_time_s", 0))
-            )
-        except (KeyError, ValueError) as exc:
+        online = p.models.get(model)
+        if online is None:
             return web.json(
-                {
-                    "error": f"bad query: {exc}; needs item_category, and numeric "
-                    "position and dwell_time_s"
-                },
-                status=400,
+                {"error": f"unknown model {model!r} (models: {', '.join(p.models)})"}, status=404
             )
+        try:
+            proba = online.predict_one(dict(request.query))
+        except LearnerSpecError as exc:
+            return web.json({"error": f"bad query: {exc}"}, status=400)
         p.metrics.predict.observe(time.perf_counter() - started)
         return web.json(
             {
-                "model": p.model.name,
-                "model_version": p.model.version,
-                "events_seen": p.model.seen,
+                "model": online.name,
+                "model_version": online.version,
+                "events_seen": online.seen,
                 "probability": proba,
             }
         )
@@ -439,7 +474,6 @@ def build_app(
             if position is not None and end is not None:
                 p.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
 
-    @app.agent(learn_in)
     async def learn(stream: faust.StreamT[bytes]) -> None:
         # Acks wait for the checkpoint that covers them: Kafka's committed offset never runs
         # ahead of the model, so a restart resumes exactly where the checkpoint stopped.
@@ -450,59 +484,73 @@ def build_app(
         async for event in manual.events():
             headers = header_map(event.message.headers)
             src = SourceRef.parse(headers[H_SOURCE])
-            partition, offset = src.partition, src.offset
             unacked.append(event)
-            if offset <= p.model_offsets.get(partition, -1):
-                continue  # in the restored checkpoint, or a replay of a learned message
-            table = decode(event.value, headers).table
-            assert table is not None
-            table = consented(table, "learn")
-            try:
-                outcome = p.model.process(table)
-            except Exception:
-                log.exception("learning failed on a batch of %d rows", table.num_rows)
-                continue
-            p.model_offsets[partition] = offset
-            p.learned.append((p.model.seen - table.num_rows, p.model.seen, partition, offset))
-            p.metrics.learned.labels(p.model.name).inc(table.num_rows)
-            if p.shadow is not None:  # registry models, scored on the same events
-                try:
-                    changes = await asyncio.to_thread(p.shadow.observe, table)
-                except Exception:
-                    log.exception("shadow evaluation failed on a batch")
-                    changes = []
-                for change in changes:
-                    await models.send(
-                        key=change.model.encode(),
-                        value=change.model_dump_json().encode(),
-                        headers=_JSON_HEADERS,
-                    )
-            p.metrics.model_seen.labels(p.model.name).set(p.model.seen)
+            table = None
+            for model in p.models_of[p.stream_of[event.message.topic]]:
+                if src.offset <= p.model_offsets[model.name].get(src.partition, -1):
+                    continue  # in the restored checkpoint, or a replay of a learned message
+                if table is None:
+                    decoded = decode(event.value, headers).table
+                    assert decoded is not None
+                    table = consented(decoded, "learn")
+                await learn_batch(model, table, src)
             announced = await p.maybe_checkpoint()
-            if announced is not None:
-                # the rolling metrics are computed once per checkpoint, not per batch
-                for metric, value in announced.metrics.items():
-                    p.metrics.model_metric.labels(p.model.name, metric).set(value)
+            if announced:
                 for done in unacked:
                     await manual.ack(done)
                 unacked.clear()
-                await models.send(value=announced.model_dump_json().encode(), headers=_JSON_HEADERS)
-            alarms = [("error_rate", None, a) for a in outcome.alarms] + outcome.watched
-            for signal, watched, alarm in alarms:
-                drift_event = await asyncio.to_thread(p.drift_event, alarm, signal, watched)
-                await drift.send(
-                    key=p.model.name.encode(),
-                    value=drift_event.model_dump_json().encode(),
-                    headers=[*_JSON_HEADERS, (H_SCHEMA, b"drift:1")],
+            for change in announced:
+                # the rolling metrics are computed once per checkpoint, not per batch
+                for metric, value in change.metrics.items():
+                    p.metrics.model_metric.labels(change.model, metric).set(value)
+                await models.send(
+                    key=change.model.encode(),
+                    value=change.model_dump_json().encode(),
+                    headers=_JSON_HEADERS,
                 )
-                p.metrics.drift_events.labels(p.model.name).inc()
-                log.warning(
-                    "drift: %s %s %.3f -> %.3f",
-                    p.model.name,
-                    watched or signal,
-                    alarm.before,
-                    alarm.after,
+
+    if p.models_of:  # a worker may run no model (EDDYLINE_LEARNERS="")
+        learn_in = _raw_topic(app, *[p.topics.private(s) for s in sorted(p.models_of)])
+        app.agent(learn_in)(learn)
+
+    async def learn_batch(model: OnlineModel, table: Any, src: SourceRef) -> None:
+        """One model predicts, then learns, one private batch; its drift alarms become
+        drift events; its registry versions are shadow-scored on the same rows."""
+        try:
+            outcome = model.process(table)
+        except Exception:
+            log.exception("%s: learning failed on a batch of %d rows", model.name, table.num_rows)
+            return
+        p.model_offsets[model.name][src.partition] = src.offset
+        p.learned[model.name].append(
+            (model.seen - table.num_rows, model.seen, src.partition, src.offset)
+        )
+        p.metrics.learned.labels(model.name).inc(table.num_rows)
+        p.metrics.model_seen.labels(model.name).set(model.seen)
+        shadow = p.shadows.get(model.name)
+        if shadow is not None:
+            try:
+                changes = await asyncio.to_thread(shadow.observe, table)
+            except Exception:
+                log.exception("shadow evaluation of %s failed on a batch", model.name)
+                changes = []
+            for change in changes:
+                await models.send(
+                    key=change.model.encode(),
+                    value=change.model_dump_json().encode(),
+                    headers=_JSON_HEADERS,
                 )
+        alarms = [("error_rate", None, a) for a in outcome.alarms] + outcome.watched
+        for signal, watched, alarm in alarms:
+            drift_event = await asyncio.to_thread(p.drift_event, model, alarm, signal, watched)
+            await drift.send(
+                key=model.name.encode(),
+                value=drift_event.model_dump_json().encode(),
+                headers=[*_JSON_HEADERS, (H_SCHEMA, b"drift:1")],
+            )
+            p.metrics.drift_events.labels(model.name).inc()
+            what = watched or signal
+            log.warning("drift: %s %s %.3f -> %.3f", model.name, what, alarm.before, alarm.after)
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:

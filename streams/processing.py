@@ -394,6 +394,7 @@ _MODEL_METRICS_SCHEMA = pa.schema(
         ("accuracy", pa.float64()),
         ("log_loss", pa.float64()),
         ("window_events", pa.int64()),
+        ("brier", pa.float64()),  # added with learner specs: older tables merge it in
         ("alias", pa.string()),
         ("previous_version", pa.int64()),
         ("reason", pa.string()),
@@ -420,6 +421,7 @@ def model_metrics_table(events: list[bytes]) -> pa.Table:
                 "accuracy": m.get("accuracy"),
                 "log_loss": m.get("log_loss"),
                 "window_events": int(m["events"]) if "events" in m else None,
+                "brier": m.get("brier"),
                 "alias": d.get("alias"),
                 "previous_version": d.get("previous_version"),
                 "reason": d.get("reason"),

@@ -94,7 +94,11 @@ class WorkerSettings(BaseSettings):
     # The lake agent gathers up to this many envelopes, or waits this long, per Delta commit.
     lake_max_messages: int = Field(default=200, ge=1)
     lake_max_wait_s: float = Field(default=1.0, gt=0)
-    # Online learning: no drift alarm before this many events, none within the cooldown.
+    # Online models: built-in learner spec names and/or paths to YAML specs, comma-separated
+    # (online_learning/spec.py, docs/learning.md).
+    learners: str = "click,satisfaction"
+    # Online learning: no drift alarm before this many events, none within the cooldown
+    # (for every detector whose spec leaves them unset).
     drift_warmup: int = Field(default=1_000, ge=0)
     drift_cooldown: int = Field(default=2_000, ge=0)
     # The per-user privacy budget, per stream and window, composed by dp-accounting's PLD

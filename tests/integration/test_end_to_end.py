@@ -190,7 +190,22 @@ def test_ten_thousand_events_exactly_once_private_deadlettered_and_drift(
         ModelEvent.model_validate_json(v)
         for v, _ in read_all(kafka, Topics(kafka.namespace).models)
     ]
-    assert announced and announced[-1].model == "click" and announced[-1].events_seen > 0
+    latest = {event.model: event for event in announced if event.kind == "checkpoint"}
+    assert set(latest) == {"click", "satisfaction"} and latest["click"].events_seen > 0
+    # The satisfaction model learned every (consenting) feedback event; it answers too.
+    wait_for(
+        lambda: (
+            'eddyline_worker_model_events_seen{model="satisfaction"} 400.0'
+            in (worker.metrics() or "")
+        ),
+        30,
+        "the feedback learned",
+    )
+    happy = predictor.predict("satisfaction", item_id="sku-3", app_id=sim.app_id)
+    assert happy.model == "satisfaction" and 0.0 <= happy.probability <= 1.0
+    with pytest.raises(PredictionError, match="missing feature 'app_id'") as refused:
+        predictor.predict("satisfaction", item_id="sku-3")
+    assert refused.value.status == 400
 
     # the worker's own output too: its log file and its metrics page
     logs_and_metrics = [worker.log_path.read_bytes(), (worker.metrics() or "").encode()]

@@ -1,0 +1,64 @@
+"""The worker's models come from the learner specs, and resume only from a checkpoint of the
+same spec (unit test of streams.app.Pipeline; no broker: the pipeline connects lazily)."""
+
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+import pytest
+
+from eddyline.simulate import TrafficSimulator
+from online_learning.checkpoint import ModelStore
+from online_learning.learner import OnlineModel
+from online_learning.spec import LearnerSpec, LearnerSpecError, load_spec
+from streams.app import Pipeline
+from streams.settings import KafkaSettings, WorkerSettings
+from streams.topics import STREAMS
+
+
+def _settings(tmp_path, learners: str = "click,satisfaction") -> WorkerSettings:
+    return WorkerSettings(
+        state_dir=tmp_path / "state",
+        lake_path=str(tmp_path / "lake"),
+        learners=learners,
+        shadow=False,
+        seed=1,
+    )
+
+
+def _trained(spec: LearnerSpec) -> OnlineModel:
+    model = OnlineModel.from_spec(spec)
+    sim = TrafficSimulator(users=20, seed=1)
+    model.process(pa.Table.from_pylist([e.model_dump() for e in sim.interactions(500)]))
+    return model
+
+
+def test_every_spec_runs_and_a_checkpoint_of_the_same_spec_resumes(tmp_path) -> None:
+    ws = _settings(tmp_path)
+    ModelStore(ws.state_dir / "models").save("click", _trained(load_spec("click")), {3: 41})
+    p = Pipeline(ws, KafkaSettings(), STREAMS)
+    assert set(p.models) == {"click", "satisfaction"}
+    assert [m.name for m in p.models_of["feedback"]] == ["satisfaction"]
+    assert p.models["click"].seen == 500 and p.model_offsets["click"] == {3: 41}
+    assert p.models["satisfaction"].seen == 0 and p.model_offsets["satisfaction"] == {}
+
+
+def test_a_checkpoint_of_another_spec_or_an_unreadable_one_starts_fresh(tmp_path, caplog) -> None:
+    ws = _settings(tmp_path, learners="click")
+    store = ModelStore(ws.state_dir / "models")
+    changed = LearnerSpec.model_validate({**load_spec("click").model_dump(), "metrics": ["brier"]})
+    store.save("click", _trained(changed), {0: 9})
+    with caplog.at_level(logging.WARNING, "eddyline.worker"):
+        p = Pipeline(ws, KafkaSettings(), STREAMS)
+    assert p.models["click"].seen == 0 and p.model_offsets["click"] == {}
+    assert "taken of another spec" in caplog.text
+    store.path("click").write_bytes(b"not a pickle")
+    with caplog.at_level(logging.WARNING, "eddyline.worker"):
+        p = Pipeline(ws, KafkaSettings(), STREAMS)
+    assert p.models["click"].seen == 0 and "checkpoint unreadable" in caplog.text
+
+
+def test_a_spec_for_a_stream_the_worker_does_not_process_stops_it(tmp_path) -> None:
+    with pytest.raises(LearnerSpecError, match="which this worker does not process"):
+        Pipeline(_settings(tmp_path, learners="satisfaction"), KafkaSettings(), ["interaction"])
