@@ -103,7 +103,7 @@ class Pipeline:
         self.models_of: dict[str, list[OnlineModel]] = defaultdict(list)
         for model in self.models.values():
             self.models_of[model.stream].append(model)
-        self._last_checkpoint = time.monotonic()
+        self._last_checkpoint = dict.fromkeys(self.models_of, time.monotonic())
         self._last_budget_save = time.monotonic()
         # Raw partitions whose ledgers were loaded from the budget table since the last
         # rebalance; bumped by each rebalance, which drops every in-memory ledger.
@@ -146,7 +146,6 @@ class Pipeline:
                 spec.name,
             )
             return fresh, {}
-        log.info("restored model %s (%d events learned)", spec.name, model.seen)
         return model, restored.offsets
 
     def load_ledger(self, table: Any, stream: str, partition: int) -> None:
@@ -200,14 +199,15 @@ class Pipeline:
         await app.producer.flush()
         return saved
 
-    async def maybe_checkpoint(self) -> list[ModelEvent]:
-        """Checkpoint every model and its offsets if ``checkpoint_every_s`` has passed; the
-        ``ModelEvent`` announcing each (none if it was not time yet)."""
-        if time.monotonic() - self._last_checkpoint < self.ws.checkpoint_every_s:
+    async def maybe_checkpoint(self, stream: str) -> list[ModelEvent]:
+        """Checkpoint the models of ``stream`` and their offsets if ``checkpoint_every_s``
+        has passed; the ``ModelEvent`` announcing each (none if it was not time yet)."""
+        if time.monotonic() - self._last_checkpoint[stream] < self.ws.checkpoint_every_s:
             return []
-        self._last_checkpoint = time.monotonic()
+        self._last_checkpoint[stream] = time.monotonic()
         announced = []
-        for name, live in self.models.items():
+        for live in self.models_of[stream]:
+            name = live.name
             live.checkpoints += 1
             # A consistent copy, taken on the event loop between batches; written in a thread.
             model, offsets = copy.deepcopy(live), dict(self.model_offsets[name])
@@ -474,44 +474,62 @@ def build_app(
             if position is not None and end is not None:
                 p.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
 
-    async def learn(stream: faust.StreamT[bytes]) -> None:
-        # Acks wait for the checkpoint that covers them: Kafka's committed offset never runs
-        # ahead of the model, so a restart resumes exactly where the checkpoint stopped.
-        # Offsets are the raw source's (from the envelope header), as in the lake: a raw
-        # message privatised twice after a crash arrives twice, and is learned once.
-        manual = stream.noack()  # type: ignore[attr-defined]  # on Stream, not StreamT
-        unacked: list[Any] = []
-        async for event in manual.events():
-            headers = header_map(event.message.headers)
-            src = SourceRef.parse(headers[H_SOURCE])
-            unacked.append(event)
-            table = None
-            for model in p.models_of[p.stream_of[event.message.topic]]:
-                if src.offset <= p.model_offsets[model.name].get(src.partition, -1):
-                    continue  # in the restored checkpoint, or a replay of a learned message
-                if table is None:
-                    decoded = decode(event.value, headers).table
-                    assert decoded is not None
-                    table = consented(decoded, "learn")
-                await learn_batch(model, table, src)
-            announced = await p.maybe_checkpoint()
-            if announced:
-                for done in unacked:
-                    await manual.ack(done)
-                unacked.clear()
-            for change in announced:
-                # the rolling metrics are computed once per checkpoint, not per batch
-                for metric, value in change.metrics.items():
-                    p.metrics.model_metric.labels(change.model, metric).set(value)
-                await models.send(
-                    key=change.model.encode(),
-                    value=change.model_dump_json().encode(),
-                    headers=_JSON_HEADERS,
-                )
+    def learn_agent(name: str) -> Any:
+        """The learn agent of one stream: its private topic → the models of that stream.
 
-    if p.models_of:  # a worker may run no model (EDDYLINE_LEARNERS="")
-        learn_in = _raw_topic(app, *[p.topics.private(s) for s in sorted(p.models_of)])
-        app.agent(learn_in)(learn)
+        One agent per stream, not one over every private topic: with a single agent over
+        both private topics (the lake agent's subscription too), a worker restarted after
+        kill -9 sometimes stopped consuming altogether (tests/integration/
+        test_learning_resume.py, ~1 run in 4); one topic per agent never did."""
+
+        async def learn(stream: faust.StreamT[bytes]) -> None:
+            # Acks wait for the checkpoint that covers them: Kafka's committed offset never
+            # runs ahead of the models, so a restart resumes exactly where the checkpoint
+            # stopped. Offsets are the raw source's (from the envelope header), as in the
+            # lake: a raw message privatised twice after a crash arrives twice, and is
+            # learned once.
+            manual = stream.noack()  # type: ignore[attr-defined]  # on Stream, not StreamT
+            unacked: list[Any] = []
+            for model in p.models_of[name]:  # logged here: logging is set up by now
+                log.info(
+                    "model %s v%d over %s: %s",
+                    model.name,
+                    model.version,
+                    model.stream,
+                    f"resumed at {model.seen:,} events" if model.seen else "fresh",
+                )
+            async for event in manual.events():
+                headers = header_map(event.message.headers)
+                src = SourceRef.parse(headers[H_SOURCE])
+                unacked.append(event)
+                table = None
+                for model in p.models_of[name]:
+                    if src.offset <= p.model_offsets[model.name].get(src.partition, -1):
+                        continue  # in the restored checkpoint, or a replay of a learned message
+                    if table is None:
+                        decoded = decode(event.value, headers).table
+                        assert decoded is not None
+                        table = consented(decoded, "learn")
+                    await learn_batch(model, table, src)
+                announced = await p.maybe_checkpoint(name)
+                if announced:
+                    for done in unacked:
+                        await manual.ack(done)
+                    unacked.clear()
+                for change in announced:
+                    # the rolling metrics are computed once per checkpoint, not per batch
+                    for metric, value in change.metrics.items():
+                        p.metrics.model_metric.labels(change.model, metric).set(value)
+                    await models.send(
+                        key=change.model.encode(),
+                        value=change.model_dump_json().encode(),
+                        headers=_JSON_HEADERS,
+                    )
+
+        topic = _raw_topic(app, p.topics.private(name))
+        return app.agent(topic, name=f"eddyline.learn.{name}")(learn)
+
+    learners = [learn_agent(name) for name in sorted(p.models_of)]
 
     async def learn_batch(model: OnlineModel, table: Any, src: SourceRef) -> None:
         """One model predicts, then learns, one private batch; its drift alarms become
@@ -559,7 +577,7 @@ def build_app(
             generate_latest(p.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    del privatize, on_rebalance, save_idle_budget, lake, report_lag, learn, metrics, predict
+    del privatize, on_rebalance, save_idle_budget, lake, report_lag, learners, metrics, predict
     return app, p
 
 

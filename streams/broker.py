@@ -192,8 +192,9 @@ class LocalBroker:
                     *classpath,
                     "kafka.tools.StorageTool",
                     "format",
-                    "-t",
-                    cluster_id,
+                    # one argument: a random id may begin with "-", which argparse would
+                    # take for an option (seen once in ~60 formats)
+                    f"--cluster-id={cluster_id}",
                     "-c",
                     str(props),
                 ],

@@ -12,13 +12,22 @@ from streams.settings import KafkaSettings
 from streams.topics import Topics, read_all
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str, every: float = 0.5) -> None:
+def wait_for(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    every: float = 0.5,
+    status: Callable[[], str] | None = None,
+) -> None:
+    """Poll ``check`` until it holds; on timeout, fail naming ``what`` (and ``status()``,
+    the state reached, when given)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    reached = f" ({status()})" if status is not None else ""
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{reached}")
 
 
 def delta_ids(lake: Path, table: str) -> list[str]:

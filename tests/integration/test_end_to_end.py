@@ -161,7 +161,10 @@ def test_ten_thousand_events_exactly_once_private_deadlettered_and_drift(
             return []
         return Lake(lake).read("model_metrics").to_pylist()
 
-    wait_for(lambda: any(r["log_loss"] for r in metric_rows()), 30, "model metrics in Delta")
+    def click_metrics() -> bool:
+        return any(r["log_loss"] for r in metric_rows() if r["model"] == "click")
+
+    wait_for(click_metrics, 30, "the click model's metrics in Delta")
     assert all(0 <= r["error_rate"] <= 1 for r in metric_rows() if r["kind"] == "checkpoint")
     assert 'eddyline_worker_model_metric{metric="log_loss",model="click"}' in (
         worker.metrics() or ""

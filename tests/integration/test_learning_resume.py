@@ -69,6 +69,9 @@ def test_kill_9_resumes_from_the_checkpoint_without_replaying(
             lambda: _seen("click", second) >= 40_000 and _seen("satisfaction", second) >= 4_000,
             90,
             "the second half learned",
+            status=lambda: (
+                f"seen: {_seen('click', second)} clicks, {_seen('satisfaction', second)} feedback"
+            ),
         )
         # Every event learned exactly once over each model's life, across the crash ...
         assert _seen("click", second) == 40_000
