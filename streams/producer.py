@@ -2,9 +2,12 @@
 
 ``emit`` takes a validated event model (pydantic validated it when it was built) or a dict
 plus its model, which is validated here; either way a bad event raises at the call, naming
-the field. Accepted events are buffered per (topic, partition) as columns; each buffer goes
-to Kafka as one Arrow envelope when it reaches ``batch_max_events`` or ``batch_max_bytes``,
-when it is older than ``linger_ms``, or on ``flush``/``close``/interpreter exit.
+the field. ``emit_many`` takes a whole batch of one event type as columns (an Arrow table,
+a polars or pandas frame, a dict of lists) and validates it column by column with the rules
+the worker uses (``schemas.arrow.validate_table``): all rows or none. Accepted events are
+buffered per (topic, partition) as columns; each buffer goes to Kafka as one Arrow envelope
+when it reaches ``batch_max_events`` or ``batch_max_bytes``, when it is older than
+``linger_ms``, or on ``flush``/``close``/interpreter exit.
 
 Nothing accepted is lost. An envelope Kafka does not acknowledge within
 ``delivery_timeout_ms`` (broker down, network gone) goes to the durable on-disk spool
@@ -34,12 +37,14 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from schemas.arrow import arrow_schema
+from schemas.arrow import arrow_schema, conform, validate_table
 from schemas.envelope import Headers, KafkaHeaders, encode_arrow
 from schemas.errors import (
     BrokerError,
@@ -48,7 +53,7 @@ from schemas.errors import (
     SchemaError,
     TopicNotFoundError,
 )
-from schemas.events import BaseEvent
+from schemas.events import BaseEvent, FeedbackEvent, new_event_id
 from streams.partitioner import partition_for
 from streams.sdk_metrics import ProducerMetrics
 from streams.settings import KafkaSettings, ProducerSettings
@@ -96,16 +101,38 @@ class _Plan:
 
 @dataclass
 class _Buffer:
+    """Events waiting for one (topic, partition): model instances from ``emit`` and Arrow
+    chunks from ``emit_many``, kept in the order they were accepted."""
+
     plan: _Plan
     partition: int
     events: list[BaseEvent] = field(default_factory=list)
+    chunks: list[pa.Table] = field(default_factory=list)
+    chunk_rows: int = 0
     started: float = field(default_factory=time.monotonic)
 
     @property
     def count(self) -> int:
-        return len(self.events)
+        return len(self.events) + self.chunk_rows
+
+    def seal(self) -> None:
+        """Turn the pending model instances into a chunk (before a later chunk arrives)."""
+        if self.events:
+            self.chunks.append(self._events_table())
+            self.chunk_rows += len(self.events)
+            self.events = []
+
+    def add(self, chunk: pa.Table) -> None:
+        self.seal()
+        self.chunks.append(chunk)
+        self.chunk_rows += chunk.num_rows
 
     def table(self) -> pa.Table:
+        """Everything buffered, as one table in acceptance order."""
+        self.seal()
+        return self.chunks[0] if len(self.chunks) == 1 else pa.concat_tables(self.chunks)
+
+    def _events_table(self) -> pa.Table:
         """The buffered events as columns: one comprehension per field, not per event."""
         rows = [e.__dict__ for e in self.events]
         cols = {}
@@ -166,6 +193,100 @@ def _encode(
     return _encode(table.slice(0, half), schema_id, max_bytes) + _encode(
         table.slice(half), schema_id, max_bytes
     )
+
+
+def _columns(rows: Any) -> pa.Table:
+    """An Arrow table from what ``emit_many`` accepts."""
+    if isinstance(rows, pa.Table):
+        return rows
+    if isinstance(rows, Mapping):
+        return pa.table(dict(rows))
+    if hasattr(rows, "to_arrow"):  # polars
+        table: pa.Table = rows.to_arrow()
+        return table
+    if hasattr(rows, "iloc"):  # pandas
+        return pa.Table.from_pandas(rows, preserve_index=False)
+    raise TypeError(
+        "emit_many takes a pyarrow.Table, a polars or pandas DataFrame, or a dict of columns"
+    )
+
+
+def _with_defaults(model: type[BaseEvent], table: pa.Table) -> pa.Table:
+    """``table`` with each left-out column that has a default filled in: a new id per row
+    for ``event_id``, the default (or its factory's one value: ``occurred_at`` = now)
+    for the rest. Columns without a default are left for ``conform`` to report."""
+    schema = arrow_schema(model)
+    for name, info in model.model_fields.items():
+        if name in table.column_names or info.is_required():
+            continue
+        if info.annotation is UUID:
+            ids = [str(new_event_id()) for _ in range(table.num_rows)]
+            column = pa.array(ids, pa.string())
+        else:
+            value = info.get_default(call_default_factory=True)
+            column = pa.array([value] * table.num_rows, schema.field(name).type)
+        table = table.append_column(name, column)
+    return table
+
+
+def _vectorised(model: type[BaseEvent]) -> bool:
+    """Whether ``validate_table`` knows every rule of ``model`` (no custom validators
+    beyond the built-in feedback rule it implements)."""
+    decorators = model.__pydantic_decorators__
+    model_rules = set(decorators.model_validators)
+    if issubclass(model, FeedbackEvent):
+        model_rules.discard("_rating_or_label")
+    return not model_rules and not decorators.field_validators
+
+
+def _checked(model: type[BaseEvent], table: pa.Table) -> pa.Table:
+    """``table`` conformed to the model's Arrow schema and validated; else raise."""
+    name = model.event_name
+    for f in table.schema:
+        if pa.types.is_timestamp(f.type) and f.type.tz is None:
+            raise EventValidationError(
+                f"invalid {name} batch: {f.name}: timestamps need a time zone",
+                field=f.name,
+                reason="timezone_aware",
+            )
+    for f in arrow_schema(model):
+        if f.name in table.column_names and table[f.name].type != f.type:
+            try:
+                table[f.name].cast(f.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise EventValidationError(
+                    f"invalid {name} batch: {f.name}: cannot read {table[f.name].type} as "
+                    f"{f.type}: {exc}",
+                    field=f.name,
+                    reason="wrong_type",
+                ) from None
+    try:
+        table = conform(model, table)
+    except (ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise EventValidationError(
+            f"invalid {name} batch: {exc}", field=None, reason="columns"
+        ) from None
+    if not _vectorised(model):  # custom validators: pydantic row by row
+        for i, row in enumerate(table.to_pylist()):
+            try:
+                model.model_validate(row)
+            except ValidationError as exc:
+                err = _validation_error(exc, model)
+                raise EventValidationError(
+                    f"{err} (row {i})", field=err.field, reason=err.reason
+                ) from None
+        return table
+    _, violations = validate_table(model, table)
+    if violations:
+        v = violations[0]
+        first = v.rows.to_pylist()[:5]
+        raise EventValidationError(
+            f"invalid {name} batch: {v.field}: {v.reason} in {len(v.rows)} row(s), "
+            f"first {first}; nothing of the batch was accepted",
+            field=v.field,
+            reason=v.reason,
+        )
+    return table
 
 
 class EventProducer:
@@ -251,9 +372,76 @@ class EventProducer:
             # The event is immutable (frozen), so keeping it and building columns at send
             # time is safe, and one list append is all the per-event work done here.
             buf.events.append(event)
-            count = len(buf.events)
+            count = len(buf.events) + buf.chunk_rows
             if count >= self._max_events or count * self._avg_event_bytes >= self._max_bytes:
                 self._send(buf)
+
+    def emit_many(self, schema: type[BaseEvent], rows: Any) -> int:
+        """Accept a batch of ``schema`` events given as columns; all of them, or none.
+
+        Args:
+            schema: the event model every row follows.
+            rows: a ``pyarrow.Table``, a polars or pandas ``DataFrame``, or a dict of
+                equal-length columns. Columns may be left out where the model has a default
+                (``event_id``: a new id per row; ``occurred_at``: now; consents: true);
+                timestamps must carry a time zone, as in ``emit``.
+
+        Returns:
+            How many events were accepted.
+
+        Raises:
+            EventValidationError: a column is missing, unknown or of the wrong type, or
+                rows break the schema (``.field``, ``.reason``; the message counts the rows
+                and names the first few): nothing of the batch is accepted.
+            SpoolFullError, ProducerClosedError: as for ``emit``.
+        """
+        table = _columns(rows)
+        if table.num_rows == 0:
+            return 0
+        plan = self._plans.get(schema) or self._plan(schema)
+        table = _checked(schema, _with_defaults(schema, table))
+        with self._lock:
+            if self._closed:
+                raise ProducerClosedError("emit after close: create a new EventProducer")
+            spool = self._spool
+            if spool is not None and spool.size >= self._spool_high:
+                self._admit()
+            parts = self._partitions_of(plan.topic, table["user_id"])
+            order = np.argsort(parts, kind="stable")  # keeps each user's rows in order
+            grouped, start = table.take(pa.array(order)), 0
+            for partition, count in enumerate(np.bincount(parts).tolist()):
+                if count:
+                    self._add_chunk(plan, partition, grouped.slice(start, count))
+                    start += count
+        accepted: int = table.num_rows
+        return accepted
+
+    def _add_chunk(self, plan: _Plan, partition: int, chunk: pa.Table) -> None:
+        """Buffer ``chunk`` for one partition, sending whole envelopes as they fill."""
+        while chunk.num_rows:
+            buf = self._buffers.get((plan.topic, partition))
+            if buf is None:
+                buf = self._buffers[(plan.topic, partition)] = _Buffer(plan, partition)
+            room = self._max_events - buf.count
+            if self._avg_event_bytes:
+                room = min(room, int(self._max_bytes / self._avg_event_bytes) - buf.count)
+            room = max(room, 1)
+            buf.add(chunk.slice(0, room))
+            chunk = chunk.slice(room)
+            count = buf.count
+            if count >= self._max_events or count * self._avg_event_bytes >= self._max_bytes:
+                self._send(buf)
+
+    def _partitions_of(self, topic: str, users: pa.ChunkedArray) -> np.ndarray:
+        """The murmur2 partition of each row's user: one hash per distinct new user."""
+        encoded = pc.dictionary_encode(users).combine_chunks()
+        cache = self._part_cache.get(topic, _EMPTY)
+        distinct = [
+            cache.get(u) if u in cache else self._partition(topic, u)
+            for u in encoded.dictionary.to_pylist()
+        ]
+        parts: np.ndarray = np.asarray(distinct, dtype=np.int64)[encoded.indices.to_numpy()]
+        return parts
 
     def flush(self, timeout: float = 30.0) -> int:
         """Send every buffered and spooled event; return how many envelopes are still pending
@@ -425,7 +613,7 @@ class EventProducer:
         """Encode ``buf`` (split to fit ``batch_max_bytes``) and route it. Caller holds the lock."""
         del self._buffers[(buf.plan.topic, buf.partition)]
         table = buf.table()
-        self._metrics.emitted.labels(buf.plan.stream).inc(buf.count)
+        self._metrics.emitted.labels(buf.plan.stream).inc(table.num_rows)
         for piece, value, headers in _encode(
             table, buf.plan.schema_id, self.settings.batch_max_bytes
         ):

@@ -144,3 +144,88 @@ def test_block_policy_waits_then_raises(tmp_path) -> None:
     _, waited = _emit_until_full(p)
     assert waited >= 0.5  # it waited for room before refusing
     p.close(0.1)
+
+
+def _columns(n: int = 4, **change: object) -> dict[str, list]:
+    cols: dict[str, list] = {
+        "user_id": [f"u{i}" for i in range(n)],
+        "app_id": ["shop"] * n,
+        "item_id": [f"sku-{i}" for i in range(n)],
+        "item_category": ["news"] * n,
+        "action": ["click"] * n,
+        "dwell_time_s": [1.5] * n,
+    }
+    cols.update(change)  # type: ignore[arg-type]
+    return cols
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason", "words"),
+    [
+        ({"dwell_time_s": [1.0, -2.0, 3.0, -1.0]}, "dwell_time_s", "below_minimum", "2 row(s)"),
+        ({"action": ["click", "buy", "view", "view"]}, "action", "not_allowed", "first [1]"),
+        ({"colour": ["red"] * 4}, None, "columns", "unknown columns ['colour']"),
+        ({"item_id": None}, None, "columns", "missing column 'item_id'"),
+        ({"position": ["1", "2", "x", "4"]}, "position", "wrong_type", "'x'"),
+    ],
+)
+def test_emit_many_refuses_a_bad_batch_whole_naming_field_and_rows(
+    change, field, reason, words
+) -> None:
+    cols = _columns(**{k: v for k, v in change.items() if v is not None})
+    if change.get("item_id", 0) is None:
+        del cols["item_id"]
+    with EventProducer(registry=CollectorRegistry()) as p:
+        with pytest.raises(EventValidationError) as err:
+            p.emit_many(InteractionEvent, cols)
+        assert (err.value.field, err.value.reason) == (field, reason)
+        assert words in str(err.value)
+        assert not p._buffers  # nothing of the batch was accepted
+
+
+def test_emit_many_needs_time_zones_and_runs_custom_validators() -> None:
+    import pyarrow as pa
+    from pydantic import field_validator
+
+    from schemas.events import BaseEvent, FeedbackEvent
+    from schemas.registry import SchemaRegistry
+
+    naive = pa.array([0, 0, 0, 0], pa.timestamp("us"))
+    with EventProducer(registry=CollectorRegistry()) as p:
+        with pytest.raises(EventValidationError, match="timestamps need a time zone"):
+            p.emit_many(InteractionEvent, {**_columns(), "occurred_at": naive})
+        # the feedback rule (a rating or a label) is checked column-wise ...
+        neither = {"user_id": ["u"], "app_id": ["a"], "item_id": ["i"]}
+        with pytest.raises(EventValidationError) as err:
+            p.emit_many(FeedbackEvent, neither)
+        assert err.value.reason == "rating_or_label_required"
+
+        # ... and an app's own validator runs row by row through pydantic
+        class Rated(BaseEvent):
+            event_name = "rated_test"
+            event_registry = SchemaRegistry()
+            score: int
+
+            @field_validator("score")
+            @classmethod
+            def _even(cls, v: int) -> int:
+                if v % 2:
+                    raise ValueError("score must be even")
+                return v
+
+        with pytest.raises(EventValidationError, match=r"score must be even \(row 1\)"):
+            p.emit_many(Rated, {"user_id": ["a", "b"], "app_id": ["x", "x"], "score": [2, 3]})
+        assert not p._buffers
+
+
+def test_emit_many_fills_defaults_one_new_id_per_row() -> None:
+    import pyarrow as pa
+
+    from streams.producer import _checked, _with_defaults
+
+    table = _checked(InteractionEvent, _with_defaults(InteractionEvent, pa.table(_columns(500))))
+    ids = table["event_id"].to_pylist()
+    assert len(set(ids)) == 500 and all(len(i) == 36 for i in ids)
+    assert table["position"].to_pylist() == [0] * 500  # the model's default
+    assert table["consent_store"].to_pylist() == [True] * 500
+    assert table["occurred_at"].null_count == 0
