@@ -190,7 +190,17 @@ class Pipeline:
                 continue
             for shard, entries in ledger.shards({shard_of(p) for p in dirty}, shard_of).items():
                 key = shard_key(stream, partition, shard)
-                table.send_changelog(partition, key, entries or None)
+                # Sent now, not through Table.send_changelog: that queues in Faust's
+                # producer buffer, whose flush gives up after 0.1 s without a send, so
+                # the flush below could return (and the caller ack) before the shard
+                # reached the Kafka client.
+                await table.changelog_topic.send(
+                    key=key,
+                    value=entries or None,
+                    partition=partition,
+                    key_serializer=table.key_serializer,
+                    value_serializer=table.value_serializer,
+                )
                 if entries:
                     table.data[key] = entries
                 else:
