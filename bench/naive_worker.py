@@ -14,6 +14,7 @@ import hmac
 import json
 import os
 import sys
+import tempfile
 import time
 
 import faust
@@ -28,6 +29,7 @@ app = faust.App(
     f"naive-{os.getpid()}",
     broker=f"kafka://{bootstrap}",
     store="memory://",
+    datadir=tempfile.mkdtemp(prefix="naive-faust-"),  # not "<app id>-data" in the cwd
     web_port=int(port),
     web_bind="127.0.0.1",
     consumer_auto_offset_reset="earliest",

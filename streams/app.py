@@ -290,6 +290,8 @@ def build_app(
         f"{ks.namespace}.{ws.app_id}" if ks.namespace else ws.app_id,
         broker=[f"kafka://{host}" for host in ks.bootstrap.split(",")],
         store="memory://",
+        # Faust's own folder (by default "<app id>-data" in the working directory)
+        datadir=str(ws.state_dir / "faust"),
         autodiscover=False,
         web_host=ws.web_host,
         web_bind=ws.web_host,
