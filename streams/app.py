@@ -286,6 +286,7 @@ def build_app(
     """The Faust app and its pipeline state, for these settings."""
     ws, ks = ws or WorkerSettings(), ks or KafkaSettings()
     p = Pipeline(ws, ks, streams or STREAMS)
+    (ws.state_dir / "faust").mkdir(parents=True, exist_ok=True)  # Faust's mkdir is not -p
     app = faust.App(
         f"{ks.namespace}.{ws.app_id}" if ks.namespace else ws.app_id,
         broker=[f"kafka://{host}" for host in ks.bootstrap.split(",")],

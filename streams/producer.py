@@ -357,11 +357,7 @@ class EventProducer:
         event = self._as_event(event, schema)
         plan = self._plans.get(type(event)) or self._plan(type(event))
         with self._lock:
-            if self._closed:
-                raise ProducerClosedError("emit after close: create a new EventProducer")
-            spool = self._spool
-            if spool is not None and spool.size >= self._spool_high:
-                self._admit()
+            self._admit()
             # the hot path: a dict hit per event; _partition only runs for a new user
             partition = self._part_cache.get(plan.topic, _EMPTY).get(event.user_id)
             if partition is None:
@@ -401,11 +397,7 @@ class EventProducer:
         plan = self._plans.get(schema) or self._plan(schema)
         table = _checked(schema, _with_defaults(schema, table))
         with self._lock:
-            if self._closed:
-                raise ProducerClosedError("emit after close: create a new EventProducer")
-            spool = self._spool
-            if spool is not None and spool.size >= self._spool_high:
-                self._admit()
+            self._admit()
             parts = self._partitions_of(plan.topic, table["user_id"])
             order = np.argsort(parts, kind="stable")  # keeps each user's rows in order
             grouped, start = table.take(pa.array(order)), 0
@@ -523,9 +515,13 @@ class EventProducer:
         return plan
 
     def _admit(self) -> None:
-        """Backpressure: the spool is nearly full (Kafka away for long): wait or refuse."""
+        """Before accepting events (the caller holds the lock): refuse after ``close``; when
+        the spool is nearly full (Kafka away for long), backpressure: wait or refuse."""
+        if self._closed:
+            raise ProducerClosedError("emit after close: create a new EventProducer")
         spool = self._spool
-        assert spool is not None
+        if spool is None or spool.size < self._spool_high:
+            return
         if self.settings.on_full == "raise":
             raise SpoolFullError(spool.directory, spool.max_bytes)
         ok = self._room.wait_for(
