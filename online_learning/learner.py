@@ -33,6 +33,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import TypeAdapter
 from river import base
 
 from online_learning.detectors import AdwinDetector, Alarm, BlockWatcher
@@ -127,13 +128,6 @@ class OnlineModel:
             for s in self.pipeline.steps.values()
         )
 
-    def columns(self) -> list[str]:
-        """The private columns this model reads (features, target, watched)."""
-        spec = self.spec
-        cols = [f.column for f in spec.features] + [r.column for r in spec.target]
-        cols += [w.column for w in spec.drift.watch if w.column is not None]
-        return list(dict.fromkeys(cols))
-
     def features(self, batch: pa.Table) -> pl.DataFrame:
         """The model's input frame for a batch of private rows."""
         exprs: list[pl.Expr] = []
@@ -196,10 +190,16 @@ class OnlineModel:
                 raise LearnerSpecError(
                     f"model {self.name!r}: missing feature {f.column!r} (needs {', '.join(needs)})"
                 )
-            kind = base_kind(event.model_fields[f.column].annotation)
+            annotation: Any = event.model_fields[f.column].annotation
+            kind = base_kind(annotation)
             try:
-                row[f.column] = _parse(raw, kind, f.kind)
-            except (KeyError, TypeError, ValueError):
+                if raw is None:  # hour_of_day: now
+                    row[f.column] = datetime.now(UTC)
+                elif isinstance(raw, str):  # a query string: pydantic's string parsing
+                    row[f.column] = TypeAdapter(annotation).validate_strings(raw)
+                else:
+                    row[f.column] = TypeAdapter(annotation).validate_python(raw)
+            except ValueError:  # pydantic's ValidationError is one
                 raise LearnerSpecError(
                     f"model {self.name!r}: feature {f.column!r} needs a {f.kind} "
                     f"{kind.__name__} value, got {raw!r}"
@@ -272,13 +272,3 @@ def _hash_buckets(column: pa.ChunkedArray, buckets: int) -> pl.Series:
     )
     indices = encoded.indices.to_numpy(zero_copy_only=False)
     return pl.Series(table[indices] if len(table) else np.zeros(len(indices), np.int32))
-
-
-def _parse(raw: Any, kind: type, feature: str) -> Any:
-    if feature == "hour_of_day":
-        return datetime.fromisoformat(raw) if raw else datetime.now(UTC)
-    if not isinstance(raw, str):
-        return raw
-    if kind is bool:
-        return {"true": True, "1": True, "false": False, "0": False}[raw.lower()]
-    return kind(raw) if kind in (int, float) else raw

@@ -490,10 +490,10 @@ def build_app(
     def learn_agent(name: str) -> Any:
         """The learn agent of one stream: its private topic → the models of that stream.
 
-        One agent per stream, not one over every private topic: with a single agent over
-        both private topics (the lake agent's subscription too), a worker restarted after
-        kill -9 sometimes stopped consuming altogether (tests/integration/
-        test_learning_resume.py, ~1 run in 4); one topic per agent never did."""
+        One agent per stream: its acks wait only for its own models' checkpoint. (A single
+        agent over both private topics was where a restarted worker was first seen to
+        stall; the stall went away once budget shards stopped going through Faust's
+        producer buffer, see ``_save_budget``.)"""
 
         async def learn(stream: faust.StreamT[bytes]) -> None:
             # Acks wait for the checkpoint that covers them: Kafka's committed offset never
