@@ -15,6 +15,9 @@ import asyncio
 import copy
 import hmac
 import logging
+import os
+import sys
+import threading
 import time
 from collections import defaultdict, deque
 from datetime import UTC, datetime
@@ -42,6 +45,7 @@ from schemas.envelope import (
 from schemas.events import DriftEvent, ModelEvent
 from streams.budget_state import TABLE as BUDGET_TABLE
 from streams.budget_state import shard_key, shard_of
+from streams.continuity import KafkaProbe, OffsetGuard
 from streams.lake import DeltaSink
 from streams.processing import (
     DeadLetter,
@@ -318,6 +322,15 @@ def build_app(
     drift = _raw_topic(app, p.topics.drift)
     models = _raw_topic(app, p.topics.models)
 
+    # Offsets checked in every agent: Faust can skip messages across a rebalance
+    # (streams/continuity.py); the guards share one probe of the broker.
+    probe = KafkaProbe(ks, app.conf.id)
+
+    def guard() -> OffsetGuard:
+        return OffsetGuard(
+            app, probe, on_reread=lambda topic, n: p.metrics.rereads.labels(topic).inc(n)
+        )
+
     async def dead(letters: list[DeadLetter]) -> None:
         for letter in letters:
             p.metrics.deadlettered.labels(letter.reason).inc(letter.count)
@@ -386,16 +399,23 @@ def build_app(
         manual = stream.noack()  # type: ignore[attr-defined]  # on Stream, not StreamT
         processed: list[Any] = []
         generation = p.rebalances
+        offsets = guard()
         async for event in manual.events():
-            if generation != p.rebalances:
-                generation = p.rebalances
-                processed.clear()
-                p.privatizer.ledgers.clear()
-                p.ledgers_loaded.clear()
+            if not await offsets.admit(event.message):
+                continue  # a skipped offset is being re-read: this comes again after it
             msg = event.message
             name = p.stream_of[msg.topic]
-            if (name, msg.partition) not in p.ledgers_loaded:
-                p.load_ledger(budget, name, msg.partition)
+            # Ledgers change only under the budget lock: a save (also the idle timer's)
+            # awaits sends while it walks them, and a ledger loaded or dropped mid-walk
+            # crashed the app ("dictionary changed size during iteration").
+            async with p.budget_lock:
+                if generation != p.rebalances:
+                    generation = p.rebalances
+                    processed.clear()
+                    p.privatizer.ledgers.clear()
+                    p.ledgers_loaded.clear()
+                if (name, msg.partition) not in p.ledgers_loaded:
+                    p.load_ledger(budget, name, msg.partition)
             await privatize_one(event)
             processed.append(event)
             if p.budget_due():
@@ -412,9 +432,11 @@ def build_app(
 
     @app.agent(private)
     async def lake(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.noack_take(  # type: ignore[attr-defined]  # on Stream, not StreamT
+        offsets = guard()
+        async for batch in stream.noack_take(  # type: ignore[attr-defined]  # on Stream, not StreamT
             ws.lake_max_messages, within=ws.lake_max_wait_s
         ):
+            events = [ev for ev in batch if await offsets.admit(ev.message)]
             by_table: dict[str, list[Any]] = defaultdict(list)
             for ev in events:
                 h = header_map(ev.message.headers)
@@ -435,9 +457,11 @@ def build_app(
 
         @app.agent(topic, name=f"eddyline.{table}")
         async def agent(stream: faust.StreamT[bytes]) -> None:
-            async for events in stream.noack_take(  # type: ignore[attr-defined]  # on Stream
+            offsets = guard()
+            async for batch in stream.noack_take(  # type: ignore[attr-defined]  # on Stream
                 ws.lake_max_messages, within=ws.lake_max_wait_s
             ):
+                events = [ev for ev in batch if await offsets.admit(ev.message)]
                 batches = [
                     (
                         rows(ev.value),
@@ -511,7 +535,10 @@ def build_app(
                     model.stream,
                     f"resumed at {model.seen:,} events" if model.seen else "fresh",
                 )
+            offsets = guard()
             async for event in manual.events():
+                if not await offsets.admit(event.message):
+                    continue
                 headers = header_map(event.message.headers)
                 src = SourceRef.parse(headers[H_SOURCE])
                 unacked.append(event)
@@ -583,6 +610,11 @@ def build_app(
             what = watched or signal
             log.warning("drift: %s %s %.3f -> %.3f", model.name, what, alarm.before, alarm.after)
 
+    @app.page("/status")
+    async def status(web: Any, request: Any) -> Any:
+        """Where each partition and agent stands: what to look at when a worker lags."""
+        return web.json(worker_status(app, p))
+
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         # aiohttp refuses a charset inside content_type, so the exposition type goes as a header.
@@ -591,7 +623,37 @@ def build_app(
         )
 
     del privatize, on_rebalance, save_idle_budget, lake, report_lag, learners, metrics, predict
+    del status
     return app, p
+
+
+def worker_status(app: faust.App, p: Pipeline) -> dict[str, Any]:
+    """The consumer's flow state, agent queues and locks, as JSON-ready data (``/status``;
+    also logged when a worker is asked to dump its state with SIGUSR1)."""
+    consumer: Any = app.consumer  # the state below is Faust's own, not on ConsumerT
+
+    def tps(items: Any) -> list[str]:
+        return sorted(f"{tp.topic}/{tp.partition}" for tp in items or ())
+
+    queues: dict[str, list[int]] = {}
+    for name, agent in app.agents.items():
+        actors = getattr(agent, "_actors", ())
+        queues[name] = [a.stream.channel.queue.qsize() for a in actors]
+    return {
+        "assigned": tps(consumer.assignment()),
+        "active": tps(consumer._active_partitions),  # Faust keeps these private
+        "paused": tps(consumer._paused_partitions),
+        "buffered": tps(consumer._buffered_partitions),
+        "flow_active": consumer.flow_active,
+        "flow_control_active": app.flow_control.is_active(),
+        "in_recovery": app.in_recovery,
+        "rebalancing": app.rebalancing,
+        "agent_queues": queues,
+        "budget_lock_held": p.budget_lock.locked(),
+        "rebalances": p.rebalances,
+        "ledgers_loaded": sorted(f"{s}/{n}" for s, n in p.ledgers_loaded),
+        "models_seen": {name: m.seen for name, m in p.models.items()},
+    }
 
 
 async def _commit(p: Pipeline, by_table: dict[str, list[Any]]) -> None:
@@ -627,7 +689,36 @@ def run_worker(
     ws, ks = ws or WorkerSettings(), ks or KafkaSettings()
     ensure_topics(ks, STREAMS)
     app, _ = build_app(ws, ks)
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    _Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
 
 
-__all__ = ["ARROW", "STREAMS", "Pipeline", "build_app", "run_worker"]
+class _Worker(faust.Worker):
+    """Faust's worker, which never outlives its app's crash.
+
+    A crashed app makes the worker stop (exit status 1), but that shutdown can hang: seen
+    after a timer crashed the app mid-rebalance, the consumer's final commit waited forever
+    on its thread, leaving a zombie that answered its web pages, consumed nothing and was
+    never restarted. Exactly-once needs no graceful stop, so after a grace period the
+    process exits hard, and its supervisor (or the next ``eddyline worker run``) takes over."""
+
+    crash_exit_grace_s = 30.0
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        watch = threading.Thread(target=self._exit_if_stuck_after_a_crash, daemon=True)
+        watch.start()  # a thread: the event loop may be the thing that is stuck
+
+    def _exit_if_stuck_after_a_crash(self) -> None:
+        while not self.app.crashed:
+            time.sleep(1.0)
+        time.sleep(self.crash_exit_grace_s)
+        log.critical(
+            "the app crashed (%r) and the worker did not stop within %.0fs: exiting",
+            self.app.crash_reason,
+            self.crash_exit_grace_s,
+        )
+        sys.stderr.flush()
+        os._exit(1)
+
+
+__all__ = ["ARROW", "STREAMS", "Pipeline", "build_app", "run_worker", "worker_status"]

@@ -21,6 +21,7 @@ class WorkerMetrics:
     suppressed: Counter
     budget_charged: Counter
     pii_masked: Counter
+    rereads: Counter
     delta_commit: Histogram
     envelope_rows: Histogram
     commit_rows: Histogram
@@ -61,6 +62,11 @@ class WorkerMetrics:
                 "pii_masked",
                 "Sensitive strings masked in kept free text, by kind",
                 ["stream", "kind"],
+            ),
+            counter(
+                "offsets_reread",
+                "Messages the consumer skipped (seen across rebalances) and an agent re-read",
+                ["topic"],
             ),
             Histogram("eddyline_worker_delta_commit_seconds", "Delta commit latency", registry=reg),
             Histogram(

@@ -49,13 +49,29 @@ class WorkerProcess:
 
     def metrics(self) -> str | None:
         """The worker's /metrics text, or None if it does not answer."""
+        return self._get("/metrics")
+
+    def _get(self, path: str) -> str | None:
         try:
-            url = f"http://127.0.0.1:{self.web_port}/metrics"
+            url = f"http://127.0.0.1:{self.web_port}{path}"
             with urllib.request.urlopen(url, timeout=2) as resp:
                 text: str = resp.read().decode()
                 return text
         except OSError:
             return None
+
+    def status(self) -> str | None:
+        """The worker's /status JSON (partitions, flow, agent queues), or None."""
+        return self._get("/status")
+
+    def dump(self) -> str:
+        """What a stuck worker is doing: its /status, and (SIGUSR1: mode's handler writes
+        every task's stack to the log) its stacks. For a test that timed out."""
+        state = self.status()
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGUSR1)
+            time.sleep(2)  # the handler runs on the worker's event loop
+        return f"worker status: {state}; task stacks in {self.log_path}"
 
     def kill(self) -> None:
         """``kill -9``: no flush, no commit, no goodbye."""

@@ -91,6 +91,8 @@ def test_kill_9_five_times_while_500k_events_stream_in(kafka: KafkaSettings, cra
     assert stream.error is None, stream.error
     try:
         _assert_exactly_once(lake, kafka, stream)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{worker.dump()}") from exc
     finally:
         worker.stop()
 
@@ -108,5 +110,7 @@ def test_a_worker_joins_and_leaves_mid_stream(kafka: KafkaSettings, crash_env, t
     assert stream.error is None, stream.error
     try:
         _assert_exactly_once(lake, kafka, stream)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{first.dump()}") from exc
     finally:
         first.stop()
