@@ -45,7 +45,7 @@ from schemas.envelope import (
 from schemas.events import DriftEvent, ModelEvent
 from streams.budget_state import TABLE as BUDGET_TABLE
 from streams.budget_state import shard_key, shard_of
-from streams.continuity import KafkaProbe, OffsetGuard
+from streams.continuity import KafkaProbe, OffsetGuard, Seeker
 from streams.lake import DeltaSink
 from streams.processing import (
     DeadLetter,
@@ -113,6 +113,7 @@ class Pipeline:
         # rebalance; bumped by each rebalance, which drops every in-memory ledger.
         self.ledgers_loaded: set[tuple[str, int]] = set()
         self.rebalances = 0
+        self.guards: dict[str, OffsetGuard] = {}  # per agent: offset continuity (continuity.py)
         self.budget_lock = asyncio.Lock()  # charging + sending vs saving (privatize_one)
         # registry models (retrained offline), scored on the live batches of their model
         self.shadows: dict[str, ShadowEvaluator] = {}
@@ -325,11 +326,20 @@ def build_app(
     # Offsets checked in every agent: Faust can skip messages across a rebalance
     # (streams/continuity.py); the guards share one probe of the broker.
     probe = KafkaProbe(ks, app.conf.id)
+    seeker = Seeker(app.consumer)
+    guards = p.guards  # agent name -> its guard (checked by check_stalled)
 
-    def guard() -> OffsetGuard:
-        return OffsetGuard(
-            app, probe, on_reread=lambda topic, n: p.metrics.rereads.labels(topic).inc(n)
+    def guard(agent: str, stream: Any, topics: list[str]) -> OffsetGuard:
+        queue = stream.channel.queue
+        guards[agent] = OffsetGuard(
+            app,
+            probe,
+            on_reread=lambda topic, n: p.metrics.rereads.labels(topic).inc(n),
+            topics=topics,
+            pending=queue.qsize,
+            seeker=seeker,
         )
+        return guards[agent]
 
     async def dead(letters: list[DeadLetter]) -> None:
         for letter in letters:
@@ -399,7 +409,7 @@ def build_app(
         manual = stream.noack()  # type: ignore[attr-defined]  # on Stream, not StreamT
         processed: list[Any] = []
         generation = p.rebalances
-        offsets = guard()
+        offsets = guard("privatize", stream, [p.topics.raw(s) for s in p.streams])
         async for event in manual.events():
             if not await offsets.admit(event.message):
                 continue  # a skipped offset is being re-read: this comes again after it
@@ -432,7 +442,7 @@ def build_app(
 
     @app.agent(private)
     async def lake(stream: faust.StreamT[bytes]) -> None:
-        offsets = guard()
+        offsets = guard("lake", stream, [p.topics.private(s) for s in p.streams])
         async for batch in stream.noack_take(  # type: ignore[attr-defined]  # on Stream, not StreamT
             ws.lake_max_messages, within=ws.lake_max_wait_s
         ):
@@ -457,7 +467,7 @@ def build_app(
 
         @app.agent(topic, name=f"eddyline.{table}")
         async def agent(stream: faust.StreamT[bytes]) -> None:
-            offsets = guard()
+            offsets = guard(table, stream, [topic.get_topic_name()])
             async for batch in stream.noack_take(  # type: ignore[attr-defined]  # on Stream
                 ws.lake_max_messages, within=ws.lake_max_wait_s
             ):
@@ -504,6 +514,12 @@ def build_app(
         )
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]  # Faust leaves it untyped
+    async def check_stalled() -> None:
+        # Partitions the consumer read past while their agent got nothing (continuity.py).
+        for offsets in list(guards.values()):
+            await offsets.check_stalled()
+
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]  # Faust leaves it untyped
     async def report_lag() -> None:
         consumer = app.consumer
         for tp in consumer.assignment():
@@ -535,7 +551,7 @@ def build_app(
                     model.stream,
                     f"resumed at {model.seen:,} events" if model.seen else "fresh",
                 )
-            offsets = guard()
+            offsets = guard(f"learn.{name}", stream, [p.topics.private(name)])
             async for event in manual.events():
                 if not await offsets.admit(event.message):
                     continue
@@ -623,7 +639,7 @@ def build_app(
         )
 
     del privatize, on_rebalance, save_idle_budget, lake, report_lag, learners, metrics, predict
-    del status
+    del status, check_stalled
     return app, p
 
 
@@ -640,6 +656,7 @@ def worker_status(app: faust.App, p: Pipeline) -> dict[str, Any]:
         actors = getattr(agent, "_actors", ())
         queues[name] = [a.stream.channel.queue.qsize() for a in actors]
     return {
+        "fetch_state": _fetch_state(consumer),
         "assigned": tps(consumer.assignment()),
         "active": tps(consumer._active_partitions),  # Faust keeps these private
         "paused": tps(consumer._paused_partitions),
@@ -653,6 +670,27 @@ def worker_status(app: faust.App, p: Pipeline) -> dict[str, Any]:
         "rebalances": p.rebalances,
         "ledgers_loaded": sorted(f"{s}/{n}" for s, n in p.ledgers_loaded),
         "models_seen": {name: m.seen for name, m in p.models.items()},
+        "offsets": {name: g.state() for name, g in p.guards.items()},
+    }
+
+
+def _fetch_state(consumer: Any) -> dict[str, Any]:
+    """aiokafka's view of each event topic partition (Faust's consumer thread keeps its own
+    paused set and positions): paused, position status, position, highwater."""
+    try:
+        assignment = consumer._thread._consumer._subscription.subscription.assignment
+        states = {tp: assignment.state_value(tp) for tp in assignment.tps}
+    except Exception as exc:  # diagnostics only: never fail the page
+        return {"error": repr(exc)}
+    return {
+        f"{tp.topic}/{tp.partition}": [
+            state.paused,
+            str(state._status),
+            state._position,
+            state.highwater,
+        ]
+        for tp, state in sorted(states.items())
+        if ".events." in tp.topic
     }
 
 

@@ -1,21 +1,25 @@
 """Offset continuity: each agent sees every message of its partitions, or re-reads them.
 
-Faust can skip messages of a partition a worker keeps across a rebalance: messages fetched
-just before it are dropped as stale after it, while the consumer's read offset has already
-moved past them, so the seek to the committed offset does not bring them back (the same
-family as faust-streaming#216 and #221; seen here as three raw messages never privatised
-by a worker that kept its partitions while a second one joined). Exactly-once cannot
-survive that: a later message's offset, once in a Delta commit or a budget save, makes the
+Faust can skip messages around a rebalance (also the first one, when a worker starts):
+messages fetched just before it are dropped as stale after it, while the consumer's read
+offset has already moved past them, so the seek to the committed offset does not bring
+them back (the same family as faust-streaming#216 and #221). Seen here: three raw
+messages never privatised by a worker that kept its partitions while a second one joined;
+the first private message of a partition never learned by a restarted worker; the last
+messages of partitions never delivered at all. Exactly-once cannot survive that: a later
+message's offset, once in a Delta commit, a budget save or a model checkpoint, makes the
 skipped one look done.
 
-``OffsetGuard`` checks each message's offset against the one expected next on its
-partition: after a rebalance, the group's committed offset (where Faust resumes), then
-one past the last message seen. A higher offset is a gap; the broker is asked whether the
-gap holds messages (it may not: transaction markers, compaction). If it does, the consumer
-is sought back to the gap's first message and the agent drops what arrives until that
-message does, so the partition is processed again in order. A lower offset is a replay,
-which every stage already de-duplicates. Messages dropped here are never acked, so Kafka's
-committed offset cannot pass them.
+``OffsetGuard.admit`` checks each message's offset against the one expected next on its
+partition: after a rebalance, where the consumer resumes (the group's committed offset,
+else the partition's first message), then one past the last message seen. A higher
+offset is a gap; the broker is asked whether the gap holds messages (it may not:
+transaction markers, compaction). If it does, the consumer is sought back to the gap's
+first message and the agent drops what arrives until that message does, so the partition
+is processed again in order. A lower offset is a replay, which every stage already
+de-duplicates. Messages dropped here are never acked, so Kafka's committed offset cannot
+pass them. ``OffsetGuard.check_stalled`` (a timer) catches what ``admit`` cannot see: a
+partition the consumer has read past while nothing reached the agent.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -50,18 +56,51 @@ class _Rewind:
     seeks: int = 1
 
 
-MAX_SEEKS = 5  # re-reads of one gap before giving up on it (and saying so)
+class Seeker:
+    """The consumer's seeks, shared by the guards of all agents: agents reading the same
+    topic (the lake and a learn agent both read the private topics) must not undo each
+    other's re-reads. A seek to an offset at or past one made for the same partition
+    in the last ``window_s`` is skipped: that re-read brings the messages anyway."""
+
+    def __init__(self, consumer: Any, window_s: float = 10.0) -> None:
+        self.consumer, self.window_s = consumer, window_s
+        self._recent: dict[Any, tuple[int, float]] = {}  # TP -> (offset, when)
+
+    async def seek(self, tp: Any, offset: int, again: bool = False) -> None:
+        """Seek ``tp`` back to ``offset``; ``again``: a re-read that passed over the gap
+        once more, which no earlier seek can cover."""
+        now = time.monotonic()
+        last = self._recent.get(tp)
+        recent = last is not None and now - last[1] < self.window_s
+        if not again and recent and last is not None and last[0] <= offset:
+            return
+        self._recent[tp] = (offset, now)
+        await self.consumer.seek(tp, offset)
 
 
 class OffsetGuard:
     """One agent's offset check (``admit``); not shared between agents."""
 
-    def __init__(self, app: Any, broker: Broker, on_reread: Any = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        broker: Broker,
+        on_reread: Callable[[str, int], None] | None = None,
+        topics: Iterable[str] = (),
+        pending: Callable[[], int] | None = None,
+        seeker: Seeker | None = None,
+    ) -> None:
         self.app, self.broker = app, broker
+        self.seeker = seeker or Seeker(app.consumer)
         self.on_reread = on_reread  # called with (topic, gap size) on each re-read
+        self.topics = set(topics)  # the agent's topics (for check_stalled)
+        self.pending = pending  # messages queued for the agent, not yet admitted
         self.generation: int | None = None
         self.expected: dict[Any, int] = {}  # TP -> next offset
         self.rewinding: dict[Any, _Rewind] = {}
+        self._suspects: dict[Any, int] = {}  # TP -> next offset, at the last check
+        self._committed: dict[Any, int | None] = {}  # TP -> committed, this generation
+        self._committed_generation: int | None = None
 
     async def admit(self, message: Any) -> bool:
         """Whether the agent should process ``message`` (False: drop it, do not ack it)."""
@@ -78,27 +117,23 @@ class OffsetGuard:
                 self.expected[tp] = offset + 1
                 return True
             if offset in rewind.dropped:  # the re-read passed over the gap again
-                if rewind.seeks >= MAX_SEEKS:
-                    log.error(
-                        "%s/%d: offsets from %d could not be re-read after %d seeks; "
-                        "going on from %d",
-                        tp.topic,
-                        tp.partition,
-                        rewind.offset,
-                        rewind.seeks,
-                        offset,
-                    )
-                    del self.rewinding[tp]
-                    self.expected[tp] = offset + 1
-                    return True
+                # Seek again, however often it takes: going on would lose the gap for good,
+                # while a partition that keeps re-reading shows (lag, /status, the log).
                 rewind.seeks += 1
+                log.warning(
+                    "%s/%d: the re-read passed over offset %d again; seeking again (%d)",
+                    tp.topic,
+                    tp.partition,
+                    rewind.offset,
+                    rewind.seeks,
+                )
                 rewind.dropped.clear()
-                await self.app.consumer.seek(tp, rewind.offset)
+                await self.seeker.seek(tp, rewind.offset, again=True)
             rewind.dropped.add(offset)
             return False
         want = self.expected.get(tp)
         if want is None:
-            want = await asyncio.to_thread(self.broker.committed, tp.topic, tp.partition)
+            want = await self._resume_offset(tp)
         if want is None or offset <= want:
             self.expected[tp] = offset + 1
             return True
@@ -116,8 +151,112 @@ class OffsetGuard:
         if self.on_reread is not None:
             self.on_reread(tp.topic, offset - first)
         self.rewinding[tp] = _Rewind(first, {offset})
-        await self.app.consumer.seek(tp, first)
+        await self.seeker.seek(tp, first)
         return False
+
+    async def check_stalled(self) -> list[Any]:
+        """Re-read the partitions the consumer has read past while the agent got nothing.
+
+        ``admit`` sees gaps only when a later message arrives: if every message left of a
+        partition was skipped, none does, and the partition stalls with its offset
+        uncommitted. Called every few seconds: a partition whose consumer position is past
+        the next offset the agent expects, with messages in between (the broker is asked)
+        and none queued for the agent, at two checks in a row without progress, is sought
+        back to that offset. The partitions sought back."""
+        app, consumer = self.app, self.app.consumer
+        busy = app.rebalancing or app.in_recovery or not app.flow_control.is_active()
+        if busy or (self.pending is not None and self.pending() > 0):
+            self._suspects.clear()  # in flux, or messages on the way: nothing to judge
+            return []
+        current = self.generation == app.consumer_generation_id
+        suspects: dict[Any, int] = {}
+        stuck: list[tuple[Any, int]] = []
+        for tp in consumer.assignment():
+            if tp.topic not in self.topics:
+                continue
+            rewind = self.rewinding.get(tp) if current else None
+            if rewind is not None:  # a re-read under way: its first offset must arrive
+                want: int | None = rewind.offset
+            else:
+                want = self.expected.get(tp) if current else None
+            if want is None:  # nothing received since the rebalance: where it resumes
+                want = await self._resume_offset(tp)
+            try:
+                position = await consumer.position(tp)
+            except Exception as exc:  # revoked meanwhile
+                log.debug("%s: no position (%r)", tp, exc)
+                continue
+            floor = want or 0
+            if position is None or position <= floor:
+                continue
+            if self._suspects.get(tp) != floor:
+                suspects[tp] = floor  # judged at the next check, if no progress by then
+                continue
+            suspects[tp] = floor
+            if rewind is not None:
+                # The re-read passed over its first offset (Faust's read offset raced the
+                # seek) and nothing came again to show it: seek once more.
+                stuck.append((tp, floor))
+                continue
+            first = await asyncio.to_thread(
+                self.broker.first_at_or_after, tp.topic, tp.partition, floor
+            )
+            if first is not None and first < position:  # else markers only: nothing lost
+                stuck.append((tp, first))
+        self._suspects = suspects
+        for tp, first in stuck:
+            rewind = self.rewinding.get(tp)
+            if rewind is not None:
+                rewind.seeks += 1
+                log.warning(
+                    "%s/%d: the re-read from offset %d did not arrive; seeking again (%d)",
+                    tp.topic,
+                    tp.partition,
+                    first,
+                    rewind.seeks,
+                )
+                rewind.dropped.clear()
+                await self.seeker.seek(tp, first, again=True)
+                continue
+            log.warning(
+                "%s/%d: the consumer read past offset %d but the agent never got it; "
+                "re-reading from there",
+                tp.topic,
+                tp.partition,
+                first,
+            )
+            if self.on_reread is not None:
+                self.on_reread(tp.topic, 1)
+            self.rewinding[tp] = _Rewind(first)
+            await self.seeker.seek(tp, first)
+        return [tp for tp, _ in stuck]
+
+    async def _resume_offset(self, tp: Any) -> int | None:
+        """Where the consumer resumes the partition after a rebalance: the group's committed
+        offset, or (none committed; the worker reads from the earliest) its first message.
+        Asked once per partition and generation: it moves only when the agent acks, which
+        it cannot without messages. None: the partition is empty."""
+        if self._committed_generation != self.app.consumer_generation_id:
+            self._committed_generation = self.app.consumer_generation_id
+            self._committed.clear()
+        if tp not in self._committed:
+            offset = await asyncio.to_thread(self.broker.committed, tp.topic, tp.partition)
+            if offset is None:
+                offset = await asyncio.to_thread(
+                    self.broker.first_at_or_after, tp.topic, tp.partition, 0
+                )
+            self._committed[tp] = offset
+        return self._committed[tp]
+
+    def state(self) -> dict[str, Any]:
+        """For ``/status``: next expected offsets and re-reads in progress."""
+        return {
+            "generation": self.generation,
+            "expected": {f"{tp.topic}/{tp.partition}": o for tp, o in self.expected.items()},
+            "rewinding": {
+                f"{tp.topic}/{tp.partition}": r.offset for tp, r in self.rewinding.items()
+            },
+        }
 
 
 class KafkaProbe:
@@ -179,4 +318,4 @@ class KafkaProbe:
             self._consumer = None
 
 
-__all__ = ["Broker", "KafkaProbe", "OffsetGuard"]
+__all__ = ["Broker", "KafkaProbe", "OffsetGuard", "Seeker"]

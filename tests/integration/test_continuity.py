@@ -39,6 +39,7 @@ class SeekLog:
 @dataclass
 class App:
     consumer: SeekLog = field(default_factory=SeekLog)
+    consumer_generation_id: int = 1
 
 
 @pytest.fixture

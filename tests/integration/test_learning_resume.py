@@ -73,12 +73,15 @@ def test_kill_9_resumes_from_the_checkpoint_without_replaying(
         resumed[m] = checkpoint.model.seen
     second = WorkerProcess(env, tmp_path / "w1.log", free_port()).start()
     try:
-        wait_for(
-            lambda: all(_seen(m, second) >= n for m, n in total.items()),
-            90,
-            "the second half learned",
-            status=lambda: f"seen: {[_seen(m, second) for m in total]}, resumed at {resumed}",
-        )
+        try:
+            wait_for(
+                lambda: all(_seen(m, second) >= n for m, n in total.items()),
+                90,
+                "the second half learned",
+                status=lambda: f"seen: {[_seen(m, second) for m in total]}, resumed at {resumed}",
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{second.dump()}") from exc
         for m, n in total.items():
             # every event learned exactly once over each model's life, across the crash,
             # and the restarted worker learned exactly what its checkpoint did not hold

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from streams.continuity import MAX_SEEKS, OffsetGuard
+from streams.continuity import OffsetGuard
 
 
 class TP(NamedTuple):
@@ -24,14 +24,31 @@ class Message:
 @dataclass
 class Consumer:
     seeks: list[tuple[TP, int]] = field(default_factory=list)
+    positions: dict[TP, int] = field(default_factory=dict)  # next offset it will read
 
     async def seek(self, tp: TP, offset: int) -> None:
         self.seeks.append((tp, offset))
+        self.positions[tp] = offset
+
+    def assignment(self) -> set[TP]:
+        return set(self.positions)
+
+    async def position(self, tp: TP) -> int:
+        return self.positions[tp]
+
+
+class FlowControl:
+    def is_active(self) -> bool:
+        return True
 
 
 @dataclass
 class App:
     consumer: Consumer = field(default_factory=Consumer)
+    flow_control: FlowControl = field(default_factory=FlowControl)
+    rebalancing: bool = False
+    in_recovery: bool = False
+    consumer_generation_id: int = 1
 
 
 @dataclass
@@ -88,10 +105,19 @@ def test_after_a_rebalance_the_first_offset_must_be_the_committed_one():
 def test_a_replay_below_the_expected_offset_is_admitted():
     # After Faust's seek to the committed offset, messages come again: every stage
     # de-duplicates replays, so they pass.
-    app, broker = App(), Broker(list(range(100)), committed_at=None)
+    app, broker = App(), Broker(list(range(100)), committed_at=5)
     guard = OffsetGuard(app, broker)
     assert _admitted(guard, [5, 6, 7, 3, 4, 5, 6, 7, 8]) == [5, 6, 7, 3, 4, 5, 6, 7, 8]
     assert app.consumer.seeks == []
+
+
+def test_with_nothing_committed_the_first_offset_must_be_the_partitions_first():
+    # The worker reads from the earliest: a first message past it means the head was
+    # skipped (seen: a restarted worker never learned a partition's first message).
+    app, broker = App(), Broker(list(range(3, 100)), committed_at=None)
+    guard = OffsetGuard(app, broker)
+    assert _admitted(guard, [5, 3, 4, 5, 6]) == [3, 4, 5, 6]
+    assert app.consumer.seeks == [(TP0, 3)]
 
 
 def test_a_gap_with_no_messages_in_it_is_not_re_read():
@@ -102,10 +128,74 @@ def test_a_gap_with_no_messages_in_it_is_not_re_read():
     assert app.consumer.seeks == []
 
 
-def test_a_re_read_that_skips_again_seeks_again_then_gives_up_rather_than_stall():
+def test_a_re_read_that_skips_the_gap_again_seeks_again_and_never_admits_past_it():
     app, broker = App(), Broker(list(range(100)), committed_at=0)
     guard = OffsetGuard(app, broker)
-    # 3 is never delivered: each re-read starts at 6 again
-    offsets = [0, 1, 2, 6] + [6] * MAX_SEEKS + [7]
-    assert _admitted(guard, offsets) == [0, 1, 2, 6, 7]
-    assert app.consumer.seeks == [(TP0, 3)] * MAX_SEEKS
+    # 3 is skipped again by each of the first three re-reads (each starts at 6 again)
+    offsets = [0, 1, 2, 6, 6, 6, 6, 3, 4, 5, 6, 7]
+    assert _admitted(guard, offsets) == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert app.consumer.seeks == [(TP0, 3)] * 4
+
+
+def test_a_re_read_whose_first_offset_never_arrives_is_sought_again_by_the_check():
+    # Faust's read offset raced the seek: the re-read jumped past 3 and nothing repeats.
+    queued = [0]
+    app, guard = _stalled_guard(Broker(list(range(10)), committed_at=0), queued)
+    assert _admitted(guard, [0, 1, 2, 6]) == [0, 1, 2]  # gap: sought back to 3
+    app.consumer.positions[TP0] = 10  # ...but 3..9 went by unseen
+    asyncio.run(guard.check_stalled())
+    assert asyncio.run(guard.check_stalled()) == [TP0]
+    assert app.consumer.seeks == [(TP0, 3), (TP0, 3)]
+    assert _admitted(guard, [3, 4, 5]) == [3, 4, 5]
+
+
+def _stalled_guard(broker: Broker, queued: list[int]) -> tuple[App, OffsetGuard]:
+    app = App()
+    guard = OffsetGuard(app, broker, topics=["raw"], pending=lambda: queued[0])
+    return app, guard
+
+
+def test_a_partition_read_past_with_nothing_delivered_is_re_read_at_the_second_check():
+    # The consumer read 0..5; the agent got 0..2, and 3..5 vanished on the way (nothing
+    # later arrives to show the gap): the partition would stall with 3 uncommitted.
+    queued = [0]
+    app, guard = _stalled_guard(Broker(list(range(6)), committed_at=0), queued)
+    assert _admitted(guard, [0, 1, 2]) == [0, 1, 2]
+    app.consumer.positions[TP0] = 6
+    assert asyncio.run(guard.check_stalled()) == []  # once could be messages in flight
+    assert asyncio.run(guard.check_stalled()) == [TP0]  # twice, with no progress: re-read
+    assert app.consumer.seeks == [(TP0, 3)]
+    assert _admitted(guard, [3, 4, 5]) == [3, 4, 5]
+
+
+def test_messages_queued_or_progress_between_checks_are_not_a_stall():
+    queued = [5]
+    app, guard = _stalled_guard(Broker(list(range(20)), committed_at=0), queued)
+    assert _admitted(guard, [0, 1, 2]) == [0, 1, 2]
+    app.consumer.positions[TP0] = 8
+    for _ in range(3):  # the agent's queue holds them
+        assert asyncio.run(guard.check_stalled()) == []
+    queued[0] = 0
+    assert asyncio.run(guard.check_stalled()) == []
+    assert _admitted(guard, [3, 4]) == [3, 4]  # progress since the last check
+    assert asyncio.run(guard.check_stalled()) == []
+    assert app.consumer.seeks == []
+
+
+def test_a_partition_that_delivered_nothing_since_the_rebalance_is_re_read_from_its_commit():
+    queued = [0]
+    app, guard = _stalled_guard(Broker(list(range(10)), committed_at=4), queued)
+    app.consumer.positions[TP0] = 10  # read 4..9, none arrived
+    asyncio.run(guard.check_stalled())
+    assert asyncio.run(guard.check_stalled()) == [TP0]
+    assert app.consumer.seeks == [(TP0, 4)]
+
+
+def test_a_position_past_commit_markers_only_is_not_a_stall():
+    queued = [0]
+    app, guard = _stalled_guard(Broker([0, 1, 2], committed_at=0), queued)
+    assert _admitted(guard, [0, 1, 2]) == [0, 1, 2]
+    app.consumer.positions[TP0] = 4  # offset 3 is a transaction marker
+    for _ in range(3):
+        assert asyncio.run(guard.check_stalled()) == []
+    assert app.consumer.seeks == []
