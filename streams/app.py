@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import hmac
 import logging
 import os
@@ -20,6 +21,7 @@ import sys
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -435,6 +437,7 @@ def build_app(
                 processed.clear()
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]  # Faust leaves it untyped
+    @_survives
     async def save_idle_budget() -> None:
         # An idle partition still gets its last charges saved (the agent saves on events).
         if p.budget_due() and any(led.dirty for led in p.privatizer.ledgers.values()):
@@ -514,16 +517,22 @@ def build_app(
         )
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]  # Faust leaves it untyped
+    @_survives
     async def check_stalled() -> None:
         # Partitions the consumer read past while their agent got nothing (continuity.py).
         for offsets in list(guards.values()):
             await offsets.check_stalled()
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]  # Faust leaves it untyped
+    @_survives
     async def report_lag() -> None:
         consumer = app.consumer
         for tp in consumer.assignment():
-            position, end = await consumer.position(tp), consumer.highwater(tp)
+            try:
+                position, end = await consumer.position(tp), consumer.highwater(tp)
+            except Exception as exc:  # revoked since assignment() (a rebalance): skip it
+                log.debug("lag of %s: %r", tp, exc)
+                continue
             if position is not None and end is not None:
                 p.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
 
@@ -641,6 +650,21 @@ def build_app(
     del privatize, on_rebalance, save_idle_budget, lake, report_lag, learners, metrics, predict
     del status, check_stalled
     return app, p
+
+
+def _survives(timer: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """A timer whose failure is logged, not raised: Faust crashes the whole app when a
+    timer raises (seen: the lag report asked the position of a partition a rebalance had
+    just revoked). The timer runs again at its next tick."""
+
+    @functools.wraps(timer)
+    async def run() -> None:
+        try:
+            await timer()
+        except Exception:
+            log.exception("timer %s failed; it runs again at its next tick", timer.__name__)
+
+    return run
 
 
 def worker_status(app: faust.App, p: Pipeline) -> dict[str, Any]:
