@@ -75,7 +75,12 @@ class Seeker:
         if not again and recent and last is not None and last[0] <= offset:
             return
         self._recent[tp] = (offset, now)
-        await self.consumer.seek(tp, offset)
+        # On the consumer's own thread (Faust's plain seek touches aiokafka from this
+        # one, which crashed its fetcher mid-fetch: KeyError in fetched_records).
+        try:
+            await self.consumer.seek_wait({tp: offset})
+        except Exception as exc:  # revoked meanwhile: the rebalance re-seeks it anyway
+            log.warning("seek of %s to %d failed: %r", tp, offset, exc)
 
 
 class OffsetGuard:

@@ -32,8 +32,8 @@ class Message:
 class SeekLog:
     seeks: list[tuple[TP, int]] = field(default_factory=list)
 
-    async def seek(self, tp: TP, offset: int) -> None:
-        self.seeks.append((tp, offset))
+    async def seek_wait(self, partitions: dict[TP, int]) -> None:
+        self.seeks.extend(partitions.items())
 
 
 @dataclass

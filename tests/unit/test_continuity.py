@@ -26,9 +26,10 @@ class Consumer:
     seeks: list[tuple[TP, int]] = field(default_factory=list)
     positions: dict[TP, int] = field(default_factory=dict)  # next offset it will read
 
-    async def seek(self, tp: TP, offset: int) -> None:
-        self.seeks.append((tp, offset))
-        self.positions[tp] = offset
+    async def seek_wait(self, partitions: dict[TP, int]) -> None:
+        for tp, offset in partitions.items():
+            self.seeks.append((tp, offset))
+            self.positions[tp] = offset
 
     def assignment(self) -> set[TP]:
         return set(self.positions)
