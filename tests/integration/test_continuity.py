@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -12,34 +10,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.continuity import KafkaProbe, OffsetGuard
 from streams.settings import KafkaSettings
+from tests.factories import TP, Message
+from tests.factories import FaustApp as App
 
 pytestmark = pytest.mark.integration
-
-
-class TP(NamedTuple):
-    topic: str
-    partition: int
-
-
-@dataclass
-class Message:
-    tp: TP
-    offset: int
-    generation_id: int = 1
-
-
-@dataclass
-class SeekLog:
-    seeks: list[tuple[TP, int]] = field(default_factory=list)
-
-    async def seek_wait(self, partitions: dict[TP, int]) -> None:
-        self.seeks.extend(partitions.items())
-
-
-@dataclass
-class App:
-    consumer: SeekLog = field(default_factory=SeekLog)
-    consumer_generation_id: int = 1
 
 
 @pytest.fixture

@@ -3,53 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from streams.continuity import OffsetGuard
-
-
-class TP(NamedTuple):
-    topic: str
-    partition: int
-
-
-@dataclass
-class Message:
-    tp: TP
-    offset: int
-    generation_id: int = 1
-
-
-@dataclass
-class Consumer:
-    seeks: list[tuple[TP, int]] = field(default_factory=list)
-    positions: dict[TP, int] = field(default_factory=dict)  # next offset it will read
-
-    async def seek_wait(self, partitions: dict[TP, int]) -> None:
-        for tp, offset in partitions.items():
-            self.seeks.append((tp, offset))
-            self.positions[tp] = offset
-
-    def assignment(self) -> set[TP]:
-        return set(self.positions)
-
-    async def position(self, tp: TP) -> int:
-        return self.positions[tp]
-
-
-class FlowControl:
-    def is_active(self) -> bool:
-        return True
-
-
-@dataclass
-class App:
-    consumer: Consumer = field(default_factory=Consumer)
-    flow_control: FlowControl = field(default_factory=FlowControl)
-    rebalancing: bool = False
-    in_recovery: bool = False
-    consumer_generation_id: int = 1
+from tests.factories import TP, Message
+from tests.factories import FaustApp as App
 
 
 @dataclass
