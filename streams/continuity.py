@@ -48,6 +48,10 @@ class Broker(Protocol):
         """The offset of the first message at or after ``offset`` (None if there is none)."""
         ...
 
+    def log_start(self, topic: str, partition: int) -> int | None:
+        """The partition's first offset (None if it is empty): cheap, no fetch."""
+        ...
+
 
 @dataclass
 class _Rewind:
@@ -246,10 +250,8 @@ class OffsetGuard:
             self._committed.clear()
         if tp not in self._committed:
             offset = await asyncio.to_thread(self.broker.committed, tp.topic, tp.partition)
-            if offset is None:
-                offset = await asyncio.to_thread(
-                    self.broker.first_at_or_after, tp.topic, tp.partition, 0
-                )
+            if offset is None:  # a marker at the start shows as a gap, which admit checks
+                offset = await asyncio.to_thread(self.broker.log_start, tp.topic, tp.partition)
             self._committed[tp] = offset
         return self._committed[tp]
 
@@ -316,6 +318,15 @@ class KafkaProbe:
         # de-duplicated downstream; a skipped message would be lost).
         found: int = offset if msg is None else msg.offset()
         return found
+
+    def log_start(self, topic: str, partition: int) -> int | None:
+        from confluent_kafka import TopicPartition
+
+        with self._lock:
+            low, high = self._client().get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=self.timeout
+            )
+        return None if low >= high else int(low)
 
     def close(self) -> None:
         if self._consumer is not None:

@@ -45,6 +45,7 @@ def test_the_probe_finds_messages_and_the_groups_committed_offset(kafka, topic):
         assert probe.first_at_or_after(topic, 0, 0) == 0
         assert probe.first_at_or_after(topic, 0, 5) == 6  # 5 is a commit marker
         assert probe.first_at_or_after(topic, 0, 11) is None  # a marker, then the end
+        assert probe.log_start(topic, 0) == 0
     finally:
         probe.close()
 

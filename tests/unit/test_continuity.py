@@ -23,6 +23,9 @@ class Broker:
     def first_at_or_after(self, topic: str, partition: int, offset: int) -> int | None:
         return next((o for o in self.offsets if o >= offset), None)
 
+    def log_start(self, topic: str, partition: int) -> int | None:
+        return self.offsets[0] if self.offsets else None
+
 
 TP0 = TP("raw", 0)
 
