@@ -116,7 +116,7 @@ class Pipeline:
         self.ledgers_loaded: set[tuple[str, int]] = set()
         self.rebalances = 0
         self.guards: dict[str, OffsetGuard] = {}  # per agent: offset continuity (continuity.py)
-        self.budget_lock = asyncio.Lock()  # charging + sending vs saving (privatize_one)
+        self.budget_lock = asyncio.Lock()  # ledgers, charging + sending vs saving (privatize)
         # registry models (retrained offline), scored on the live batches of their model
         self.shadows: dict[str, ShadowEvaluator] = {}
         for model in self.models.values():
@@ -329,11 +329,10 @@ def build_app(
     # (streams/continuity.py); the guards share one probe of the broker.
     probe = KafkaProbe(ks, app.conf.id)
     seeker = Seeker(app.consumer)
-    guards = p.guards  # agent name -> its guard (checked by check_stalled)
 
     def guard(agent: str, stream: Any, topics: list[str]) -> OffsetGuard:
         queue = stream.channel.queue
-        guards[agent] = OffsetGuard(
+        p.guards[agent] = OffsetGuard(
             app,
             probe,
             on_reread=lambda topic, n: p.metrics.rereads.labels(topic).inc(n),
@@ -341,26 +340,12 @@ def build_app(
             pending=queue.qsize,
             seeker=seeker,
         )
-        return guards[agent]
+        return p.guards[agent]
 
     async def dead(letters: list[DeadLetter]) -> None:
         for letter in letters:
             p.metrics.deadlettered.labels(letter.reason).inc(letter.count)
             await deadletter.send(value=letter.to_json(), headers=_JSON_HEADERS)
-
-    async def privatize_one(event: Any) -> None:
-        # A save must never see a charge whose output is not sent yet (the save promises
-        # the outputs of what it covers are in Kafka, so a replay skips them): charging and
-        # sending hold the budget lock, which saves take too. If this is cut short (a
-        # cancelled agent at shutdown or rebalance), the partition's in-memory ledger is
-        # dropped, so the half-done charge can never be saved; it reloads from the table.
-        msg = event.message
-        async with p.budget_lock:
-            try:
-                await _privatize_one(event)
-            except BaseException:
-                p.forget_ledger(p.stream_of[msg.topic], msg.partition)
-                raise
 
     async def _privatize_one(event: Any) -> None:
         msg = event.message
@@ -417,9 +402,14 @@ def build_app(
                 continue  # a skipped offset is being re-read: this comes again after it
             msg = event.message
             name = p.stream_of[msg.topic]
-            # Ledgers change only under the budget lock: a save (also the idle timer's)
-            # awaits sends while it walks them, and a ledger loaded or dropped mid-walk
-            # crashed the app ("dictionary changed size during iteration").
+            # One budget lock per message, held while ledgers change and while charging
+            # and sending: a save (also the idle timer's) awaits sends while it walks the
+            # ledgers (a ledger loaded mid-walk crashed the app: "dictionary changed size
+            # during iteration"), and must never see a charge whose output is not sent yet
+            # (it promises the outputs of what it covers are in Kafka, so a replay skips
+            # them). If this is cut short (a cancelled agent at shutdown or rebalance), the
+            # partition's in-memory ledger is dropped, so the half-done charge can never be
+            # saved; it reloads from the table.
             async with p.budget_lock:
                 if generation != p.rebalances:
                     generation = p.rebalances
@@ -428,7 +418,11 @@ def build_app(
                     p.ledgers_loaded.clear()
                 if (name, msg.partition) not in p.ledgers_loaded:
                     p.load_ledger(budget, name, msg.partition)
-            await privatize_one(event)
+                try:
+                    await _privatize_one(event)
+                except BaseException:
+                    p.forget_ledger(name, msg.partition)
+                    raise
             processed.append(event)
             if p.budget_due():
                 await p.save_budget(app, budget)
@@ -520,7 +514,7 @@ def build_app(
     @_survives
     async def check_stalled() -> None:
         # Partitions the consumer read past while their agent got nothing (continuity.py).
-        for offsets in list(guards.values()):
+        for offsets in list(p.guards.values()):
             await offsets.check_stalled()
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]  # Faust leaves it untyped
