@@ -197,6 +197,15 @@ class Privatizer:
         epsilon, delta, _ = self.budget
         return allowance(self.policy(model).mechanisms, epsilon=epsilon, delta=delta)
 
+    def allowances(self) -> dict[str, int]:
+        """Every registered event type's allowance (schema id -> events per user per window).
+
+        The accountant's search takes seconds per policy; a worker calls this before it
+        consumes, so that no event waits on it (computed lazily, the first event of a type
+        held the event loop for that long: 8 s for the interaction policy, before COARSE in
+        privacy/budget.py)."""
+        return {model.schema_id(): self.allowance(model) for model in self._registry.models()}
+
     def ledger(self, model: type[BaseEvent], partition: int = 0) -> BudgetLedger:
         """The budget ledger of one event type in one raw partition."""
         found = self.ledgers.get((model.event_name, partition))

@@ -169,3 +169,31 @@ def test_a_policy_may_coarsen_over_budget_events_instead_of_suppressing_them() -
         )
         == 10
     )
+
+
+def test_allowances_are_computed_up_front_not_on_the_first_event() -> None:
+    """The accountant's search takes seconds; run at a worker's first event, it held the
+    event loop that long. ``allowances()`` (called before the worker consumes) leaves
+    nothing for ``process`` to compute."""
+    from privacy import budget
+
+    privatizer = Privatizer(
+        HmacPseudonymizer(b"k" * 32, key_id="k"),
+        np.random.default_rng(0),
+        budget=(37.0, 1e-6, 86_400),  # a budget no other test asks for: a cold cache
+    )
+    before = budget._allowance.cache_info().misses
+    found = privatizer.allowances()
+    assert found["interaction:1"] == allowance([LAPLACE], epsilon=37.0, delta=1e-6)
+    assert budget._allowance.cache_info().misses > before  # it searched
+    searched = budget._allowance.cache_info().misses
+    rows = [
+        {**e.__dict__, "event_id": str(e.event_id)}
+        for e in TrafficSimulator(seed=2).interactions(50)
+    ]
+    value, headers = encode_arrow(
+        pa.Table.from_pylist(rows, schema=arrow_schema(InteractionEvent)), "interaction:1"
+    )
+    out = privatizer.process(value, headers, SourceRef("raw", 0, 0), "interaction")
+    assert out.private is not None and out.private.num_rows == 50
+    assert budget._allowance.cache_info().misses == searched  # no search on the hot path
