@@ -131,10 +131,12 @@ def _bad_mask(col: pa.ChunkedArray, rule: _FieldRule) -> list[tuple[str, pa.Chun
         checks.append(("above_maximum", op(col, rule.upper)))
     if pa.types.is_floating(col.type):
         checks.append(("not_finite", pc.invert(pc.is_finite(col))))
-    if rule.min_len is not None:
-        checks.append(("too_short", pc.less(pc.utf8_length(col), rule.min_len)))
-    if rule.max_len is not None:
-        checks.append(("too_long", pc.greater(pc.utf8_length(col), rule.max_len)))
+    if rule.min_len is not None or rule.max_len is not None:
+        length = pc.utf8_length(col)
+        if rule.min_len is not None:
+            checks.append(("too_short", pc.less(length, rule.min_len)))
+        if rule.max_len is not None:
+            checks.append(("too_long", pc.greater(length, rule.max_len)))
     if rule.pattern is not None:
         checks.append(("bad_format", pc.invert(pc.match_substring_regex(col, rule.pattern))))
     if rule.allowed:
@@ -171,21 +173,33 @@ def conform(model: type[BaseEvent], table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def _or_all(masks: list[Any]) -> Any:
+    """The element-wise Kleene OR of boolean masks (true wherever any is true)."""
+    while len(masks) > 1:
+        pairs = [pc.or_kleene(a, b) for a, b in zip(masks[::2], masks[1::2], strict=False)]
+        masks = pairs + ([masks[-1]] if len(masks) % 2 else [])
+    return masks[0]
+
+
 def validate_table(model: type[BaseEvent], table: pa.Table) -> tuple[pa.Table, list[RowViolation]]:
     """Split ``table`` into (valid rows, violations). One violation per failing field/reason.
 
     A row that breaks several rules is reported once, under the first rule it breaks.
     """
-    bad_any: Any = pa.scalar(False)
-    violations: list[RowViolation] = []
     checks = [
         (rule.name, reason, mask)
         for rule in _rules(model)
         for reason, mask in _bad_mask(table[rule.name], rule)
     ] + _model_checks(model, table)
+    # The common case, no bad row, costs one OR per check (Kleene: a null mask value, from a
+    # null cell, does not hide a true one; ``any`` skips nulls); only a batch with bad rows
+    # pays for attributing each row to its first failing check.
+    if not checks or not pc.any(_or_all([mask for _, _, mask in checks])).as_py():
+        return table, []
+    bad_any: Any = pa.scalar(False)
+    violations: list[RowViolation] = []
     for name, reason, mask in checks:
-        mask = pc.fill_null(mask, False)
-        new = pc.and_(mask, pc.invert(bad_any))
+        new = pc.and_(pc.fill_null(mask, False), pc.invert(bad_any))
         if pc.any(new).as_py():
             violations.append(RowViolation(name, reason, pc.indices_nonzero(new)))
             bad_any = pc.or_(bad_any, new)
