@@ -20,6 +20,8 @@ from typing import cast
 from uuid import UUID
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.events import Action, FeedbackEvent, InteractionEvent
 
@@ -48,8 +50,8 @@ class TrafficSimulator:
     def user_id(self, i: int) -> str:
         return f"user-{self.seed}-{i:06d}@example.com"
 
-    def interactions(self, n: int) -> Iterator[InteractionEvent]:
-        """The next ``n`` interactions (vectorised draws, then one model per event)."""
+    def _interaction_draws(self, n: int) -> dict[str, np.ndarray]:
+        """The next ``n`` interactions' values, drawn as columns (one seeded stream)."""
         rng, start = self._rng, self._emitted
         idx = np.arange(start, start + n)
         users = rng.integers(0, self.users, n)
@@ -63,20 +65,70 @@ class TrafficSimulator:
         actions = np.where(bought, "purchase", np.where(clicked, "click", other))
         dwell = rng.exponential(30.0, n).round(2)
         position = rng.integers(0, 20, n)
-        uuids = rng.bytes(16 * n)
+        uuids = np.frombuffer(rng.bytes(16 * n), dtype="V16")
         self._emitted += n
+        return {
+            "idx": idx,
+            "users": users,
+            "items": items,
+            "cats": cats,
+            "actions": actions,
+            "dwell": dwell,
+            "position": position,
+            "uuids": uuids,
+        }
+
+    def interactions(self, n: int) -> Iterator[InteractionEvent]:
+        """The next ``n`` interactions (vectorised draws, then one model per event)."""
+        d = self._interaction_draws(n)
         for k in range(n):
             yield InteractionEvent(
-                event_id=UUID(bytes=uuids[16 * k : 16 * k + 16], version=4),
-                user_id=self.user_id(int(users[k])),
-                occurred_at=self._t0 + timedelta(milliseconds=int(idx[k])),
+                event_id=UUID(bytes=d["uuids"][k].tobytes(), version=4),
+                user_id=self.user_id(int(d["users"][k])),
+                occurred_at=self._t0 + timedelta(milliseconds=int(d["idx"][k])),
                 app_id=self.app_id,
-                item_id=f"sku-{int(items[k])}",
-                item_category=CATEGORIES[int(cats[k])],
-                action=cast(Action, str(actions[k])),
-                dwell_time_s=float(dwell[k]),
-                position=int(position[k]),
+                item_id=f"sku-{int(d['items'][k])}",
+                item_category=CATEGORIES[int(d["cats"][k])],
+                action=cast(Action, str(d["actions"][k])),
+                dwell_time_s=float(d["dwell"][k]),
+                position=int(d["position"][k]),
             )
+
+    def interaction_columns(self, n: int, occurred_at: datetime | None = None) -> pa.Table:
+        """The next ``n`` interactions as columns, for ``EventProducer.emit_many`` (what an
+        app holding a frame sends; a load generator that must not be the bottleneck).
+
+        The same draws as ``interactions``, except event ids (left to ``emit_many``) and,
+        when ``occurred_at`` is given, one timestamp for all rows.
+
+        Examples:
+            >>> TrafficSimulator(users=10, seed=1).interaction_columns(3)["action"].to_pylist()
+            ['skip', 'click', 'click']
+        """
+        d = self._interaction_draws(n)
+        if occurred_at is None:
+            at = pa.array(
+                [self._t0 + timedelta(milliseconds=int(i)) for i in d["idx"]],
+                pa.timestamp("us", tz="UTC"),
+            )
+        else:
+            at = pa.array([occurred_at] * n, pa.timestamp("us", tz="UTC"))
+        users = pa.array(d["users"]).cast(pa.string())
+        items = pa.array(d["items"]).cast(pa.string())
+        return pa.table(
+            {
+                "user_id": pc.binary_join_element_wise(
+                    f"user-{self.seed}-", pc.utf8_lpad(users, 6, "0"), "@example.com", ""
+                ),
+                "occurred_at": at,
+                "app_id": pa.array([self.app_id] * n),
+                "item_id": pc.binary_join_element_wise("sku-", items, ""),
+                "item_category": pa.array(np.array(CATEGORIES)[d["cats"]]),
+                "action": pa.array(d["actions"]),
+                "dwell_time_s": pa.array(d["dwell"]),
+                "position": pa.array(d["position"]),
+            }
+        )
 
     def feedback(self, n: int) -> Iterator[FeedbackEvent]:
         """``n`` feedback events, drifted once ``drift_at`` interactions have been emitted: a
