@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -199,15 +200,15 @@ class BudgetLedger:
         inverse = encoded.indices.to_numpy().astype(np.int64)
         names = encoded.dictionary.to_pylist()
         counts = self.windows.setdefault(window, {})
-        # One C-level look-up per user in the batch (missing -> None -> NaN), none per event.
-        prior = np.nan_to_num(np.array([*map(counts.get, names)], dtype=np.float64)).astype(
-            np.int64
-        )
+        # One C-level look-up per user in the batch (missing: the default), none per event.
+        k = len(names)
+        prior = np.fromiter(map(counts.get, names, repeat(0, k)), np.int64, k)
         if offset is None:
-            fresh = np.ones(len(names), dtype=bool)
-        else:
-            last = np.array([*map(self.last_offset.get, names)], dtype=np.float64)
-            fresh = ~(last >= offset)  # NaN (never seen) compares False: fresh
+            fresh = np.ones(k, dtype=bool)
+        else:  # never seen: -1, before any offset
+            fresh = (
+                np.fromiter(map(self.last_offset.get, names, repeat(-1, k)), np.int64, k) < offset
+            )
         sizes = np.bincount(inverse, minlength=len(names))
         if (prior + sizes <= self.allowance).all():  # nobody reaches the limit: no ranks
             allowed = fresh[inverse]
@@ -250,14 +251,18 @@ class BudgetLedger:
             return None
         return {"offset": self.last_offset.get(user, -1), "windows": windows}
 
+    def take_dirty(self) -> set[str]:
+        """The users changed since the last call (whose saved state is now stale)."""
+        dirty, self.dirty = self.dirty, set()
+        return dirty
+
     def drain_dirty(self) -> dict[str, dict[str, Any] | None]:
         """The entries of the users changed since the last call (None: forget the user)."""
         out: dict[str, dict[str, Any] | None] = {}
-        for user in self.dirty:
+        for user in self.take_dirty():
             out[user] = found = self.entry(user)
             if found is None:  # nothing left in any live window: the offset can go too
                 self.last_offset.pop(user, None)
-        self.dirty.clear()
         return out
 
     def users(self) -> set[str]:
@@ -271,14 +276,20 @@ class BudgetLedger:
         self, wanted: set[int], shard_of: Callable[[str], int]
     ) -> dict[int, dict[str, dict[str, Any]]]:
         """The entries of every user in the ``wanted`` shards (``shard_of(user)``), by
-        shard; a wanted shard with no users maps to an empty dict."""
+        shard; a wanted shard with no users maps to an empty dict. A user with nothing
+        left in any live window is forgotten (offset too), as in ``drain_dirty``."""
         out: dict[int, dict[str, dict[str, Any]]] = {s: {} for s in wanted}
-        for user in self.users():
-            shard = shard_of(user)
-            if shard in out:
-                entry = self.entry(user)
-                if entry is not None:
-                    out[shard][user] = entry
+        windows = [(str(w), users) for w, users in self.windows.items()]
+        offset_of = self.last_offset.get
+        for user in self.users():  # the whole ledger is walked once per save: per user
+            shard = out.get(shard_of(user))
+            if shard is None:
+                continue
+            counts = {w: c for w, users in windows if (c := users.get(user)) is not None}
+            if counts:
+                shard[user] = {"offset": offset_of(user, -1), "windows": counts}
+            else:
+                self.last_offset.pop(user, None)
         return out
 
     def restore(self, user: str, entry: dict[str, Any]) -> None:

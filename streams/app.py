@@ -196,7 +196,7 @@ class Pipeline:
         saved = 0
         for (stream, partition), ledger in self.privatizer.ledgers.items():
             ledger.forget_before(today - 1)  # late events of yesterday still count
-            dirty = ledger.drain_dirty()
+            dirty = ledger.take_dirty()  # their shards are rewritten whole (entries: shards)
             if not dirty:
                 continue
             for shard, entries in ledger.shards({shard_of(p) for p in dirty}, shard_of).items():

@@ -197,3 +197,27 @@ def test_allowances_are_computed_up_front_not_on_the_first_event() -> None:
     out = privatizer.process(value, headers, SourceRef("raw", 0, 0), "interaction")
     assert out.private is not None and out.private.num_rows == 50
     assert budget._allowance.cache_info().misses == searched  # no search on the hot path
+
+
+def test_shards_hold_every_users_entry_and_forget_users_with_nothing_left() -> None:
+    ledger = BudgetLedger(allowance=5)
+    users = [f"{i:02x}user" for i in range(40)]  # first hex byte: shard i % 16
+    ledger.charge(pa.array(users), _times(40), 7)
+    ledger.charge(pa.array(users[:3]), _times(3, T0 + timedelta(days=1)), 8)
+    expected = {u: ledger.entry(u) for u in users}
+    assert ledger.take_dirty() == set(users) and not ledger.dirty
+    shards = ledger.shards({0, 1, 2}, lambda u: int(u[:2], 16) % 16)
+    assert shards == {
+        s: {u: expected[u] for u in users if int(u[:2], 16) % 16 == s} for s in (0, 1, 2)
+    }
+    assert shards[0]["00user"] == {
+        "offset": 8,
+        "windows": {
+            str(int(T0.timestamp()) // 86_400): 1,
+            str(int(T0.timestamp()) // 86_400 + 1): 1,
+        },
+    }
+    # every window gone: a saved shard drops the user, and the ledger forgets its offset
+    ledger.forget_before(int(T0.timestamp()) // 86_400 + 5)
+    assert ledger.shards({0}, lambda u: int(u[:2], 16) % 16) == {0: {}}
+    assert "00user" not in ledger.last_offset and "01user" in ledger.last_offset
