@@ -274,22 +274,40 @@ class BudgetLedger:
 
     def shards(
         self, wanted: set[int], shard_of: Callable[[str], int]
-    ) -> dict[int, dict[str, dict[str, Any]]]:
-        """The entries of every user in the ``wanted`` shards (``shard_of(user)``), by
-        shard; a wanted shard with no users maps to an empty dict. A user with nothing
-        left in any live window is forgotten (offset too), as in ``drain_dirty``."""
-        out: dict[int, dict[str, dict[str, Any]]] = {s: {} for s in wanted}
-        windows = [(str(w), users) for w, users in self.windows.items()]
-        offset_of = self.last_offset.get
-        for user in self.users():  # the whole ledger is walked once per save: per user
-            shard = out.get(shard_of(user))
-            if shard is None:
-                continue
-            counts = {w: c for w, users in windows if (c := users.get(user)) is not None}
-            if counts:
-                shard[user] = {"offset": offset_of(user, -1), "windows": counts}
-            else:
-                self.last_offset.pop(user, None)
+    ) -> dict[int, dict[str, Any] | None]:
+        """Every user of the ``wanted`` shards (``shard_of(user)``), by shard, in columns:
+        ``{"users": [...], "offsets": [...], "windows": {"<window>": [count, ...]}}`` (a
+        count of 0: nothing charged in that window); None for a wanted shard with no user.
+
+        Columns, not one object per user: a save rewrites every user of a dirty shard, and
+        at high rates every shard is dirty, so its cost is per user remembered; lists of
+        strings and ints keep that cost in C (map, json). Users with nothing left in any
+        live window are forgotten here (their offset too), as in ``drain_dirty``."""
+        live: set[str] = set()
+        for counts in self.windows.values():
+            live.update(counts)
+        for user in set(self.last_offset) - live:
+            del self.last_offset[user]
+        groups: dict[int, list[str]] = {s: [] for s in wanted}
+        for user in live:  # the one per-user Python step: which shard
+            group = groups.get(shard_of(user))
+            if group is not None:
+                group.append(user)
+        out: dict[int, dict[str, Any] | None] = {}
+        for shard, users in groups.items():
+            n = len(users)
+            out[shard] = (
+                {
+                    "users": users,
+                    "offsets": [*map(self.last_offset.get, users, repeat(-1, n))],
+                    "windows": {
+                        str(w): [*map(counts.get, users, repeat(0, n))]
+                        for w, counts in self.windows.items()
+                    },
+                }
+                if users
+                else None
+            )
         return out
 
     def restore(self, user: str, entry: dict[str, Any]) -> None:
@@ -297,6 +315,20 @@ class BudgetLedger:
         self.last_offset[user] = int(entry["offset"])
         for w, c in entry["windows"].items():
             self.windows.setdefault(int(w), {})[user] = int(c)
+
+    def restore_shard(self, shard: dict[str, Any]) -> int:
+        """Load a saved shard (``shards``' columns, or the older one object per user);
+        how many users it held."""
+        if "users" not in shard:  # written before the columnar format
+            for user, entry in shard.items():
+                self.restore(user, entry)
+            return len(shard)
+        users = shard["users"]
+        self.last_offset.update(zip(users, shard["offsets"], strict=True))
+        for w, counts in shard["windows"].items():
+            charged = self.windows.setdefault(int(w), {})
+            charged.update((u, c) for u, c in zip(users, counts, strict=True) if c)
+        return len(users)
 
 
 def _ranks(inverse: np.ndarray, sizes: np.ndarray) -> np.ndarray:

@@ -162,13 +162,11 @@ class Pipeline:
     def load_ledger(self, table: Any, stream: str, partition: int) -> None:
         """Restore one raw partition's ledgers from the (recovered) budget table."""
         prefix = f"{stream}/{partition}/"
-        saved: dict[str, dict[str, Any]] = {}
-        for key, shard in table.items():
-            if key.startswith(prefix) and shard:
-                saved.update(shard)
+        saved = [shard for key, shard in table.items() if key.startswith(prefix) and shard]
         self.privatizer.restore(stream, partition, saved)
         self.ledgers_loaded.add((stream, partition))
-        log.info("budget ledger %s/%d: %d users restored", stream, partition, len(saved))
+        users = sum(len(s["users"]) if "users" in s else len(s) for s in saved)
+        log.info("budget ledger %s/%d: %d users restored", stream, partition, users)
 
     def forget_ledger(self, stream: str, partition: int) -> None:
         """Drop a partition's in-memory ledgers; the next event reloads them from the table."""
@@ -196,10 +194,10 @@ class Pipeline:
         saved = 0
         for (stream, partition), ledger in self.privatizer.ledgers.items():
             ledger.forget_before(today - 1)  # late events of yesterday still count
-            dirty = ledger.take_dirty()  # their shards are rewritten whole (entries: shards)
+            dirty = ledger.take_dirty()  # their shards are rewritten whole
             if not dirty:
                 continue
-            for shard, entries in ledger.shards({shard_of(p) for p in dirty}, shard_of).items():
+            for shard, columns in ledger.shards({shard_of(p) for p in dirty}, shard_of).items():
                 key = shard_key(stream, partition, shard)
                 # Sent now, not through Table.send_changelog: that queues in Faust's
                 # producer buffer, whose flush gives up after 0.1 s without a send, so
@@ -207,13 +205,13 @@ class Pipeline:
                 # reached the Kafka client.
                 await table.changelog_topic.send(
                     key=key,
-                    value=entries or None,
+                    value=columns,
                     partition=partition,
                     key_serializer=table.key_serializer,
                     value_serializer=table.value_serializer,
                 )
-                if entries:
-                    table.data[key] = entries
+                if columns:
+                    table.data[key] = columns
                 else:
                     table.data.pop(key, None)
                 saved += 1

@@ -3,8 +3,9 @@
 The privatize agent keeps each raw partition's ledger in memory and saves the shards holding
 users it changed to the Faust table ``budget`` (changelog topic
 ``<app id>-budget-changelog``, same partition as the raw partition, compacted): one value per
-(stream, raw partition, shard of 16 by pseudonym) mapping each pseudonym to the events
-charged per window and the last raw offset charged. A worker that is
+(stream, raw partition, shard of 16 by pseudonym) holding, in columns, each pseudonym of the
+shard, the last raw offset charged to it and the events charged to it per window
+(``BudgetLedger.shards``). A worker that is
 assigned the partition (after a crash or a rebalance) recovers the table first, so the
 ledger follows the partition. ``eddyline budget show`` reads the same topic.
 """
@@ -54,18 +55,31 @@ class LedgerEntry:
     offset: int  # the last raw offset charged to the user
 
 
-def parse(key: str, shard: dict[str, dict[str, Any]]) -> list[LedgerEntry]:
-    """The entries of one saved shard."""
+def parse(key: str, shard: dict[str, Any]) -> list[LedgerEntry]:
+    """The entries of one saved shard (``BudgetLedger.shards``' columns; shards saved before
+    that format hold one object per user, read too)."""
     stream, partition, _ = key.split("/", 2)
+    if "users" not in shard:
+        return [
+            LedgerEntry(
+                stream,
+                int(partition),
+                pid,
+                {int(w): int(c) for w, c in value["windows"].items()},
+                int(value["offset"]),
+            )
+            for pid, value in shard.items()
+        ]
+    windows = [(int(w), counts) for w, counts in shard["windows"].items()]
     return [
         LedgerEntry(
             stream,
             int(partition),
             pid,
-            {int(w): int(c) for w, c in value["windows"].items()},
-            int(value["offset"]),
+            {w: int(counts[i]) for w, counts in windows if counts[i]},
+            int(offset),
         )
-        for pid, value in shard.items()
+        for i, (pid, offset) in enumerate(zip(shard["users"], shard["offsets"], strict=True))
     ]
 
 

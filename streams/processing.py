@@ -106,7 +106,7 @@ class Privatizer:
         # hash of its source position: a replay is noised exactly as the first time, so no
         # reader can average two noisings of one event. Without one: the shared ``rng``.
         self._noise_key = noise_key
-        self._saved: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+        self._saved: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self.max_bytes, self.max_rows = max_bytes, max_rows
         self._pseudonymizer = pseudonymizer
         self._rng = rng
@@ -211,14 +211,14 @@ class Privatizer:
         found = self.ledgers.get((model.event_name, partition))
         if found is None:
             found = BudgetLedger(self.allowance(model), self.budget[2])
-            for user, entry in self._saved.pop((model.event_name, partition), {}).items():
-                found.restore(user, entry)
+            for shard in self._saved.pop((model.event_name, partition), []):
+                found.restore_shard(shard)
             self.ledgers[(model.event_name, partition)] = found
         return found
 
-    def restore(self, stream: str, partition: int, saved: dict[str, dict[str, Any]]) -> None:
-        """Saved ledger entries (user pseudonym -> ``BudgetLedger.entry``) for one raw
-        partition: they replace its ledger, which is rebuilt on its next event."""
+    def restore(self, stream: str, partition: int, saved: list[dict[str, Any]]) -> None:
+        """Saved ledger shards (``BudgetLedger.shards`` values) of one raw partition: they
+        replace its ledger, which is rebuilt on its next event."""
         self.ledgers.pop((stream, partition), None)
         self._saved[(stream, partition)] = saved
 

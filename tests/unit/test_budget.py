@@ -199,25 +199,50 @@ def test_allowances_are_computed_up_front_not_on_the_first_event() -> None:
     assert budget._allowance.cache_info().misses == searched  # no search on the hot path
 
 
-def test_shards_hold_every_users_entry_and_forget_users_with_nothing_left() -> None:
+def test_shards_save_every_user_in_columns_and_restore_to_the_same_ledger() -> None:
+    from streams.budget_state import parse, shard_of
+
     ledger = BudgetLedger(allowance=5)
     users = [f"{i:02x}user" for i in range(40)]  # first hex byte: shard i % 16
     ledger.charge(pa.array(users), _times(40), 7)
     ledger.charge(pa.array(users[:3]), _times(3, T0 + timedelta(days=1)), 8)
-    expected = {u: ledger.entry(u) for u in users}
     assert ledger.take_dirty() == set(users) and not ledger.dirty
-    shards = ledger.shards({0, 1, 2}, lambda u: int(u[:2], 16) % 16)
-    assert shards == {
-        s: {u: expected[u] for u in users if int(u[:2], 16) % 16 == s} for s in (0, 1, 2)
+    shards = ledger.shards(set(range(16)), shard_of)
+    day = int(T0.timestamp()) // 86_400
+    zero = shards[0]
+    assert zero is not None and sorted(zero["users"]) == ["00user", "10user", "20user"]
+    assert zero["offsets"] == [8 if u == "00user" else 7 for u in zero["users"]]
+    assert zero["windows"] == {
+        str(day): [1, 1, 1],
+        str(day + 1): [1 if u == "00user" else 0 for u in zero["users"]],
     }
-    assert shards[0]["00user"] == {
-        "offset": 8,
-        "windows": {
-            str(int(T0.timestamp()) // 86_400): 1,
-            str(int(T0.timestamp()) // 86_400 + 1): 1,
-        },
-    }
-    # every window gone: a saved shard drops the user, and the ledger forgets its offset
-    ledger.forget_before(int(T0.timestamp()) // 86_400 + 5)
-    assert ledger.shards({0}, lambda u: int(u[:2], 16) % 16) == {0: {}}
-    assert "00user" not in ledger.last_offset and "01user" in ledger.last_offset
+    # every user's saved state, read back per user, is its ledger entry
+    entries = [e for s, cols in shards.items() if cols for e in parse(f"interaction/0/{s}", cols)]
+    assert {e.user_pid for e in entries} == set(users)
+    for e in entries:
+        assert {"offset": e.offset, "windows": {str(w): c for w, c in e.windows.items()}} == (
+            ledger.entry(e.user_pid)
+        )
+    # restored shard by shard: the same ledger
+    copy = BudgetLedger(allowance=5)
+    assert sum(copy.restore_shard(cols) for cols in shards.values() if cols) == 40
+    assert copy.counts == ledger.counts and copy.last_offset == ledger.last_offset
+    # every window gone: the shard is empty (a tombstone) and the ledger forgets the offsets
+    ledger.forget_before(day + 5)
+    assert ledger.shards({0}, shard_of) == {0: None} and not ledger.last_offset
+
+
+def test_shards_saved_one_object_per_user_still_restore() -> None:
+    from streams.budget_state import parse
+
+    old = {"ab12": {"offset": 9, "windows": {"20421": 3}}}
+    ledger = BudgetLedger(allowance=5)
+    assert ledger.restore_shard(old) == 1
+    assert ledger.counts == {("ab12", 20421): 3} and ledger.last_offset == {"ab12": 9}
+    [entry] = parse("interaction/2/10", old)
+    assert (entry.partition, entry.user_pid, entry.windows, entry.offset) == (
+        2,
+        "ab12",
+        {20421: 3},
+        9,
+    )
