@@ -27,7 +27,6 @@ from typing import Any
 
 import faust
 import numpy as np
-import pyarrow as pa
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from consumers.registry import ModelRegistry
@@ -552,6 +551,7 @@ def build_app(
             # stopped. Offsets are the raw source's (from the envelope header), as in the
             # lake: a raw message privatised twice after a crash arrives twice, and is
             # learned once.
+            manual = stream.noack()  # type: ignore[attr-defined]  # on Stream, not StreamT
             unacked: list[Any] = []
             for model in p.models_of[name]:  # logged here: logging is set up by now
                 log.info(
@@ -562,35 +562,25 @@ def build_app(
                     f"resumed at {model.seen:,} events" if model.seen else "fresh",
                 )
             offsets = guard(f"learn.{name}", stream, [p.topics.private(name)])
-            # Gathered, as the lake does: each model call has a fixed cost (~3 ms, polars
-            # and River's frame handling), so one call per gathered batch, not per envelope.
-            async for batch in stream.noack_take(  # type: ignore[attr-defined]  # on Stream
-                ws.learn_max_messages, within=ws.learn_max_wait_s
-            ):
-                events = [ev for ev in batch if await offsets.admit(ev.message)]
-                unacked += events
-                decoded: list[tuple[Any, SourceRef]] = []  # (consented rows, raw source)
-                for ev in events:
-                    headers = header_map(ev.message.headers)
-                    table = decode(ev.value, headers).table
-                    assert table is not None  # the privatize agent only writes Arrow envelopes
-                    decoded.append((consented(table, "learn"), SourceRef.parse(headers[H_SOURCE])))
+            async for event in manual.events():
+                if not await offsets.admit(event.message):
+                    continue
+                headers = header_map(event.message.headers)
+                src = SourceRef.parse(headers[H_SOURCE])
+                unacked.append(event)
+                table = None
                 for model in p.models_of[name]:
-                    # Skip what the restored checkpoint holds, and replays of a learned raw
-                    # message (one raw message privatised twice arrives twice), also within
-                    # this batch.
-                    upto = dict(p.model_offsets[model.name])
-                    parts = []
-                    for table, src in decoded:
-                        if src.offset > upto.get(src.partition, -1):
-                            upto[src.partition] = src.offset
-                            parts.append((table, src))
-                    if parts:
-                        await learn_batch(model, parts)
+                    if src.offset <= p.model_offsets[model.name].get(src.partition, -1):
+                        continue  # in the restored checkpoint, or a replay of a learned message
+                    if table is None:
+                        decoded = decode(event.value, headers).table
+                        assert decoded is not None
+                        table = consented(decoded, "learn")
+                    await learn_batch(model, table, src)
                 announced = await p.maybe_checkpoint(name)
                 if announced:
                     for done in unacked:
-                        await stream.ack(done)
+                        await manual.ack(done)
                     unacked.clear()
                 for change in announced:
                     # the rolling metrics are computed once per checkpoint, not per batch
@@ -607,24 +597,18 @@ def build_app(
 
     learners = [learn_agent(name) for name in sorted(p.models_of)]
 
-    async def learn_batch(model: OnlineModel, parts: list[tuple[Any, SourceRef]]) -> None:
-        """One model predicts, then learns, private batches (rows, raw source) in one call;
-        its drift alarms become drift events; its registry versions are shadow-scored on the
-        same rows."""
-        tables = [rows for rows, _ in parts]  # one stream; versions may add optional columns
-        table = (
-            pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
-        )
+    async def learn_batch(model: OnlineModel, table: Any, src: SourceRef) -> None:
+        """One model predicts, then learns, one private batch; its drift alarms become
+        drift events; its registry versions are shadow-scored on the same rows."""
         try:
             outcome = model.process(table)
         except Exception:
             log.exception("%s: learning failed on a batch of %d rows", model.name, table.num_rows)
             return
-        seen = model.seen - table.num_rows
-        for rows, src in parts:  # where each raw message's rows fall among the events seen
-            p.model_offsets[model.name][src.partition] = src.offset
-            p.learned[model.name].append((seen, seen + rows.num_rows, src.partition, src.offset))
-            seen += rows.num_rows
+        p.model_offsets[model.name][src.partition] = src.offset
+        p.learned[model.name].append(
+            (model.seen - table.num_rows, model.seen, src.partition, src.offset)
+        )
         p.metrics.learned.labels(model.name).inc(table.num_rows)
         p.metrics.model_seen.labels(model.name).set(model.seen)
         shadow = p.shadows.get(model.name)

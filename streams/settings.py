@@ -99,9 +99,6 @@ class WorkerSettings(BaseSettings):
     # The lake agent gathers up to this many envelopes, or waits this long, per Delta commit.
     lake_max_messages: int = Field(default=200, ge=1)
     lake_max_wait_s: float = Field(default=1.0, gt=0)
-    # The learn agents gather up to this many envelopes, or wait this long, per model call.
-    learn_max_messages: int = Field(default=50, ge=1)
-    learn_max_wait_s: float = Field(default=0.5, gt=0)
     # Online models: built-in learner spec names and/or paths to YAML specs, comma-separated
     # (online_learning/spec.py, docs/learning.md).
     learners: str = "click,satisfaction"

@@ -51,14 +51,20 @@ class TableUpkeep:
     _commits: int = 0
     _last_vacuum: float | None = None
 
-    def after_commit(self, dt: DeltaTable) -> None:
-        """Do whatever upkeep is due after one more commit to ``dt``."""
-        self._commits += 1
-        if self._commits % self.policy.compact_every == 0:
+    def after_commit(self, dt: DeltaTable, commits: int = 1) -> None:
+        """Do whatever upkeep is due after ``commits`` more commits to ``dt`` (several at
+        once when a background upkeep thread catches up: each step runs once)."""
+        before = self._commits
+        self._commits += commits
+
+        def due(every: int) -> bool:
+            return self._commits // every > before // every
+
+        if due(self.policy.compact_every):
             metrics = dt.optimize.compact(target_size=self.policy.target_file_bytes)
             self.stats.compactions += 1
             self.stats.files_removed += int(metrics.get("numFilesRemoved", 0))
-        if self._commits % self.policy.checkpoint_every == 0:
+        if due(self.policy.checkpoint_every):
             dt.update_incremental()
             dt.create_checkpoint()
             dt.cleanup_metadata()  # log entries older than the log retention, past the checkpoint

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,7 +34,9 @@ def test_an_hour_of_one_second_commits_stays_compact_and_correct(tmp_path: Path)
     policy = UpkeepPolicy(
         checkpoint_every=100, compact_every=60, vacuum_every_s=600, retention_hours=0
     )
-    sink = DeltaSink(str(tmp_path), upkeep=policy)
+    # upkeep inline after each commit: the policy's exact steps over simulated time (the
+    # worker's sink runs it in a background thread, next test)
+    sink = DeltaSink(str(tmp_path), upkeep=policy, background_upkeep=False)
     sink.upkeep["t"] = TableUpkeep(policy, clock=lambda: clock[0])
     before_compaction = None
     for second in range(3_600):  # one commit per simulated second, 5 events each
@@ -51,6 +54,32 @@ def test_an_hour_of_one_second_commits_stays_compact_and_correct(tmp_path: Path)
     # compaction rewrites files, never rows: the version before the last one reads the same
     old = DeltaTable(str(tmp_path / "t"), version=before_compaction)
     assert old.to_pyarrow_table().num_rows == dt.to_pyarrow_table().num_rows - 5
+
+
+def test_background_upkeep_never_holds_a_commit(tmp_path: Path, monkeypatch) -> None:
+    started, release = threading.Event(), threading.Event()
+    real = TableUpkeep.after_commit
+
+    def slow(self: TableUpkeep, dt: DeltaTable, commits: int = 1) -> None:
+        started.set()  # a compaction that takes as long as the test wants
+        release.wait(60)
+        real(self, dt, commits)
+
+    monkeypatch.setattr(TableUpkeep, "after_commit", slow)
+    sink = DeltaSink(str(tmp_path), upkeep=UpkeepPolicy(compact_every=3, checkpoint_every=3))
+    sink.write("t", [(_batch(0, 5), SourceRef("raw", 0, 0))])
+    assert started.wait(30)  # upkeep runs, and is stuck ...
+    for i in range(1, 6):  # ... while the commits go on
+        assert sink.write("t", [(_batch(i * 5, 5), SourceRef("raw", 0, i))]) == 5
+    assert not sink.upkeep_idle(timeout=0.2)
+    release.set()
+    assert sink.upkeep_idle(timeout=60)
+    dt = DeltaTable(str(tmp_path / "t"))
+    ids = dt.to_pyarrow_table(columns=["event_id"])["event_id"].to_pylist()
+    assert sorted(ids) == sorted(f"e{i}" for i in range(30))  # every row, once
+    stats = sink.upkeep["t"].stats  # the five commits it missed: caught up in one round
+    assert (stats.compactions, stats.checkpoints) == (1, 1)
+    assert len(dt.file_uris()) == 1, "the six small files were not compacted"
 
 
 def test_a_stale_writer_is_rejected_and_its_retry_writes_nothing_twice(
