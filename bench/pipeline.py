@@ -91,7 +91,17 @@ def drain(bootstrap: str, n: int, root: Path, spool: str) -> float:
     worker = _worker(kafka, root, "drain-worker")
     try:
         first = done = 0.0
+        deadline = time.monotonic() + 900
         while not done:
+            if time.monotonic() > deadline:  # never hang: say how far it got
+                raise RuntimeError(
+                    f"drain: not all {n:,} events written; worker metrics:\n"
+                    + "\n".join(
+                        line
+                        for line in (worker.metrics() or "").splitlines()
+                        if line.startswith("eddyline_worker_events")
+                    )
+                )
             text = worker.metrics() or ""
             now = time.monotonic()
             if not first and _metric(text, "eddyline_worker_events_in_total") > 0:

@@ -183,12 +183,25 @@ class BudgetLedger:
         low, high = int(windows.min()), int(windows.max())
         if low == high:  # the common case: one window per batch
             return self._charge_window(users, low, offset)
-        parts = [np.flatnonzero(windows == w) for w in range(low, high + 1)]
+        # The message spans a window boundary. Whether a user's rows are replays is decided
+        # once for the whole message, before any window is charged: charging a window
+        # records the message's offset for its users, which made their rows in the next
+        # window look replayed (found: events across midnight UTC silently dropped).
+        replay = np.zeros(n, dtype=bool)
+        if offset is not None:
+            ids = pc.cast(users, pa.string()).to_pylist()
+            replay = (
+                np.fromiter(map(self.last_offset.get, ids, repeat(-1, n)), np.int64, n) >= offset
+            )
         allowed, over = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-        for w, rows in zip(range(low, high + 1), parts, strict=True):
+        for w in range(low, high + 1):
+            rows = np.flatnonzero((windows == w) & ~replay)
             if len(rows):
-                part = self._charge_window(pc.take(users, pa.array(rows)), w, offset)
+                part = self._charge_window(pc.take(users, pa.array(rows)), w, None)
                 allowed[rows], over[rows] = part.allowed, part.over
+        if offset is not None:
+            fresh = {u for u, r in zip(ids, replay.tolist(), strict=True) if not r}
+            self.last_offset.update(dict.fromkeys(fresh, offset))
         return Charge(allowed, over)
 
     def _charge_window(

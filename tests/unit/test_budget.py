@@ -246,3 +246,19 @@ def test_shards_saved_one_object_per_user_still_restore() -> None:
         {20421: 3},
         9,
     )
+
+
+def test_a_message_across_a_window_boundary_charges_every_row_once() -> None:
+    """Found when a benchmark crossed midnight UTC: the rows of a user active on both sides
+    of the boundary in one message were dropped as replays of that very message."""
+    ledger = BudgetLedger(allowance=10)
+    before, after = T0 - timedelta(seconds=1), T0  # T0 is midnight
+    users = pa.array(["a", "b", "a", "a", "b"])
+    at = pa.array([before, before, after, after, after], pa.timestamp("us", tz="UTC"))
+    first = ledger.charge(users, at, offset=5)
+    assert first.allowed.tolist() == [True] * 5 and first.replayed == 0
+    day = int(T0.timestamp()) // 86_400
+    assert ledger.counts == {("a", day - 1): 1, ("b", day - 1): 1, ("a", day): 2, ("b", day): 1}
+    again = ledger.charge(users, at, offset=5)  # the same message, replayed after a crash
+    assert not again.allowed.any() and again.replayed == 5
+    assert ledger.last_offset == {"a": 5, "b": 5}
