@@ -106,13 +106,10 @@ class TrafficSimulator:
             ['skip', 'click', 'click']
         """
         d = self._interaction_draws(n)
-        if occurred_at is None:
-            at = pa.array(
-                [self._t0 + timedelta(milliseconds=int(i)) for i in d["idx"]],
-                pa.timestamp("us", tz="UTC"),
-            )
-        else:
-            at = pa.array([occurred_at] * n, pa.timestamp("us", tz="UTC"))
+        start = occurred_at or self._t0  # each row 1 ms after the last, as in interactions
+        step = 0 if occurred_at else 1_000
+        micros = (start - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+        at = pa.array(micros + d["idx"] * step, pa.timestamp("us", tz="UTC"))
         users = pa.array(d["users"]).cast(pa.string())
         items = pa.array(d["items"]).cast(pa.string())
         return pa.table(

@@ -330,18 +330,28 @@ class BudgetLedger:
             self.windows.setdefault(int(w), {})[user] = int(c)
 
     def restore_shard(self, shard: dict[str, Any]) -> int:
-        """Load a saved shard (``shards``' columns, or the older one object per user);
-        how many users it held."""
-        if "users" not in shard:  # written before the columnar format
-            for user, entry in shard.items():
-                self.restore(user, entry)
-            return len(shard)
+        """Load a saved shard (either form, ``shard_columns``); how many users it held."""
+        shard = shard_columns(shard)
         users = shard["users"]
         self.last_offset.update(zip(users, shard["offsets"], strict=True))
         for w, counts in shard["windows"].items():
             charged = self.windows.setdefault(int(w), {})
             charged.update((u, c) for u, c in zip(users, counts, strict=True) if c)
         return len(users)
+
+
+def shard_columns(shard: dict[str, Any]) -> dict[str, Any]:
+    """A saved shard in ``BudgetLedger.shards``' columns; shards saved before that format
+    held one object per user (``BudgetLedger.entry``), converted here, and only here."""
+    if "users" in shard:
+        return shard
+    users = list(shard)
+    windows = sorted({w for entry in shard.values() for w in entry["windows"]})
+    return {
+        "users": users,
+        "offsets": [int(shard[u]["offset"]) for u in users],
+        "windows": {w: [int(shard[u]["windows"].get(w, 0)) for u in users] for w in windows},
+    }
 
 
 def _ranks(inverse: np.ndarray, sizes: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ allowed literal values.
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -173,14 +174,6 @@ def conform(model: type[BaseEvent], table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _or_all(masks: list[Any]) -> Any:
-    """The element-wise Kleene OR of boolean masks (true wherever any is true)."""
-    while len(masks) > 1:
-        pairs = [pc.or_kleene(a, b) for a, b in zip(masks[::2], masks[1::2], strict=False)]
-        masks = pairs + ([masks[-1]] if len(masks) % 2 else [])
-    return masks[0]
-
-
 def validate_table(model: type[BaseEvent], table: pa.Table) -> tuple[pa.Table, list[RowViolation]]:
     """Split ``table`` into (valid rows, violations). One violation per failing field/reason.
 
@@ -194,7 +187,10 @@ def validate_table(model: type[BaseEvent], table: pa.Table) -> tuple[pa.Table, l
     # The common case, no bad row, costs one OR per check (Kleene: a null mask value, from a
     # null cell, does not hide a true one; ``any`` skips nulls); only a batch with bad rows
     # pays for attributing each row to its first failing check.
-    if not checks or not pc.any(_or_all([mask for _, _, mask in checks])).as_py():
+    if (
+        not checks
+        or not pc.any(functools.reduce(pc.or_kleene, [mask for _, _, mask in checks])).as_py()
+    ):
         return table, []
     bad_any: Any = pa.scalar(False)
     violations: list[RowViolation] = []

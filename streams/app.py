@@ -35,6 +35,7 @@ from online_learning.checkpoint import ModelStore
 from online_learning.detectors import Alarm
 from online_learning.learner import OnlineModel
 from online_learning.spec import LearnerSpec, LearnerSpecError, load_specs
+from privacy.budget import shard_columns
 from schemas.envelope import (
     ARROW,
     H_CONTENT_TYPE,
@@ -164,7 +165,7 @@ class Pipeline:
         saved = [shard for key, shard in table.items() if key.startswith(prefix) and shard]
         self.privatizer.restore(stream, partition, saved)
         self.ledgers_loaded.add((stream, partition))
-        users = sum(len(s["users"]) if "users" in s else len(s) for s in saved)
+        users = sum(len(shard_columns(s)["users"]) for s in saved)
         log.info("budget ledger %s/%d: %d users restored", stream, partition, users)
 
     def forget_ledger(self, stream: str, partition: int) -> None:

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from privacy.budget import shard_columns
 from streams.settings import KafkaSettings, WorkerSettings
 from streams.topics import read_latest
 
@@ -59,17 +60,7 @@ def parse(key: str, shard: dict[str, Any]) -> list[LedgerEntry]:
     """The entries of one saved shard (``BudgetLedger.shards``' columns; shards saved before
     that format hold one object per user, read too)."""
     stream, partition, _ = key.split("/", 2)
-    if "users" not in shard:
-        return [
-            LedgerEntry(
-                stream,
-                int(partition),
-                pid,
-                {int(w): int(c) for w, c in value["windows"].items()},
-                int(value["offset"]),
-            )
-            for pid, value in shard.items()
-        ]
+    shard = shard_columns(shard)
     windows = [(int(w), counts) for w, counts in shard["windows"].items()]
     return [
         LedgerEntry(
