@@ -65,31 +65,53 @@ class AdwinDetector:
 
     def update_many(self, values: np.ndarray) -> list[Alarm]:
         """Feed values in order; return the alarms they raise."""
-        alarms: list[Alarm] = []
-        adwin = self._adwin
         first = self.seen  # values seen before this call
-        # ADWIN is sequential by nature. This is River's ADWIN.update and .estimation with
-        # the Python property layers peeled off (they cost 4x the Rust update itself);
-        # river is pinned to 0.26, and bench/drift.py checks the detections stay the same.
-        helper = adwin._helper
-        for v in values.tolist():
-            if adwin._drift_detected:  # River resets the window after a detection
-                adwin._reset()  # type: ignore[no-untyped-call]  # River is untyped
-                helper = adwin._helper
-            width = helper.get_width()
-            before = helper.get_total() / width if width else 0.0
-            adwin._drift_detected = helper.update(v)
-            self.seen += 1
-            if adwin._drift_detected:
-                after = helper.get_total() / helper.get_width()
-                if not self._should_alarm(before, after):
-                    continue
-                alarms.append(Alarm(self.seen, before, after))
-                self._previous_alarm = self._last_alarm if self._last_alarm > 0 else 0
-                self._last_alarm = self.seen
+        alarms = self._unlocated(values)
         self._recent = np.concatenate([self._recent, values])[-self.recent_size :]
         located = [self._locate(a, first, len(values)) for a in alarms]
         return [a for a in located if abs(a.after - a.before) >= self.min_change]
+
+    def _unlocated(self, values: np.ndarray) -> list[Alarm]:
+        """Feed values to ADWIN; the alarms with ADWIN's own window means, not located."""
+        alarms: list[Alarm] = []
+        adwin = self._adwin
+        first = self.seen
+        # ADWIN is sequential by nature. This is River's ADWIN.update with the Python layers
+        # peeled off: one call into River's Rust window per value, nothing else. ADWIN's
+        # window only shrinks when it detects (a cut), so between detections its width and
+        # total before value i are those read at the last detection plus the values added
+        # since: taken from a prefix sum, not asked of the window per value (asking cost as
+        # much as the update). river is pinned to 0.26; bench/drift.py checks the detections
+        # and tests/unit/test_detectors.py checks this against River's own ADWIN.update.
+        vals = values.tolist()
+        prefix = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
+        pos, n = 0, len(vals)
+        while pos < n:
+            if adwin._drift_detected:  # River resets the window after a detection
+                adwin._reset()  # type: ignore[no-untyped-call]  # River is untyped
+            helper = adwin._helper
+            update = helper.update
+            width, total = helper.get_width(), helper.get_total()
+            hit = -1
+            for k, v in enumerate(vals[pos:] if pos else vals):
+                if update(v):
+                    hit = pos + k
+                    break
+            if hit < 0:
+                break
+            adwin._drift_detected = True
+            added = hit - pos  # values in the window before the detecting one
+            before = (total + prefix[hit] - prefix[pos]) / (width + added) if width + added else 0.0
+            after = helper.get_total() / helper.get_width()
+            self.seen = first + hit + 1
+            pos = hit + 1
+            if not self._should_alarm(before, after):
+                continue
+            alarms.append(Alarm(self.seen, float(before), after))
+            self._previous_alarm = self._last_alarm if self._last_alarm > 0 else 0
+            self._last_alarm = self.seen
+        self.seen = first + n
+        return alarms
 
     def _locate(self, alarm: Alarm, first: int, batch: int) -> Alarm:
         """Where the change most likely began: the split of the recent values (after the

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
@@ -140,7 +140,6 @@ def allowance(mechanisms: Sequence[Mechanism], *, epsilon: float, delta: float) 
     return _allowance(tuple(mechanisms), epsilon, delta)
 
 
-@dataclass
 class BudgetLedger:
     """Events charged per (pseudonymous user, window) for one event type and one raw
     partition, with the last raw offset seen per user.
@@ -149,20 +148,69 @@ class BudgetLedger:
     charged before (and its output delivered: the worker saves the ledger only after
     flushing), so a replay after a crash or a rebalance is skipped for that user instead of
     charged twice. The ledger after a crash therefore equals the ledger without one.
+
+    Inside, each user has a slot: one dict look-up per distinct user of a batch finds the
+    slots, and the counts (one array per window), offsets, changed flags and save shards are
+    numpy arrays indexed by slot. Per-user dicts cost four look-ups or updates per distinct
+    user and batch, ~1 µs an event at 20,000 users (py-spy: ~16% of a worker at drain).
     """
 
-    allowance: int
-    window_s: int = 86_400
-    #: window index -> user pseudonym -> events charged
-    windows: dict[int, dict[str, int]] = field(default_factory=dict)
-    last_offset: dict[str, int] = field(default_factory=dict)
-    #: users changed since the last ``drain_dirty``
-    dirty: set[str] = field(default_factory=set)
+    def __init__(self, allowance: int, window_s: int = 86_400) -> None:
+        self.allowance = allowance
+        self.window_s = window_s
+        self._slot: dict[str, int] = {}  # pseudonym -> slot
+        self._users: list[str] = []  # slot -> pseudonym
+        self._offset = np.full(0, -1, np.int64)  # slot -> last raw offset charged (-1: none)
+        self._changed = np.zeros(0, bool)  # slot -> changed since the last take
+        self._shard = np.full(0, -1, np.int64)  # slot -> save shard (-1: not computed yet)
+        self._windows: dict[int, np.ndarray] = {}  # window index -> events charged per slot
+
+    def __repr__(self) -> str:
+        return f"BudgetLedger(allowance={self.allowance}, users={len(self._users)})"
+
+    # -- reading --------------------------------------------------------------------------
 
     @property
     def counts(self) -> dict[tuple[str, int], int]:
-        """Every (user, window) -> events charged (a copy, for reading)."""
-        return {(u, w): c for w, users in self.windows.items() for u, c in users.items()}
+        """Every (user, window) -> events charged, where any (a copy, for reading)."""
+        n = len(self._users)
+        return {
+            (self._users[s], w): int(counts[s])
+            for w, counts in self._windows.items()
+            for s in np.flatnonzero(counts[:n]).tolist()
+        }
+
+    @property
+    def last_offset(self) -> dict[str, int]:
+        """Every remembered user -> the last raw offset charged to them (a copy)."""
+        offsets = self._offset[: len(self._users)]
+        return {self._users[s]: int(offsets[s]) for s in np.flatnonzero(offsets >= 0).tolist()}
+
+    @property
+    def has_changes(self) -> bool:
+        """Whether a user changed since the last ``take_dirty``/``dirty_shards``."""
+        return bool(self._changed.any())
+
+    def spent(self, user: str, window: int) -> int:
+        """Events charged to ``user`` (a pseudonym) in ``window``."""
+        slot, counts = self._slot.get(user), self._windows.get(window)
+        return 0 if slot is None or counts is None else int(counts[slot])
+
+    def users(self) -> set[str]:
+        """Every user the ledger remembers."""
+        return set(self._users)
+
+    def entry(self, user: str) -> dict[str, Any] | None:
+        """One user's state as JSON-able data (None once nothing is left to remember)."""
+        slot = self._slot.get(user)
+        if slot is None:
+            return None
+        windows = {str(w): int(c[slot]) for w, c in self._windows.items() if c[slot]}
+        if not windows:
+            return None
+        return {"offset": int(self._offset[slot]), "windows": windows}
+
+    # -- charging -------------------------------------------------------------------------
 
     def charge(
         self,
@@ -181,108 +229,116 @@ class BudgetLedger:
         micros = pc.cast(at, pa.int64()).to_numpy(zero_copy_only=False)
         windows = micros // (self.window_s * 1_000_000)
         low, high = int(windows.min()), int(windows.max())
+        slots, inverse = self._slots_of(users)
         if low == high:  # the common case: one window per batch
-            return self._charge_window(users, low, offset)
+            return self._charge_window(slots, inverse, low, offset)
         # The message spans a window boundary. Whether a user's rows are replays is decided
         # once for the whole message, before any window is charged: charging a window
         # records the message's offset for its users, which made their rows in the next
         # window look replayed (found: events across midnight UTC silently dropped).
-        replay = np.zeros(n, dtype=bool)
-        if offset is not None:
-            ids = pc.cast(users, pa.string()).to_pylist()
-            replay = (
-                np.fromiter(map(self.last_offset.get, ids, repeat(-1, n)), np.int64, n) >= offset
-            )
+        fresh = np.ones(len(slots), bool) if offset is None else self._offset[slots] < offset
         allowed, over = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
         for w in range(low, high + 1):
-            rows = np.flatnonzero((windows == w) & ~replay)
+            rows = np.flatnonzero((windows == w) & fresh[inverse])
             if len(rows):
-                part = self._charge_window(pc.take(users, pa.array(rows)), w, None)
+                # the rows' users, renumbered 0.. within this window
+                used, sub = np.unique(inverse[rows], return_inverse=True)
+                part = self._charge_window(slots[used], sub, w, None)
                 allowed[rows], over[rows] = part.allowed, part.over
         if offset is not None:
-            fresh = {u for u, r in zip(ids, replay.tolist(), strict=True) if not r}
-            self.last_offset.update(dict.fromkeys(fresh, offset))
+            self._offset[slots[fresh]] = offset
         return Charge(allowed, over)
 
     def _charge_window(
-        self, users: pa.Array | pa.ChunkedArray, window: int, offset: int | None
+        self, slots: np.ndarray, inverse: np.ndarray, window: int, offset: int | None
     ) -> Charge:
-        encoded = pc.dictionary_encode(users)
-        if isinstance(encoded, pa.ChunkedArray):
-            encoded = encoded.unify_dictionaries().combine_chunks()
-        inverse = encoded.indices.to_numpy().astype(np.int64)
-        names = encoded.dictionary.to_pylist()
-        counts = self.windows.setdefault(window, {})
-        # One C-level look-up per user in the batch (missing: the default), none per event.
-        k = len(names)
-        prior = np.fromiter(map(counts.get, names, repeat(0, k)), np.int64, k)
-        if offset is None:
-            fresh = np.ones(k, dtype=bool)
-        else:  # never seen: -1, before any offset
-            fresh = (
-                np.fromiter(map(self.last_offset.get, names, repeat(-1, k)), np.int64, k) < offset
-            )
-        sizes = np.bincount(inverse, minlength=len(names))
+        """Charge rows whose users are ``slots[inverse]`` (``slots`` distinct) in ``window``."""
+        counts = self._window(window)
+        prior = counts[slots]
+        k = len(slots)
+        fresh = np.ones(k, dtype=bool) if offset is None else self._offset[slots] < offset
+        sizes = np.bincount(inverse, minlength=k)
         if (prior + sizes <= self.allowance).all():  # nobody reaches the limit: no ranks
             allowed = fresh[inverse]
         else:
             allowed = fresh[inverse] & (prior[inverse] + _ranks(inverse, sizes) < self.allowance)
-        kept = np.bincount(inverse, weights=allowed, minlength=len(names)).astype(np.int64)
-        changed = np.flatnonzero(kept)
-        if len(changed):
-            counts.update(
-                zip(
-                    [names[i] for i in changed.tolist()],
-                    (prior[changed] + kept[changed]).tolist(),
-                    strict=True,
-                )
-            )
-        new_users = names if fresh.all() else [names[i] for i in np.flatnonzero(fresh).tolist()]
+        counts[slots] += np.bincount(inverse, weights=allowed, minlength=k).astype(np.int64)
+        touched = slots[fresh]
         if offset is not None:
-            self.last_offset.update(dict.fromkeys(new_users, offset))
-        self.dirty.update(new_users)
+            self._offset[touched] = offset
+        self._changed[touched] = True
         return Charge(allowed, fresh[inverse] & ~allowed)
 
-    def spent(self, user: str, window: int) -> int:
-        """Events charged to ``user`` (a pseudonym) in ``window``."""
-        return self.windows.get(window, {}).get(user, 0)
+    def _slots_of(self, users: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+        """(slot of each distinct user, index into those of each row); new users get slots."""
+        encoded = pc.dictionary_encode(users)
+        if isinstance(encoded, pa.ChunkedArray):
+            encoded = encoded.unify_dictionaries().combine_chunks()
+        inverse = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        return self._slots(encoded.dictionary.to_pylist()), inverse
+
+    def _slots(self, names: list[str]) -> np.ndarray:
+        """The slots of distinct ``names``: one C-level dict look-up each (map, fromiter)."""
+        k = len(names)
+        slots = np.fromiter(map(self._slot.get, names, repeat(-1, k)), np.int64, k)
+        new = np.flatnonzero(slots < 0)
+        if len(new):
+            first = len(self._users)
+            added = [names[i] for i in new.tolist()]
+            self._slot.update(zip(added, range(first, first + len(added)), strict=True))
+            self._users.extend(added)
+            self._reserve(len(self._users))
+            slots[new] = np.arange(first, first + len(added))
+        return slots
+
+    def _reserve(self, size: int) -> None:
+        """Room for ``size`` slots in every array (doubling, so amortised O(1) a user)."""
+        have = len(self._offset)
+        if size <= have:
+            return
+        more = max(size, 2 * have, 1_024) - have
+        self._offset = np.concatenate([self._offset, np.full(more, -1, np.int64)])
+        self._changed = np.concatenate([self._changed, np.zeros(more, bool)])
+        self._shard = np.concatenate([self._shard, np.full(more, -1, np.int64)])
+        for w, counts in self._windows.items():
+            self._windows[w] = np.concatenate([counts, np.zeros(more, np.int64)])
+
+    def _window(self, window: int) -> np.ndarray:
+        found = self._windows.get(window)
+        if found is None:
+            found = self._windows[window] = np.zeros(len(self._offset), np.int64)
+        return found
+
+    # -- forgetting and saving ------------------------------------------------------------
 
     def forget_before(self, window: int) -> int:
         """Drop windows older than ``window`` (they can no longer be charged); how many
-        (user, window) entries went."""
+        (user, window) entries went. Their users count as changed."""
         gone = 0
-        for w in [w for w in self.windows if w < window]:
-            users = self.windows.pop(w)
-            self.dirty.update(users)
-            gone += len(users)
+        for w in [w for w in self._windows if w < window]:
+            had = self._windows.pop(w) > 0
+            self._changed |= had
+            gone += int(had.sum())
         return gone
-
-    def entry(self, user: str) -> dict[str, Any] | None:
-        """One user's state as JSON-able data (None once nothing is left to remember)."""
-        windows = {str(w): users[user] for w, users in self.windows.items() if user in users}
-        if not windows:
-            return None
-        return {"offset": self.last_offset.get(user, -1), "windows": windows}
 
     def take_dirty(self) -> set[str]:
         """The users changed since the last call (whose saved state is now stale)."""
-        dirty, self.dirty = self.dirty, set()
-        return dirty
+        changed = np.flatnonzero(self._changed[: len(self._users)]).tolist()
+        self._changed[:] = False
+        return {self._users[s] for s in changed}
+
+    def dirty_shards(self, shard_of: Callable[[str], int]) -> set[int]:
+        """The save shards (``shard_of(user)``, computed once per user) holding a user
+        changed since the last call; the changes count as taken."""
+        changed = np.flatnonzero(self._changed[: len(self._users)])
+        self._changed[:] = False
+        return set(self._shards(shard_of)[changed].tolist())
 
     def drain_dirty(self) -> dict[str, dict[str, Any] | None]:
-        """The entries of the users changed since the last call (None: forget the user)."""
-        out: dict[str, dict[str, Any] | None] = {}
-        for user in self.take_dirty():
-            out[user] = found = self.entry(user)
-            if found is None:  # nothing left in any live window: the offset can go too
-                self.last_offset.pop(user, None)
-        return out
-
-    def users(self) -> set[str]:
-        """Every user the ledger remembers."""
-        out = set(self.last_offset)
-        for users in self.windows.values():
-            out.update(users)
+        """The entries of the users changed since the last call (None: the user is
+        forgotten, offset too: nothing is left to remember)."""
+        out = {user: self.entry(user) for user in self.take_dirty()}
+        self._forget_idle()
         return out
 
     def shards(
@@ -293,50 +349,71 @@ class BudgetLedger:
         count of 0: nothing charged in that window); None for a wanted shard with no user.
 
         Columns, not one object per user: a save rewrites every user of a dirty shard, and
-        at high rates every shard is dirty, so its cost is per user remembered; lists of
-        strings and ints keep that cost in C (map, json). Users with nothing left in any
-        live window are forgotten here (their offset too), as in ``drain_dirty``."""
-        live: set[str] = set()
-        for counts in self.windows.values():
-            live.update(counts)
-        for user in set(self.last_offset) - live:
-            del self.last_offset[user]
-        groups: dict[int, list[str]] = {s: [] for s in wanted}
-        for user in live:  # the one per-user Python step: which shard
-            group = groups.get(shard_of(user))
-            if group is not None:
-                group.append(user)
+        at high rates every shard is dirty, so its cost is per user remembered; the columns
+        are numpy gathers turned to lists. Users with nothing left in any live window are
+        forgotten here (their offset too), as in ``drain_dirty``."""
+        self._forget_idle()
+        of = self._shards(shard_of)
         out: dict[int, dict[str, Any] | None] = {}
-        for shard, users in groups.items():
-            n = len(users)
+        for shard in wanted:
+            slots = np.flatnonzero(of == shard)
             out[shard] = (
                 {
-                    "users": users,
-                    "offsets": [*map(self.last_offset.get, users, repeat(-1, n))],
-                    "windows": {
-                        str(w): [*map(counts.get, users, repeat(0, n))]
-                        for w, counts in self.windows.items()
-                    },
+                    "users": [self._users[s] for s in slots.tolist()],
+                    "offsets": self._offset[slots].tolist(),
+                    "windows": {str(w): c[slots].tolist() for w, c in self._windows.items()},
                 }
-                if users
+                if len(slots)
                 else None
             )
         return out
 
+    def _shards(self, shard_of: Callable[[str], int]) -> np.ndarray:
+        """Each slot's save shard (computed for users new since the last call)."""
+        n = len(self._users)
+        todo = np.flatnonzero(self._shard[:n] < 0).tolist()
+        if todo:
+            self._shard[todo] = [shard_of(self._users[s]) for s in todo]
+        return self._shard[:n]
+
+    def _forget_idle(self) -> None:
+        """Forget users with nothing charged in any live window (their slots are reused)."""
+        n = len(self._users)
+        live = np.zeros(n, bool)
+        for counts in self._windows.values():
+            live |= counts[:n] > 0
+        if live.all():
+            return
+        keep = np.flatnonzero(live)
+        self._users = [self._users[s] for s in keep.tolist()]
+        self._slot = dict(zip(self._users, range(len(self._users)), strict=True))
+        m = len(self._users)
+        for name in ("_offset", "_changed", "_shard"):
+            old = getattr(self, name)
+            new = np.full_like(old, -1) if name != "_changed" else np.zeros_like(old)
+            new[:m] = old[keep]
+            setattr(self, name, new)
+        for w, counts in self._windows.items():
+            kept = np.zeros_like(counts)
+            kept[:m] = counts[keep]
+            self._windows[w] = kept
+
+    # -- restoring ------------------------------------------------------------------------
+
     def restore(self, user: str, entry: dict[str, Any]) -> None:
         """Load one user's saved entry (from ``drain_dirty``)."""
-        self.last_offset[user] = int(entry["offset"])
-        for w, c in entry["windows"].items():
-            self.windows.setdefault(int(w), {})[user] = int(c)
+        self.restore_shard({user: entry})
 
     def restore_shard(self, shard: dict[str, Any]) -> int:
         """Load a saved shard (either form, ``shard_columns``); how many users it held."""
         shard = shard_columns(shard)
         users = shard["users"]
-        self.last_offset.update(zip(users, shard["offsets"], strict=True))
+        slots = self._slots(users)
+        self._offset[slots] = np.asarray(shard["offsets"], np.int64)
         for w, counts in shard["windows"].items():
-            charged = self.windows.setdefault(int(w), {})
-            charged.update((u, c) for u, c in zip(users, counts, strict=True) if c)
+            charged = np.asarray(counts, np.int64)
+            some = np.flatnonzero(charged)
+            self._window(int(w))[slots[some]] = charged[some]
         return len(users)
 
 

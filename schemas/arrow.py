@@ -17,6 +17,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 import annotated_types as at
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import AwareDatetime
@@ -138,11 +139,39 @@ def _bad_mask(col: pa.ChunkedArray, rule: _FieldRule) -> list[tuple[str, pa.Chun
             checks.append(("too_short", pc.less(length, rule.min_len)))
         if rule.max_len is not None:
             checks.append(("too_long", pc.greater(length, rule.max_len)))
-    if rule.pattern is not None:
+    if rule.pattern is not None and not (rule.pattern == _UUID_RE and _canonical_uuids(col)):
         checks.append(("bad_format", pc.invert(pc.match_substring_regex(col, rule.pattern))))
     if rule.allowed:
         checks.append(("not_allowed", pc.invert(pc.is_in(col, pa.array(rule.allowed)))))
     return checks
+
+
+_DASHES = np.array([8, 13, 18, 23])
+
+
+def _canonical_uuids(col: pa.ChunkedArray) -> bool:
+    """Whether every value is a UUID in its canonical 36-character form (what the SDK
+    sends): a byte-level numpy check ~10x cheaper than the regex, which then runs only for
+    batches holding another form or a bad id. Nulls fail here (the regex path sees them)."""
+    if col.null_count or not pa.types.is_string(col.type):
+        return False
+    for chunk in col.chunks:
+        n = len(chunk)
+        if n == 0:
+            continue
+        offsets = np.frombuffer(chunk.buffers()[1], np.int32)[chunk.offset : chunk.offset + n + 1]
+        start = int(offsets[0])
+        if int(offsets[-1]) - start != 36 * n or not (np.diff(offsets) == 36).all():
+            return False
+        data = np.frombuffer(chunk.buffers()[2], np.uint8)[start : start + 36 * n]
+        dash = data == ord("-")
+        if np.count_nonzero(dash) != 4 * n or not dash.reshape(n, 36)[:, _DASHES].all():
+            return False  # a dash out of place
+        lower = data | 0x20  # A-F -> a-f (digits and the dash are unchanged by it)
+        digit = (data >= ord("0")) & (data <= ord("9"))
+        if not (digit | dash | ((lower >= ord("a")) & (lower <= ord("f")))).all():
+            return False
+    return True
 
 
 def _model_checks(model: type[BaseEvent], table: pa.Table) -> list[tuple[str, str, Any]]:

@@ -194,10 +194,10 @@ class Pipeline:
         saved = 0
         for (stream, partition), ledger in self.privatizer.ledgers.items():
             ledger.forget_before(today - 1)  # late events of yesterday still count
-            dirty = ledger.take_dirty()  # their shards are rewritten whole
+            dirty = ledger.dirty_shards(shard_of)  # shards with a changed user: rewritten whole
             if not dirty:
                 continue
-            for shard, columns in ledger.shards({shard_of(p) for p in dirty}, shard_of).items():
+            for shard, columns in ledger.shards(dirty, shard_of).items():
                 key = shard_key(stream, partition, shard)
                 # Sent now, not through Table.send_changelog: that queues in Faust's
                 # producer buffer, whose flush gives up after 0.1 s without a send, so
@@ -442,7 +442,7 @@ def build_app(
     @_survives
     async def save_idle_budget() -> None:
         # An idle partition still gets its last charges saved (the agent saves on events).
-        if p.budget_due() and any(led.dirty for led in p.privatizer.ledgers.values()):
+        if p.budget_due() and any(led.has_changes for led in p.privatizer.ledgers.values()):
             await p.save_budget(app, budget)
 
     @app.agent(private)

@@ -154,8 +154,8 @@ class Privatizer:
                     len(ids),
                 )
             )
-        allowed = pc.or_(good["consent_store"], good["consent_learn"])
-        kept = good.filter(allowed)
+        either = pc.or_(good["consent_store"], good["consent_learn"])
+        kept = _keep(good, pc.fill_null(either, False))
         out.suppressed = good.num_rows - kept.num_rows
         rng = self._rng if self._noise_key is None else self.noise_rng(source)
         private = self.policy(model).apply(kept, self._pseudonymizer, rng, out.masked)
@@ -312,7 +312,13 @@ def consented(table: pa.Table, purpose: Purpose) -> pa.Table:
     column = f"consent_{purpose}"
     if column not in table.column_names:
         return table
-    return table.filter(pc.fill_null(table[column], False))
+    return _keep(table, pc.fill_null(table[column], False))
+
+
+def _keep(table: pa.Table, mask: pa.ChunkedArray | pa.Array) -> pa.Table:
+    """``table.filter(mask)`` (a mask without nulls), skipping the copy of every column when
+    every row stays: the common case, and a copy costs ~0.3 ms per 5,000 rows."""
+    return table if pc.all(mask).as_py() else table.filter(mask)
 
 
 _DEADLETTER_SCHEMA = pa.schema(

@@ -120,7 +120,7 @@ def test_a_ledger_saved_and_restored_entry_by_entry_is_the_same_ledger() -> None
     ledger.charge(pa.array(["a", "b", "a"]), _times(3), 7)
     ledger.charge(pa.array(["a"]), _times(1, T0 + timedelta(days=1)), 8)
     saved = ledger.drain_dirty()
-    assert set(saved) == {"a", "b"} and not ledger.dirty
+    assert set(saved) == {"a", "b"} and not ledger.has_changes
     copy = BudgetLedger(allowance=5)
     for user, entry in saved.items():
         assert entry is not None
@@ -206,7 +206,7 @@ def test_shards_save_every_user_in_columns_and_restore_to_the_same_ledger() -> N
     users = [f"{i:02x}user" for i in range(40)]  # first hex byte: shard i % 16
     ledger.charge(pa.array(users), _times(40), 7)
     ledger.charge(pa.array(users[:3]), _times(3, T0 + timedelta(days=1)), 8)
-    assert ledger.take_dirty() == set(users) and not ledger.dirty
+    assert ledger.take_dirty() == set(users) and not ledger.has_changes
     shards = ledger.shards(set(range(16)), shard_of)
     day = int(T0.timestamp()) // 86_400
     zero = shards[0]
@@ -262,3 +262,34 @@ def test_a_message_across_a_window_boundary_charges_every_row_once() -> None:
     again = ledger.charge(users, at, offset=5)  # the same message, replayed after a crash
     assert not again.allowed.any() and again.replayed == 5
     assert ledger.last_offset == {"a": 5, "b": 5}
+
+
+def test_charging_matches_a_row_by_row_reference_on_random_messages() -> None:
+    """The vectorised ledger (slots, numpy) against the rule written row by row: replays
+    are decided per user once per message; each other row is allowed while its user's
+    count in its window is under the allowance."""
+    rng = np.random.default_rng(5)
+    ledger, counts, last = BudgetLedger(allowance=4), {}, {}
+    offset = 0
+    for _ in range(300):
+        n = int(rng.integers(1, 30))
+        users = [f"u{i}" for i in rng.integers(0, 12, n)]
+        days = rng.integers(0, 3, n) if rng.random() < 0.3 else np.zeros(n, int)
+        at = pa.array([T0 + timedelta(days=int(d), seconds=i) for i, d in enumerate(days)])
+        if rng.random() < 0.2 and offset > 2:  # a replay of a recent message's offset
+            at_offset = offset - int(rng.integers(1, 3))
+        else:
+            at_offset = offset = offset + 1
+        replay = {u for u in users if last.get(u, -1) >= at_offset}
+        want_allowed, want_over = [], []
+        for u, d in zip(users, days.tolist(), strict=True):
+            key = (u, int(T0.timestamp()) // 86_400 + d)
+            ok = u not in replay and counts.get(key, 0) < 4
+            counts[key] = counts.get(key, 0) + ok
+            want_allowed.append(ok)
+            want_over.append(u not in replay and not ok)
+        last.update(dict.fromkeys(set(users) - replay, at_offset))
+        got = ledger.charge(pa.array(users), at, at_offset)
+        assert got.allowed.tolist() == want_allowed and got.over.tolist() == want_over
+    assert ledger.counts == {k: c for k, c in counts.items() if c}
+    assert ledger.last_offset == last

@@ -57,6 +57,33 @@ def test_an_alarm_locates_where_the_change_began() -> None:
     assert abs(alarms[0].change_index - 4_000) < 60  # the change was at value 4,000
 
 
+def test_detector_detects_exactly_where_rivers_own_adwin_update_does() -> None:
+    """update_many feeds River's Rust window directly and derives the window's mean before
+    each detection from a prefix sum; River's public ADWIN.update is the reference."""
+    from river import drift
+
+    rng = np.random.default_rng(7)
+    # a stream with several shifts up and down, fed in uneven chunks
+    rates = [0.1, 0.5, 0.2, 0.7, 0.3, 0.3, 0.05]
+    values = np.concatenate([rng.random(3_000) < r for r in rates]).astype(float)
+    ours = AdwinDetector(warmup=0, cooldown=0, direction="both")
+    found = [
+        (a.index, a.before, a.after)
+        for chunk in np.array_split(values, 17)
+        for a in ours._unlocated(chunk)
+    ]
+    river, expected = drift.ADWIN(delta=ours.delta, clock=ours.clock), []
+    for i, v in enumerate(values.tolist(), start=1):
+        before = river.estimation if not river.drift_detected else 0.0
+        river.update(v)
+        if river.drift_detected:
+            expected.append((i, before, river.estimation))
+    assert len(expected) >= 5  # the stream does exercise detection
+    assert [i for i, _, _ in found] == [i for i, _, _ in expected]
+    assert np.allclose([f[1:] for f in found], [e[1:] for e in expected], rtol=0, atol=1e-9)
+    assert ours.seen == len(values) and ours.window == river.width
+
+
 def test_rolling_metrics_cover_the_last_ten_thousand_events() -> None:
     import json
 

@@ -92,3 +92,32 @@ def test_invalid_dicts_raise_the_documented_error_naming_a_field(data: dict[str,
         raise AssertionError(f"accepted {data!r}")
     finally:
         producer.close()
+
+
+ids = st.one_of(
+    st.uuids().map(str),
+    st.uuids().map(lambda u: str(u).upper()),
+    st.uuids().map(lambda u: u.hex),  # no dashes: valid, but not canonical
+    # one character of a canonical id replaced by anything
+    st.tuples(st.uuids(), st.integers(0, 35), st.characters()).map(
+        lambda t: str(t[0])[: t[1]] + t[2] + str(t[0])[t[1] + 1 :]
+    ),
+    st.text(max_size=40),
+)
+
+
+@given(st.lists(ids, min_size=1, max_size=12), st.integers(0, 3))
+def test_the_canonical_uuid_fast_path_agrees_with_the_regex(values: list[str], skip: int) -> None:
+    """``_canonical_uuids`` may only say yes when the regex accepts every id; when it says
+    no, the regex decides. Checked on sliced arrays too (a non-zero Arrow offset)."""
+    import pyarrow.compute as pc
+
+    from schemas.arrow import _UUID_RE, _canonical_uuids
+
+    column = pa.chunked_array([pa.array(values, pa.string()).slice(min(skip, len(values) - 1))])
+    by_regex = pc.all(pc.match_substring_regex(column, _UUID_RE)).as_py()
+    if _canonical_uuids(column):
+        assert by_regex
+    canonical = all(len(v) == 36 and v.count("-") == 4 for v in column.to_pylist())
+    if by_regex and canonical:
+        assert _canonical_uuids(column)
