@@ -17,6 +17,7 @@ Examples:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import compress, count
 from typing import Literal
 
 import numpy as np
@@ -82,22 +83,19 @@ class AdwinDetector:
         # total before value i are those read at the last detection plus the values added
         # since: taken from a prefix sum, not asked of the window per value (asking cost as
         # much as the update). river is pinned to 0.26; bench/drift.py checks the detections
-        # and tests/unit/test_detectors.py checks this against River's own ADWIN.update.
-        vals = values.tolist()
+        # and tests/unit/test_learning.py checks this against River's own ADWIN.update.
+        rest = iter(values.tolist())  # consumed in order across the detections below
         prefix = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
-        pos, n = 0, len(vals)
+        pos, n = 0, len(values)
         while pos < n:
             if adwin._drift_detected:  # River resets the window after a detection
                 adwin._reset()  # type: ignore[no-untyped-call]  # River is untyped
             helper = adwin._helper
-            update = helper.update
             width, total = helper.get_width(), helper.get_total()
-            hit = -1
-            for k, v in enumerate(vals[pos:] if pos else vals):
-                if update(v):
-                    hit = pos + k
-                    break
-            if hit < 0:
+            # Feed values until one detects, iterating in C (map, compress): the index of
+            # that value, with nothing after it consumed; None once all are fed.
+            hit = next(compress(count(pos), map(helper.update, rest)), None)
+            if hit is None:
                 break
             adwin._drift_detected = True
             added = hit - pos  # values in the window before the detecting one

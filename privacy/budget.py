@@ -37,6 +37,7 @@ from privacy.mechanisms import (
     RandomizedResponseMechanism,
     UnaryEncodingMechanism,
 )
+from privacy.pseudonymize import Encoding
 
 Mechanism = (
     LaplaceMechanism | GaussianMechanism | RandomizedResponseMechanism | UnaryEncodingMechanism
@@ -217,19 +218,25 @@ class BudgetLedger:
         users: pa.Array | pa.ChunkedArray,
         at: pa.Array | pa.ChunkedArray,
         offset: int | None = None,
+        encoded: Encoding | None = None,
     ) -> Charge:
         """Charge a batch in order (the rows of the message at raw ``offset``, if given).
 
         Rows within budget are allowed; the rest are suppressed and not charged; rows of a
         user whose last offset is ``offset`` or later are replays, neither allowed nor
-        charged. ``at`` are the events' timestamps."""
+        charged. ``at`` are the events' timestamps. ``encoded``: ``users`` as the
+        pseudonymizer encoded them, which saves encoding them again."""
         n = len(users)
         if n == 0:
             return Charge(np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
         micros = pc.cast(at, pa.int64()).to_numpy(zero_copy_only=False)
         windows = micros // (self.window_s * 1_000_000)
         low, high = int(windows.min()), int(windows.max())
-        slots, inverse = self._slots_of(users)
+        if encoded is None:
+            slots, inverse = self._slots_of(users)
+        else:
+            slots = self._slots(encoded.names)
+            inverse = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         if low == high:  # the common case: one window per batch
             return self._charge_window(slots, inverse, low, offset)
         # The message spans a window boundary. Whether a user's rows are replays is decided

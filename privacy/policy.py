@@ -19,7 +19,7 @@ from privacy.mechanisms import (
     RandomizedResponseMechanism,
     UnaryEncodingMechanism,
 )
-from privacy.pseudonymize import HmacPseudonymizer
+from privacy.pseudonymize import Encoding, HmacPseudonymizer
 from privacy.scrub import scrub
 from schemas.annotations import Noise, Pseudonymize, RandomizedResponse, Redact, Scrub
 from schemas.errors import SchemaError
@@ -89,9 +89,11 @@ class PrivacyPolicy:
         pseudonymizer: HmacPseudonymizer,
         rng: np.random.Generator,
         found: Counter[str] | None = None,
+        encodings: dict[str, Encoding] | None = None,
     ) -> pa.Table:
         """The privatised batch: pseudonyms (+ key id), redactions dropped, numbers noised,
-        categories randomised, kept free text scrubbed (what was masked counted in ``found``)."""
+        categories randomised, kept free text scrubbed (what was masked counted in ``found``;
+        each pseudonym column's encoding, when there is one, in ``encodings``)."""
         out = table.drop_columns(list(self.redacted))
         for name, mech in self.noised:
             values = out[name].to_numpy()
@@ -113,8 +115,10 @@ class PrivacyPolicy:
                 found.update(masked)
         key_ids = None
         for name in self.pseudonymized:
-            pids, key_ids = pseudonymizer.apply_at(out[name], out["occurred_at"])
+            pids, key_ids, encoding = pseudonymizer.encode_at(out[name], out["occurred_at"])
             out = out.set_column(out.schema.get_field_index(name), pid_column(name), pids)
+            if encodings is not None and encoding is not None:
+                encodings[pid_column(name)] = encoding
         if key_ids is not None:
             out = out.append_column("key_id", key_ids)
         return out

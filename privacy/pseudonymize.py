@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -58,6 +59,16 @@ class PseudonymKey:
             raise ValueError("a pseudonym key needs at least 16 bytes")
         if not self.key_id or any(c.isspace() for c in self.key_id):
             raise ValueError(f"a key id must be a non-empty word, not {self.key_id!r}")
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """A pseudonym column dictionary-encoded: its distinct pseudonyms (the cached string
+    objects, whose hashes Python has already computed) and each row's index into them.
+    (Two ids with one pseudonym would need an HMAC-SHA256 collision in 128 bits.)"""
+
+    names: list[str]
+    indices: pa.Array
 
 
 class HmacPseudonymizer:
@@ -105,6 +116,12 @@ class HmacPseudonymizer:
         return found
 
     def _apply_key(self, column: pa.Array | pa.ChunkedArray, key: int) -> pa.Array:
+        return self._encode_key(column, key)[0]
+
+    def _encode_key(
+        self, column: pa.Array | pa.ChunkedArray, key: int
+    ) -> tuple[pa.Array, Encoding]:
+        """(pseudonyms, their encoding: the distinct pseudonyms and each row's index there)."""
         # HMAC has no vectorised form, so this loops in Python, but once per distinct id in
         # the batch (users repeat within a batch), then maps back with a vectorised take.
         encoded = pc.dictionary_encode(column)  # one hash pass: distinct ids + row indices
@@ -112,16 +129,18 @@ class HmacPseudonymizer:
             encoded = encoded.unify_dictionaries().combine_chunks()
         values = encoded.dictionary.to_pylist()
         cache = self._caches[key]
-        found = [*map(cache.get, values)]
-        if None in found:  # new users: their HMACs in one comprehension, then cached
+        hits = [*map(cache.get, values)]
+        if None in hits:  # new users: their HMACs in one comprehension, then cached
             secret = self.keys[key].secret
-            misses = [v for v, f in zip(values, found, strict=True) if f is None]
+            misses = [v for v, f in zip(values, hits, strict=True) if f is None]
             if len(cache) + len(misses) > self._cache_size:
                 cache.clear()
             cache.update({v: _pseudonym(secret, v) for v in misses})
             found = [*map(cache.__getitem__, values)]
+        else:
+            found = cast("list[str]", hits)  # no None: every id was cached
         mapped = pa.array(found, type=pa.string())
-        return pc.take(mapped, encoded.indices)
+        return pc.take(mapped, encoded.indices), Encoding(found, encoded.indices)
 
     def apply(self, column: pa.Array | pa.ChunkedArray) -> pa.Array:
         """Pseudonymise a string column under the newest key."""
@@ -132,8 +151,17 @@ class HmacPseudonymizer:
     ) -> tuple[pa.Array, pa.Array]:
         """(pseudonyms, key ids) of a string column, each row under the key in force at its
         timestamp in ``at``."""
+        pids, key_ids, _ = self.encode_at(column, at)
+        return pids, key_ids
+
+    def encode_at(
+        self, column: pa.Array | pa.ChunkedArray, at: pa.Array | pa.ChunkedArray
+    ) -> tuple[pa.Array, pa.Array, Encoding | None]:
+        """``apply_at``, and the pseudonyms' encoding when one key covers the batch (what
+        the budget ledger would otherwise recompute: ``BudgetLedger.charge(encoded=)``)."""
         if len(self.keys) == 1:
-            return self._apply_key(column, 0), pa.repeat(self.keys[0].key_id, len(column))
+            pids, encoding = self._encode_key(column, 0)
+            return pids, pa.repeat(self.keys[0].key_id, len(column)), encoding
         micros = pc.cast(at, pa.int64()).to_numpy(zero_copy_only=False)
         which = np.maximum(np.searchsorted(self._starts, micros, side="right") - 1, 0)
         out = np.empty(len(column), dtype=object)
@@ -142,7 +170,7 @@ class HmacPseudonymizer:
             part = self._apply_key(pc.take(column, pa.array(rows)), key)
             out[rows] = part.to_numpy(zero_copy_only=False)
         names = np.array([k.key_id for k in self.keys], dtype=object)[which]
-        return pa.array(out, pa.string()), pa.array(names, pa.string())
+        return pa.array(out, pa.string()), pa.array(names, pa.string()), None
 
 
 def load_or_create_key(path: Path) -> bytes:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from privacy.budget import BudgetLedger, allowance
 from privacy.policy import PrivacyPolicy
 from privacy.pseudonymize import (
+    Encoding,
     HmacPseudonymizer,
     PseudonymKey,
     load_keyring,
@@ -158,10 +159,14 @@ class Privatizer:
         kept = _keep(good, pc.fill_null(either, False))
         out.suppressed = good.num_rows - kept.num_rows
         rng = self._rng if self._noise_key is None else self.noise_rng(source)
-        private = self.policy(model).apply(kept, self._pseudonymizer, rng, out.masked)
+        encodings: dict[str, Encoding] = {}
+        private = self.policy(model).apply(kept, self._pseudonymizer, rng, out.masked, encodings)
         if private.num_rows and "user_pid" in private.column_names:
             charge = self.ledger(model, source.partition).charge(
-                private["user_pid"], private["occurred_at"], source.offset
+                private["user_pid"],
+                private["occurred_at"],
+                source.offset,
+                encoded=encodings.get("user_pid"),
             )
             out.over_budget, out.replayed = charge.over_budget, charge.replayed
             keep = charge.allowed
