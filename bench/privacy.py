@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from privacy.budget import BudgetLedger
 from privacy.mechanisms import GaussianMechanism, LaplaceMechanism
 from privacy.policy import PrivacyPolicy
-from privacy.pseudonymize import HmacPseudonymizer
+from privacy.pseudonymize import Encoding, HmacPseudonymizer
 from schemas.annotations import Noise, Pseudonymize
 from schemas.events import BaseEvent
 from schemas.registry import SchemaRegistry
@@ -80,8 +80,9 @@ def run_ours(data: list[pa.Table]) -> float:
     ledger, rng = BudgetLedger(allowance=1_000), np.random.default_rng()
     start = time.perf_counter()
     for offset, batch in enumerate(data):
-        out = policy.apply(batch, pseud, rng)
-        ledger.charge(out["user_pid"], out["occurred_at"], offset)
+        encodings: dict[str, Encoding] = {}  # as the worker does (streams/processing.py)
+        out = policy.apply(batch, pseud, rng, encodings=encodings)
+        ledger.charge(out["user_pid"], out["occurred_at"], offset, encoded=encodings["user_pid"])
     return sum(b.num_rows for b in data) / (time.perf_counter() - start)
 
 
