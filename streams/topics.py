@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -82,7 +83,38 @@ def ensure_topics(settings: KafkaSettings, streams: list[str], timeout: float = 
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise BrokerError(f"cannot create topic {name!r}: {exc}") from exc
-    return [t.topic for t in wanted]
+    created = [t.topic for t in wanted]
+    _wait_until_ready(admin, created, settings.partitions, timeout)
+    return created
+
+
+def _wait_until_ready(
+    admin: AdminClient, names: list[str], partitions: int, timeout: float
+) -> None:
+    """Until the broker's metadata shows every topic with a leader for each partition.
+
+    The controller acknowledges a creation before the broker serves the topic: a producer
+    asking at once was told it does not exist (seen on a broker still loading thousands
+    of partitions at start-up: `make demo` failed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            meta = admin.list_topics(timeout=timeout).topics
+        except KafkaException as exc:
+            raise BrokerError(f"cannot reach Kafka: {exc}") from exc
+        pending = [
+            name
+            for name in names
+            if name not in meta
+            or meta[name].error is not None
+            or len(meta[name].partitions) < partitions
+            or any(p.leader < 0 for p in meta[name].partitions.values())
+        ]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise BrokerError(f"topics created but not served after {timeout:.0f}s: {pending}")
+        time.sleep(0.1)
 
 
 def _scan(settings: KafkaSettings, topic: str, timeout: float) -> Iterator[Any]:
