@@ -197,10 +197,6 @@ class BudgetLedger:
         slot, counts = self._slot.get(user), self._windows.get(window)
         return 0 if slot is None or counts is None else int(counts[slot])
 
-    def users(self) -> set[str]:
-        """Every user the ledger remembers."""
-        return set(self._users)
-
     def entry(self, user: str) -> dict[str, Any] | None:
         """One user's state as JSON-able data (None once nothing is left to remember)."""
         slot = self._slot.get(user)
@@ -232,11 +228,9 @@ class BudgetLedger:
         micros = pc.cast(at, pa.int64()).to_numpy(zero_copy_only=False)
         windows = micros // (self.window_s * 1_000_000)
         low, high = int(windows.min()), int(windows.max())
-        if encoded is None:
-            slots, inverse = self._slots_of(users)
-        else:
-            slots = self._slots(encoded.names)
-            inverse = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        encoded = encoded or Encoding.of(users)
+        slots = self._slots(encoded.names)
+        inverse = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         if low == high:  # the common case: one window per batch
             return self._charge_window(slots, inverse, low, offset)
         # The message spans a window boundary. Whether a user's rows are replays is decided
@@ -275,14 +269,6 @@ class BudgetLedger:
             self._offset[touched] = offset
         self._changed[touched] = True
         return Charge(allowed, fresh[inverse] & ~allowed)
-
-    def _slots_of(self, users: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-        """(slot of each distinct user, index into those of each row); new users get slots."""
-        encoded = pc.dictionary_encode(users)
-        if isinstance(encoded, pa.ChunkedArray):
-            encoded = encoded.unify_dictionaries().combine_chunks()
-        inverse = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        return self._slots(encoded.dictionary.to_pylist()), inverse
 
     def _slots(self, names: list[str]) -> np.ndarray:
         """The slots of distinct ``names``: one C-level dict look-up each (map, fromiter)."""
@@ -394,16 +380,10 @@ class BudgetLedger:
         keep = np.flatnonzero(live)
         self._users = [self._users[s] for s in keep.tolist()]
         self._slot = dict(zip(self._users, range(len(self._users)), strict=True))
-        m = len(self._users)
-        for name in ("_offset", "_changed", "_shard"):
-            old = getattr(self, name)
-            new = np.full_like(old, -1) if name != "_changed" else np.zeros_like(old)
-            new[:m] = old[keep]
-            setattr(self, name, new)
-        for w, counts in self._windows.items():
-            kept = np.zeros_like(counts)
-            kept[:m] = counts[keep]
-            self._windows[w] = kept
+        self._offset = _compacted(self._offset, keep, -1)
+        self._changed = _compacted(self._changed, keep, False)
+        self._shard = _compacted(self._shard, keep, -1)
+        self._windows = {w: _compacted(c, keep, 0) for w, c in self._windows.items()}
 
     # -- restoring ------------------------------------------------------------------------
 
@@ -436,6 +416,13 @@ def shard_columns(shard: dict[str, Any]) -> dict[str, Any]:
         "offsets": [int(shard[u]["offset"]) for u in users],
         "windows": {w: [int(shard[u]["windows"].get(w, 0)) for u in users] for w in windows},
     }
+
+
+def _compacted(values: np.ndarray, keep: np.ndarray, fill: Any) -> np.ndarray:
+    """``values[keep]`` at the front of an array of the same capacity, ``fill`` after."""
+    out = np.full_like(values, fill)
+    out[: len(keep)] = values[keep]
+    return out
 
 
 def _ranks(inverse: np.ndarray, sizes: np.ndarray) -> np.ndarray:

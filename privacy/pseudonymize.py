@@ -63,12 +63,21 @@ class PseudonymKey:
 
 @dataclass(frozen=True)
 class Encoding:
-    """A pseudonym column dictionary-encoded: its distinct pseudonyms (the cached string
-    objects, whose hashes Python has already computed) and each row's index into them.
-    (Two ids with one pseudonym would need an HMAC-SHA256 collision in 128 bits.)"""
+    """A string column dictionary-encoded: its distinct values and each row's index into
+    them. The pseudonymizer's encoding of a pseudonym column holds its cached string
+    objects, whose hashes Python has already computed (two ids with one pseudonym would
+    need an HMAC-SHA256 collision in 128 bits)."""
 
     names: list[str]
     indices: pa.Array
+
+    @classmethod
+    def of(cls, column: pa.Array | pa.ChunkedArray) -> Encoding:
+        """Any string column's encoding: one hash pass (Arrow) for the distinct values."""
+        encoded = pc.dictionary_encode(column)
+        if isinstance(encoded, pa.ChunkedArray):
+            encoded = encoded.unify_dictionaries().combine_chunks()
+        return cls(encoded.dictionary.to_pylist(), encoded.indices)
 
 
 class HmacPseudonymizer:
@@ -124,10 +133,8 @@ class HmacPseudonymizer:
         """(pseudonyms, their encoding: the distinct pseudonyms and each row's index there)."""
         # HMAC has no vectorised form, so this loops in Python, but once per distinct id in
         # the batch (users repeat within a batch), then maps back with a vectorised take.
-        encoded = pc.dictionary_encode(column)  # one hash pass: distinct ids + row indices
-        if isinstance(encoded, pa.ChunkedArray):
-            encoded = encoded.unify_dictionaries().combine_chunks()
-        values = encoded.dictionary.to_pylist()
+        raw = Encoding.of(column)  # the distinct ids and each row's index among them
+        values = raw.names
         cache = self._caches[key]
         hits = [*map(cache.get, values)]
         if None in hits:  # new users: their HMACs in one comprehension, then cached
@@ -140,7 +147,7 @@ class HmacPseudonymizer:
         else:
             found = cast("list[str]", hits)  # no None: every id was cached
         mapped = pa.array(found, type=pa.string())
-        return pc.take(mapped, encoded.indices), Encoding(found, encoded.indices)
+        return pc.take(mapped, raw.indices), Encoding(found, raw.indices)
 
     def apply(self, column: pa.Array | pa.ChunkedArray) -> pa.Array:
         """Pseudonymise a string column under the newest key."""
