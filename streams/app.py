@@ -110,6 +110,9 @@ class Pipeline:
                     f"process (streams: {', '.join(streams)})"
                 )
             self.models[spec.name], self.model_offsets[spec.name] = self._restore(spec)
+            # from the checkpoint, not from the first batch: a model whose checkpoint holds
+            # its whole stream learns nothing more and would otherwise show no count at all
+            self.metrics.model_seen.labels(spec.name).set(self.models[spec.name].seen)
         self.models_of: dict[str, list[OnlineModel]] = defaultdict(list)
         for model in self.models.values():
             self.models_of[model.stream].append(model)

@@ -73,6 +73,10 @@ def test_kill_9_resumes_from_the_checkpoint_without_replaying(
         resumed[m] = checkpoint.model.seen
     second = WorkerProcess(env, tmp_path / "w1.log", free_port()).start()
     try:
+        # the restarted worker reports what its checkpoints hold from its first scrape on,
+        # also for a model whose checkpoint held its whole stream (nothing left to learn)
+        wait_for(lambda: second.metrics() is not None, 60, "the restarted worker's metrics")
+        assert all(_seen(m, second) >= resumed[m] for m in total), second.metrics()
         try:
             wait_for(
                 lambda: all(_seen(m, second) >= n for m, n in total.items()),
