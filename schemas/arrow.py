@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -23,7 +24,7 @@ import pyarrow.compute as pc
 from pydantic import AwareDatetime
 
 from schemas.annotations import RandomizedResponse
-from schemas.events import BaseEvent, FeedbackEvent
+from schemas.events import BaseEvent, FeedbackEvent, random_id_bytes
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 _UUID_RE = "^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
@@ -172,6 +173,45 @@ def _canonical_uuids(col: pa.ChunkedArray) -> bool:
         if not (digit | dash | ((lower >= ord("a")) & (lower <= ord("f")))).all():
             return False
     return True
+
+
+_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
+_UUID_DIGITS = np.setdiff1d(np.arange(36), _DASHES)  # where the 32 hex digits go
+
+
+def _uuid_text(raw: np.ndarray) -> pa.Array:
+    """UUIDs given as an ``(n, 16)`` uint8 array, as their canonical 36-character strings
+    (``str(UUID)``), formatted in numpy and handed to Arrow as buffers."""
+    n = len(raw)
+    nibbles = np.empty((n, 32), np.uint8)
+    nibbles[:, 0::2] = raw >> 4
+    nibbles[:, 1::2] = raw & 0x0F
+    text = np.full((n, 36), ord("-"), np.uint8)
+    text[:, _UUID_DIGITS] = _HEX[nibbles]
+    offsets = np.arange(0, 36 * n + 1, 36, dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(text)])
+
+
+def uuid_column_of_ints(values: Sequence[int | None]) -> pa.Array:
+    """UUIDs given by their ``.int`` (None for null) as canonical strings: what
+    ``pa.array([str(UUID(int=v)) ...])`` gives, ~5x cheaper (``str(UUID)`` is Python
+    string formatting, ~1 µs a value, and the SDK pays it for every event's id)."""
+    valid = None
+    if None in values:
+        valid = pa.array([v is not None for v in values]).buffers()[1]
+        values = [0 if v is None else v for v in values]
+    joined = b"".join([v.to_bytes(16, "big") for v in values])  # type: ignore[union-attr]
+    text = _uuid_text(np.frombuffer(joined, np.uint8).reshape(len(values), 16))
+    return pa.Array.from_buffers(pa.string(), len(values), [valid, *text.buffers()[1:]])
+
+
+def new_uuid_column(n: int) -> pa.Array:
+    """``n`` new random (version 4) UUIDs as strings: the ids ``emit_many`` gives rows
+    sent without one."""
+    raw = np.frombuffer(random_id_bytes(n), np.uint8).reshape(n, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    return _uuid_text(raw)
 
 
 def _model_checks(model: type[BaseEvent], table: pa.Table) -> list[tuple[str, str, Any]]:

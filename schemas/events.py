@@ -16,9 +16,10 @@ import os
 import random
 import types
 import typing
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
-from uuid import UUID
+from uuid import UUID, SafeUUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -34,16 +35,52 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-# Event ids need uniqueness, not secrecy: 122 random bits from a generator seeded once from
-# the OS CSPRNG cost a third of uuid4(), which reads os.urandom for every id.
+# Event ids need uniqueness, not secrecy: 122 random bits from a generator seeded from the
+# OS CSPRNG (once, and again in every forked child: preforking servers such as gunicorn
+# would otherwise give each worker the same sequence of ids) cost a third of uuid4(), which
+# reads os.urandom for every id.
 _ids = random.Random(os.urandom(32))  # noqa: S311 - ids are not secrets
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 _V4_MASK = ~(0xF000 << 64) & ~(0xC000 << 48)
 _V4_BITS = (0x4000 << 64) | (0x8000 << 48)
+_new, _set, _unknown = object.__new__, object.__setattr__, SafeUUID.unknown
+
+
+def _unchecked_uuid(value: int) -> UUID:
+    """``UUID(int=value)`` without its argument checks (~1 µs, a fifth of building an
+    event): the value is a 128-bit int by construction. Checked against ``UUID(int=)``
+    at import; a CPython whose UUID differs gets the checked constructor."""
+    u = _new(UUID)
+    _set(u, "int", value)
+    _set(u, "is_safe", _unknown)
+    return u
+
+
+def _checked_uuid(value: int) -> UUID:
+    return UUID(int=value)
+
+
+def _same_as_uuid(make: Callable[[int], UUID]) -> bool:
+    try:
+        probe = (0x1234 << 112) | _V4_BITS
+        u, ref = make(probe), UUID(int=probe)
+        return u == ref and str(u) == str(ref) and hash(u) == hash(ref) and u.version == 4
+    except (AttributeError, TypeError):
+        return False
+
+
+_uuid_of = _unchecked_uuid if _same_as_uuid(_unchecked_uuid) else _checked_uuid
 
 
 def new_event_id() -> UUID:
     """A random (version 4) UUID."""
-    return UUID(int=(_ids.getrandbits(128) & _V4_MASK) | _V4_BITS)
+    return _uuid_of((_ids.getrandbits(128) & _V4_MASK) | _V4_BITS)
+
+
+def random_id_bytes(n: int) -> bytes:
+    """``16 * n`` random bytes from the event-id generator, for ids made in bulk
+    (``schemas.arrow.new_uuid_column`` sets their version and variant bits)."""
+    return _ids.getrandbits(128 * n).to_bytes(16 * n, "big")
 
 
 def base_kind(annotation: Any) -> type:

@@ -229,3 +229,55 @@ def test_emit_many_fills_defaults_one_new_id_per_row() -> None:
     assert table["position"].to_pylist() == [0] * 500  # the model's default
     assert table["consent_store"].to_pylist() == [True] * 500
     assert table["occurred_at"].null_count == 0
+
+
+def test_buffered_events_become_the_columns_of_their_fields_ids_included() -> None:
+    """emit keeps each event as a row of its values (ids as ints) and builds the columns at
+    send time: they must equal the events' fields, for an app's model with an optional id
+    of its own too (an id given as None is a null, not an error at send time)."""
+    from uuid import UUID, uuid4
+
+    from schemas.events import BaseEvent
+    from schemas.registry import SchemaRegistry
+    from streams.producer import _Buffer, _plan_for
+    from streams.topics import Topics
+
+    class Reply(BaseEvent):
+        event_name = "reply_test"
+        event_registry = SchemaRegistry()
+        parent_id: UUID | None = None
+        text_len: int
+
+    for model, events in [
+        (
+            InteractionEvent,
+            [
+                InteractionEvent(
+                    user_id=f"u{i}",
+                    app_id="shop",
+                    item_id=f"sku-{i}",
+                    item_category="news",
+                    action="view",
+                    dwell_time_s=i / 2,
+                )
+                for i in range(5)
+            ],
+        ),
+        (
+            Reply,
+            [
+                Reply(user_id="u", app_id="a", parent_id=p, text_len=i)
+                for i, p in enumerate([uuid4(), None, uuid4()])
+            ],
+        ),
+    ]:
+        buf = _Buffer(_plan_for(model, Topics("t")), partition=0)
+        for e in events:
+            buf.rows.append(buf.plan.row(e.__dict__))
+        table = buf.table()
+        assert table.schema == buf.plan.schema
+        expected = [
+            {k: str(v) if isinstance(v, UUID) else v for k, v in e.model_dump().items()}
+            for e in events
+        ]
+        assert table.to_pylist() == expected

@@ -4,6 +4,9 @@ documented error."""
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import uuid
 from typing import Any
 
 import pyarrow as pa
@@ -14,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from schemas.arrow import arrow_schema, validate_table
 from schemas.envelope import decode, encode_arrow, encode_json
 from schemas.errors import EventValidationError
-from schemas.events import FeedbackEvent, InteractionEvent
+from schemas.events import FeedbackEvent, InteractionEvent, new_event_id
 from streams.producer import EventProducer
 
 text = st.text(min_size=1, max_size=40)
@@ -121,3 +124,52 @@ def test_the_canonical_uuid_fast_path_agrees_with_the_regex(values: list[str], s
     canonical = all(len(v) == 36 and v.count("-") == 4 for v in column.to_pylist())
     if by_regex and canonical:
         assert _canonical_uuids(column)
+
+
+@given(st.lists(st.one_of(st.none(), st.uuids(version=None)), max_size=20))
+def test_uuid_columns_hold_what_str_gives(values: list[uuid.UUID | None]) -> None:
+    """The SDK formats ids in numpy from their ints; the text must be ``str(UUID)``'s
+    exactly, and None a null."""
+    from schemas.arrow import uuid_column_of_ints
+
+    column = uuid_column_of_ints([None if v is None else v.int for v in values])
+    column.validate(full=True)
+    assert column.to_pylist() == [None if v is None else str(v) for v in values]
+
+
+def test_new_ids_are_distinct_version_4_uuids_in_canonical_form() -> None:
+    from schemas.arrow import _canonical_uuids, new_uuid_column
+
+    made = [new_event_id() for _ in range(1_000)]
+    bulk = new_uuid_column(1_000)
+    parsed = [uuid.UUID(s) for s in bulk.to_pylist()]
+    assert len(set(made) | set(parsed)) == 2_000
+    for u in made + parsed:
+        assert (u.version, u.variant) == (4, uuid.RFC_4122)
+    assert _canonical_uuids(pa.chunked_array([bulk]))
+    assert len(new_uuid_column(0)) == 0
+    # made without UUID's argument checks, they must be ordinary UUIDs in every respect
+    u = made[0]
+    same = uuid.UUID(str(u))
+    assert (u == same, hash(u) == hash(same), u.int, u.is_safe) == (
+        True,
+        True,
+        same.int,
+        same.is_safe,
+    )
+    assert pickle.loads(pickle.dumps(u)) == u
+
+
+def test_a_forked_child_makes_other_ids_than_its_parent() -> None:
+    """Preforking servers (gunicorn) fork after import: without reseeding, every worker
+    would repeat the parent's sequence of event ids."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send its next id and leave at once
+        os.write(write, new_event_id().bytes)
+        os._exit(0)
+    os.close(write)
+    child_id = uuid.UUID(bytes=os.read(read, 16))
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child_id != new_event_id()
