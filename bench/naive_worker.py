@@ -26,7 +26,7 @@ from schemas.events import InteractionEvent
 
 bootstrap, topic_name, lake, expected, port = sys.argv[1:6]
 app = faust.App(
-    f"naive-{os.getpid()}",
+    f"{topic_name}-naive",  # under the topic's namespace: deleted with it after the run
     broker=f"kafka://{bootstrap}",
     store="memory://",
     datadir=tempfile.mkdtemp(prefix="naive-faust-"),  # not "<app id>-data" in the cwd

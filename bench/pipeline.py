@@ -22,7 +22,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from deltalake import DeltaTable
 from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _broker import kafka_for_bench
+from _broker import fresh_namespace, kafka_for_bench
 
 from eddyline.simulate import TrafficSimulator
 from schemas.events import InteractionEvent
@@ -84,8 +83,8 @@ def _worker(kafka: KafkaSettings, root: Path, name: str) -> WorkerProcess:
     return WorkerProcess(env, root / f"{name}.log", free_port()).start(timeout=120)
 
 
-def drain(bootstrap: str, n: int, root: Path, spool: str) -> float:
-    kafka = KafkaSettings(bootstrap=bootstrap, namespace=f"drain{uuid.uuid4().hex[:6]}")
+def drain(bootstrap: str, namespace: str, n: int, root: Path, spool: str) -> float:
+    kafka = KafkaSettings(bootstrap=bootstrap, namespace=namespace)
     ensure_topics(kafka, ["interaction", "feedback"])
     log(f"drain: pre-filling {n:,} events")
     _emit(kafka, n, seed=1, rate=None, spool=spool)
@@ -141,8 +140,8 @@ def _last_append(uri: Path) -> float:
     return float(max(stamps)) / 1000
 
 
-def naive(bootstrap: str, n: int, root: Path) -> float:
-    topic = f"naive{uuid.uuid4().hex[:6]}.json"
+def naive(bootstrap: str, namespace: str, n: int, root: Path) -> float:
+    topic = f"{namespace}.json"
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, 3, 1)])[topic].result()
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
@@ -176,12 +175,14 @@ def naive(bootstrap: str, n: int, root: Path) -> float:
     return n / float(result["done"] - result["first"])
 
 
-def latency(bootstrap: str, rate: float, seconds: float, root: Path, spool: str) -> list[float]:
+def latency(
+    bootstrap: str, namespace: str, rate: float, seconds: float, root: Path, spool: str
+) -> list[float]:
     """Seconds from emit to visible in Delta, per event, at ``rate`` events/s offered.
 
     Steady state: the worker first takes a warm-up of 1,000 events to Delta (group join,
     table creation), then the paced events are offered and measured."""
-    kafka = KafkaSettings(bootstrap=bootstrap, namespace=f"lat{uuid.uuid4().hex[:6]}")
+    kafka = KafkaSettings(bootstrap=bootstrap, namespace=namespace)
     ensure_topics(kafka, ["interaction", "feedback"])
     worker = _worker(kafka, root, "latency-worker")
     uri = str(root / "lake" / "interaction")
@@ -251,11 +252,14 @@ def main() -> None:
         root = Path(tmp)
         spool = str(root / "spool")
         if "drain" in phases:
-            ours = drain(bootstrap, args.events, root / "drain", spool)
+            with fresh_namespace(bootstrap, "drain") as ns:
+                ours = drain(bootstrap, ns, args.events, root / "drain", spool)
         if "naive" in phases:
-            base = naive(bootstrap, args.naive_events, root)
+            with fresh_namespace(bootstrap, "naive") as ns:
+                base = naive(bootstrap, ns, args.naive_events, root)
         if "latency" in phases:
-            delays = latency(bootstrap, args.rate, args.seconds, root / "latency", spool)
+            with fresh_namespace(bootstrap, "lat") as ns:
+                delays = latency(bootstrap, ns, args.rate, args.seconds, root / "latency", spool)
             p50, p99 = (float(p) for p in np.percentile(delays, [50, 99]))
             log(f"latency: p50 {p50:.2f}s p99 {p99:.2f}s over {len(delays):,} events")
     print(

@@ -26,7 +26,7 @@ from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _broker import kafka_for_bench
+from _broker import fresh_namespace, kafka_for_bench
 
 from schemas.events import InteractionEvent
 from streams.producer import EventProducer
@@ -132,8 +132,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    with kafka_for_bench() as bootstrap, tempfile.TemporaryDirectory() as spool:
-        kafka = KafkaSettings(bootstrap=bootstrap, namespace=f"bench{uuid.uuid4().hex[:6]}")
+    with (
+        kafka_for_bench() as bootstrap,
+        tempfile.TemporaryDirectory() as spool,
+        fresh_namespace(bootstrap, "sdk") as namespace,
+    ):
+        kafka = KafkaSettings(bootstrap=bootstrap, namespace=namespace)
         ensure_topics(kafka, ["interaction"])
         sdk, plain, cols = [], [], []
         for r in range(args.rounds):
