@@ -96,6 +96,10 @@ class DeliveryReport:
     spooled: bool = False
 
 
+_LIBRDKAFKA_MESSAGE_MAX = 1_000_000  # librdkafka's default message.max.bytes
+_HEADERS_ROOM = 4_096  # an envelope's headers and Kafka's record overhead, generously
+
+
 @dataclass(frozen=True)
 class _Plan:
     """How one model's events become columns: the topic, the schema, the row layout."""
@@ -206,6 +210,18 @@ def _plan_for(model: type[BaseEvent], topics: Topics) -> _Plan:
 def _is_uuid(annotation: Any) -> bool:
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     return annotation is UUID or (len(args) == 1 and args[0] is UUID)
+
+
+def _check_envelope_fits(settings: ProducerSettings, kafka: KafkaSettings) -> None:
+    """Refuse, when the producer is made, envelopes larger than librdkafka's
+    ``message.max.bytes``: every one would fail at send time (MSG_SIZE_TOO_LARGE)."""
+    limit = int(kafka.librdkafka().get("message.max.bytes", _LIBRDKAFKA_MESSAGE_MAX))
+    if settings.batch_max_bytes + _HEADERS_ROOM > limit:
+        raise ValueError(
+            f"batch_max_bytes {settings.batch_max_bytes:,} leaves no room under Kafka's "
+            f"message.max.bytes {limit:,} (headers need ~{_HEADERS_ROOM:,}): lower "
+            "batch_max_bytes, or raise message.max.bytes in extra_config and on the broker"
+        )
 
 
 def _validation_error(exc: ValidationError, model: type[BaseEvent]) -> EventValidationError:
@@ -345,6 +361,7 @@ class EventProducer:
     ) -> None:
         self.settings = settings or ProducerSettings()
         self.kafka = kafka or KafkaSettings()
+        _check_envelope_fits(self.settings, self.kafka)
         self._topics = Topics(self.kafka.namespace)
         self._metrics = ProducerMetrics.on(registry)
         self._on_delivery = on_delivery

@@ -281,3 +281,14 @@ def test_buffered_events_become_the_columns_of_their_fields_ids_included() -> No
             for e in events
         ]
         assert table.to_pylist() == expected
+
+
+def test_envelopes_larger_than_kafka_allows_are_refused_when_the_producer_is_made() -> None:
+    from streams.settings import ProducerSettings
+
+    with pytest.raises(ValueError, match=r"batch_max_bytes 1,400,000 .* message.max.bytes"):
+        EventProducer(ProducerSettings(batch_max_bytes=1_400_000), registry=CollectorRegistry())
+    raised = KafkaSettings(extra_config={"message.max.bytes": 2_000_000})
+    EventProducer(
+        ProducerSettings(batch_max_bytes=1_400_000), kafka=raised, registry=CollectorRegistry()
+    ).close(0.1)
