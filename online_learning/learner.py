@@ -162,15 +162,18 @@ class OnlineModel:
         return out.to_dummies(dummies) if dummies else out
 
     def target(self, batch: pa.Table) -> pl.Series:
-        """The 0/1 label per row (null where no rule's column is set)."""
+        """The 0/1 label per row: the first rule whose column is set decides (null where
+        none is). Arrow kernels, not a polars query: a few µs instead of ~0.5 ms a batch."""
         tests = []
         for rule in self.spec.target:
-            c = pl.col(rule.column)
-            test = c.is_in(rule.is_in) if rule.is_in is not None else c >= rule.at_least
-            tests.append(pl.when(c.is_not_null()).then(test))
-        frame = pl.from_arrow(batch.select(list({r.column for r in self.spec.target})))
-        assert isinstance(frame, pl.DataFrame)
-        return frame.select(pl.coalesce(tests).alias("y"))["y"]
+            col = batch[rule.column]
+            if rule.is_in is not None:
+                test = pc.is_in(col, pa.array(rule.is_in, col.type))
+            else:
+                test = pc.greater_equal(col, rule.at_least)
+            tests.append(pc.if_else(pc.is_valid(col), test, pa.scalar(None, pa.bool_())))
+        y = tests[0] if len(tests) == 1 else pc.coalesce(*tests)
+        return pl.Series("y", y, dtype=pl.Boolean)
 
     def predict_one(self, values: dict[str, Any]) -> float:
         """Probability of the positive label for one row of feature values (strings are

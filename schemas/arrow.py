@@ -61,6 +61,7 @@ def _arrow_type(annotation: Any) -> pa.DataType:
     raise TypeError(f"no Arrow type for {annotation!r}")
 
 
+@functools.cache  # a model class never changes once defined; every envelope asks
 def arrow_schema(model: type[BaseEvent]) -> pa.Schema:
     """The Arrow schema of ``model``'s raw events (before the privacy stage)."""
     fields = []
@@ -93,7 +94,8 @@ class _FieldRule:
     pattern: str | None = None
 
 
-def _rules(model: type[BaseEvent]) -> list[_FieldRule]:
+@functools.cache
+def _rules(model: type[BaseEvent]) -> tuple[_FieldRule, ...]:
     rules = []
     for name, info in model.model_fields.items():
         inner, nullable = _unwrap(info.annotation)
@@ -118,7 +120,42 @@ def _rules(model: type[BaseEvent]) -> list[_FieldRule]:
             elif isinstance(m, RandomizedResponse):
                 rule.allowed = list(m.categories)
         rules.append(rule)
-    return rules
+    return tuple(rules)
+
+
+def _clean(col: pa.ChunkedArray, rule: _FieldRule) -> bool:
+    """Whether no row of ``col`` can break ``rule``, from a few summaries (null count,
+    min/max, all-finite) instead of one mask per check: ~3x fewer Arrow calls, each ~20 µs
+    whatever the batch size. False means "look row by row" (``_bad_mask``), never "bad"."""
+    nulls = col.null_count
+    if nulls == len(col):  # no value at all (or no row)
+        return not (rule.required and nulls)
+    if rule.required and nulls:
+        return False
+    if pa.types.is_floating(col.type) and not pc.all(pc.is_finite(col)).as_py():
+        return False  # (NaN would slip past min/max)
+    if rule.lower is not None or rule.upper is not None:
+        low, high = pc.min_max(col).values()
+        if rule.lower is not None and (
+            low.as_py() <= rule.lower if rule.lower_strict else low.as_py() < rule.lower
+        ):
+            return False
+        if rule.upper is not None and (
+            high.as_py() >= rule.upper if rule.upper_strict else high.as_py() > rule.upper
+        ):
+            return False
+    if rule.min_len is not None or rule.max_len is not None:
+        shortest, longest = pc.min_max(pc.utf8_length(col)).values()
+        if rule.min_len is not None and shortest.as_py() < rule.min_len:
+            return False
+        if rule.max_len is not None and longest.as_py() > rule.max_len:
+            return False
+    if rule.pattern is not None and not (rule.pattern == _UUID_RE and _canonical_uuids(col)):
+        return False
+    if rule.allowed:  # nulls pass here as in ``_bad_mask`` (is_in says false for them)
+        allowed = pc.is_in(col, pa.array(rule.allowed))
+        return bool(pc.all(pc.or_(allowed, pc.is_null(col))).as_py())
+    return True
 
 
 def _bad_mask(col: pa.ChunkedArray, rule: _FieldRule) -> list[tuple[str, pa.ChunkedArray]]:
@@ -142,8 +179,9 @@ def _bad_mask(col: pa.ChunkedArray, rule: _FieldRule) -> list[tuple[str, pa.Chun
             checks.append(("too_long", pc.greater(length, rule.max_len)))
     if rule.pattern is not None and not (rule.pattern == _UUID_RE and _canonical_uuids(col)):
         checks.append(("bad_format", pc.invert(pc.match_substring_regex(col, rule.pattern))))
-    if rule.allowed:
-        checks.append(("not_allowed", pc.invert(pc.is_in(col, pa.array(rule.allowed)))))
+    if rule.allowed:  # a null is no value, not a wrong one ("missing" when required)
+        allowed = pc.is_in(col, pa.array(rule.allowed))
+        checks.append(("not_allowed", pc.and_(pc.is_valid(col), pc.invert(allowed))))
     return checks
 
 
@@ -228,6 +266,8 @@ def conform(model: type[BaseEvent], table: pa.Table) -> pa.Table:
     Missing nullable columns are added as nulls; unknown columns are an error.
     """
     schema = arrow_schema(model)
+    if table.schema.equals(schema, check_metadata=True):  # what the SDK sends
+        return table
     extra = set(table.column_names) - set(schema.names)
     if extra:
         raise ValueError(f"unknown columns {sorted(extra)}")
@@ -248,14 +288,22 @@ def validate_table(model: type[BaseEvent], table: pa.Table) -> tuple[pa.Table, l
 
     A row that breaks several rules is reported once, under the first rule it breaks.
     """
+    rules = _rules(model)
+    model_checks = _model_checks(model, table)
+    # The common case, no bad row, is settled from per-column summaries (``_clean``); only
+    # a batch that may hold bad rows pays for a mask per check and for attributing each
+    # row to its first failing check.
+    if all(_clean(table[rule.name], rule) for rule in rules) and not any(
+        pc.any(mask).as_py() for _, _, mask in model_checks
+    ):
+        return table, []
     checks = [
         (rule.name, reason, mask)
-        for rule in _rules(model)
+        for rule in rules
         for reason, mask in _bad_mask(table[rule.name], rule)
-    ] + _model_checks(model, table)
-    # The common case, no bad row, costs one OR per check (Kleene: a null mask value, from a
-    # null cell, does not hide a true one; ``any`` skips nulls); only a batch with bad rows
-    # pays for attributing each row to its first failing check.
+    ] + model_checks
+    # One OR per check (Kleene: a null mask value, from a null cell, does not hide a true
+    # one; ``any`` skips nulls) before the row-by-row attribution.
     if (
         not checks
         or not pc.any(functools.reduce(pc.or_kleene, [mask for _, _, mask in checks])).as_py()

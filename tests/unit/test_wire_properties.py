@@ -7,17 +7,19 @@ import json
 import os
 import pickle
 import uuid
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+from pydantic import Field
 
 from schemas.arrow import arrow_schema, validate_table
 from schemas.envelope import decode, encode_arrow, encode_json
 from schemas.errors import EventValidationError
-from schemas.events import FeedbackEvent, InteractionEvent, new_event_id
+from schemas.events import BaseEvent, FeedbackEvent, InteractionEvent, new_event_id
+from schemas.registry import SchemaRegistry
 from streams.producer import EventProducer
 
 text = st.text(min_size=1, max_size=40)
@@ -173,3 +175,96 @@ def test_a_forked_child_makes_other_ids_than_its_parent() -> None:
     os.close(read)
     os.waitpid(pid, 0)
     assert child_id != new_event_id()
+
+
+_numbers = st.one_of(
+    st.sampled_from([float("nan"), float("inf"), -1.0, 0.0, 300.0, 86_400.0, 86_400.5]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.none(),
+)
+_words = st.one_of(st.none(), st.text(max_size=3), st.just("x" * 300))
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.tuples(
+            _numbers,
+            st.one_of(st.none(), st.integers(-5, 1_005)),
+            _words,
+            st.one_of(st.none(), st.sampled_from(["view", "click", "buy", ""])),
+            st.one_of(st.none(), st.uuids().map(str), st.text(max_size=36)),
+        ),
+        min_size=0,
+        max_size=8,
+    )
+)
+def test_the_summary_fast_path_never_passes_a_batch_with_a_bad_row(rows: list[tuple]) -> None:
+    """``_clean`` decides most batches from per-column summaries; whenever it passes every
+    column, the row-by-row masks must find no bad row either (it may only err towards
+    "look row by row"), column by column. Also checks validate_table against the masks."""
+    import pyarrow.compute as pc
+
+    from schemas.arrow import _bad_mask, _clean, _rules
+
+    n = len(rows)
+    good = {
+        "event_id": [str(uuid.UUID(int=i)) for i in range(n)],
+        "user_id": ["u"] * n,
+        "occurred_at": pa.array([0] * n, pa.timestamp("us", tz="UTC")),
+        "app_id": ["a"] * n,
+        "consent_store": [True] * n,
+        "consent_learn": [True] * n,
+        "item_id": ["i"] * n,
+        "item_category": ["c"] * n,
+        "action": ["view"] * n,
+        "dwell_time_s": [1.0] * n,
+        "position": [0] * n,
+    }
+    columns = zip(*rows, strict=True) if rows else [[]] * 5
+    for name, values in zip(
+        ["dwell_time_s", "position", "item_category", "action", "event_id"], columns, strict=True
+    ):
+        good[name] = list(values)
+    table = pa.table(good, schema=arrow_schema(InteractionEvent))
+    any_bad = False
+    for rule in _rules(InteractionEvent):
+        col = table[rule.name]
+        bad = any(pc.any(mask).as_py() is True for _, mask in _bad_mask(col, rule))
+        if _clean(col, rule):  # per column: a pass must mean no mask of it is true
+            assert not bad, (rule.name, col.to_pylist())
+        any_bad = any_bad or bad
+    kept, violations = validate_table(InteractionEvent, table)
+    assert bool(violations) == any_bad
+    assert kept.num_rows + sum(len(v.rows) for v in violations) == n
+
+
+class _Optional(BaseEvent):
+    """Optional constrained fields: nulls are fine, other values are checked."""
+
+    event_name: ClassVar[str] = "optional_test"
+    event_registry: ClassVar[SchemaRegistry] = SchemaRegistry()
+    choice: Literal["a", "b"] | None = None
+    share: Annotated[float | None, Field(gt=0, lt=1)] = None
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.one_of(st.none(), st.sampled_from(["a", "b", "c"])), max_size=5),
+    st.lists(st.one_of(st.none(), st.sampled_from([0.0, 0.5, 1.0, float("nan")])), max_size=5),
+)
+def test_the_summary_fast_path_on_optional_fields(choices: list, shares: list) -> None:
+    import pyarrow.compute as pc
+
+    from schemas.arrow import _bad_mask, _clean, _rules
+
+    for rule in _rules(_Optional):
+        if rule.name not in ("choice", "share"):
+            continue
+        values = choices if rule.name == "choice" else shares
+        col = pa.chunked_array([pa.array(values, arrow_schema(_Optional).field(rule.name).type)])
+        bad = any(pc.any(mask).as_py() is True for _, mask in _bad_mask(col, rule))
+        if _clean(col, rule):
+            assert not bad, (rule.name, values)
+        if all(v is None for v in values):  # an optional field left out is no violation
+            assert not bad
