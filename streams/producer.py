@@ -690,6 +690,16 @@ class EventProducer:
             self._produce(env, from_spool=False)
         except BufferError:  # 64 MiB already queued in librdkafka: spill to disk
             self._to_spool(env)
+        except KafkaException as exc:  # refused before sending: keep it, retry from disk
+            log.warning(
+                "Kafka did not take %d %s events for %s/%d (%s); spooled, retried later",
+                env.count,
+                env.stream,
+                env.topic,
+                env.partition,
+                exc,
+            )
+            self._to_spool(env)
 
     def _produce(self, env: _Envelope, *, from_spool: bool) -> None:
         kafka_headers: KafkaHeaders = [*env.headers]
@@ -776,16 +786,20 @@ class EventProducer:
         linger = self.settings.linger_ms / 1000
         next_drain = 0.0
         while not self._stop.is_set():
-            producer = self._producer
-            if producer is not None:
-                producer.poll(min(linger / 2, 0.05) or 0.01)
-            now = time.monotonic()
-            with self._lock:
-                for buf in [b for b in self._buffers.values() if now - b.started >= linger]:
-                    self._send(buf)
-            if now >= next_drain:
-                self._drain()
-                next_drain = now + 0.5
+            try:
+                producer = self._producer
+                if producer is not None:
+                    producer.poll(min(linger / 2, 0.05) or 0.01)
+                now = time.monotonic()
+                with self._lock:
+                    for buf in [b for b in self._buffers.values() if now - b.started >= linger]:
+                        self._send(buf)
+                if now >= next_drain:
+                    self._drain()
+                    next_drain = now + 0.5
+            except Exception:  # this thread sends every lingering buffer: it must not die
+                log.exception("eddyline producer thread: unexpected error; carrying on")
+                self._stop.wait(0.5)
 
     def _drain(self) -> None:
         """Send spooled envelopes, oldest first, for partitions with nothing else in flight."""
@@ -819,6 +833,9 @@ class EventProducer:
                         self._produce(env, from_spool=True)
                     except BufferError:
                         return
+                    except KafkaException as exc:  # it stays on disk for the next drain
+                        log.warning("cannot send spooled envelopes of %s/%d: %s", *key, exc)
+                        break
 
 
 _RETRY_LATER = {

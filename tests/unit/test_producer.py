@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -292,3 +294,52 @@ def test_envelopes_larger_than_kafka_allows_are_refused_when_the_producer_is_mad
     EventProducer(
         ProducerSettings(batch_max_bytes=1_400_000), kafka=raised, registry=CollectorRegistry()
     ).close(0.1)
+
+
+class _RefusingClient:
+    """A librdkafka producer stand-in whose ``produce`` raises, as librdkafka does for an
+    unknown partition or after a fatal idempotence error."""
+
+    def __init__(self) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
+        self.error = KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION))
+        self.calls = 0
+
+    def produce(self, *args: object, **kwargs: object) -> None:
+        self.calls += 1
+        raise self.error
+
+    def poll(self, timeout: float) -> int:
+        time.sleep(timeout)
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+    def list_topics(self, *args: object, **kwargs: object) -> None:
+        return None
+
+    def purge(self, **kwargs: object) -> None:
+        return None
+
+
+def test_an_envelope_kafka_will_not_take_is_spooled_not_lost(tmp_path) -> None:
+    """``produce`` raising (not BufferError) once lost the buffer it was sending: the
+    accepted events vanished, the exception reached ``emit``'s caller, and in the
+    linger thread it killed the thread that sends every lingering buffer."""
+    p = _offline_producer(tmp_path, batch_max_events=50, linger_ms=20)
+    p._client()
+    fake = p._producer = _RefusingClient()  # type: ignore[assignment]
+    p._offline = False
+    for i in range(120):  # two envelopes by count from emit, the rest by linger
+        p.emit(_event(i))
+    deadline = time.monotonic() + 5
+    while p.spooled < 120 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert p.spooled == 120 and p.failed == 0  # every accepted event is kept on disk
+    assert p._thread is not None and p._thread.is_alive()
+    tries, envelopes = fake.calls, len(p._spool or [])
+    time.sleep(1.2)  # the drain retries from the spool, and keeps them there
+    assert fake.calls > tries and len(p._spool or []) == envelopes >= 3
+    p.close(0.2)
