@@ -39,7 +39,7 @@ _SCALARS: dict[type, pa.DataType] = {
 }
 
 
-def _unwrap(annotation: Any) -> tuple[Any, bool]:
+def unwrap_optional(annotation: Any) -> tuple[Any, bool]:
     """(inner annotation, nullable) for ``X | None``."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -66,7 +66,7 @@ def arrow_schema(model: type[BaseEvent]) -> pa.Schema:
     """The Arrow schema of ``model``'s raw events (before the privacy stage)."""
     fields = []
     for name, info in model.model_fields.items():
-        inner, nullable = _unwrap(info.annotation)
+        inner, nullable = unwrap_optional(info.annotation)
         fields.append(pa.field(name, _arrow_type(inner), nullable=nullable))
     return pa.schema(fields, metadata={"eddyline.schema": model.schema_id()})
 
@@ -98,7 +98,7 @@ class _FieldRule:
 def _rules(model: type[BaseEvent]) -> tuple[_FieldRule, ...]:
     rules = []
     for name, info in model.model_fields.items():
-        inner, nullable = _unwrap(info.annotation)
+        inner, nullable = unwrap_optional(info.annotation)
         rule = _FieldRule(name, required=not nullable)
         if typing.get_origin(inner) is Literal:
             rule.allowed = list(typing.get_args(inner))

@@ -30,7 +30,6 @@ import os
 import re
 import threading
 import time
-import typing
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -50,6 +49,7 @@ from schemas.arrow import (
     arrow_schema,
     conform,
     new_uuid_column,
+    unwrap_optional,
     uuid_column_of_ints,
     validate_table,
 )
@@ -181,7 +181,9 @@ class _Envelope:
 
 
 def _plan_for(model: type[BaseEvent], topics: Topics) -> _Plan:
-    uuids = tuple(n for n, info in model.model_fields.items() if _is_uuid(info.annotation))
+    uuids = tuple(
+        n for n, info in model.model_fields.items() if unwrap_optional(info.annotation)[0] is UUID
+    )
     names = tuple(n for n in model.model_fields if n not in uuids)
     # a tuple: BaseEvent's own fields give every model more than one name
     rest = operator.itemgetter(*names)
@@ -206,11 +208,6 @@ def _plan_for(model: type[BaseEvent], topics: Topics) -> _Plan:
         uuids,
         names,
     )
-
-
-def _is_uuid(annotation: Any) -> bool:
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    return annotation is UUID or (len(args) == 1 and args[0] is UUID)
 
 
 def _check_envelope_fits(settings: ProducerSettings, kafka: KafkaSettings) -> None:
