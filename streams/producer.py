@@ -379,6 +379,11 @@ class EventProducer:
         self._spool: Spool | None = None
         self._seq = 0
         self._offline = False
+        # The error that made librdkafka's producer unusable (None: it is fine), and when
+        # the background thread may next replace it (backing off if it keeps failing).
+        self._fatal: KafkaError | None = None
+        self._restart_at = 0.0
+        self._restart_backoff = _RESTART_BACKOFF_S
         self._closed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -612,19 +617,22 @@ class EventProducer:
             self._spool = Spool.open(self._spool_root(), max_bytes=self.settings.spool_max_bytes)
             self._seq = self._spool.max_seq() + 1
             self._partitions.update(self._load_partitions())
-            conf = self.kafka.librdkafka(
-                {
-                    **_PRODUCER_DEFAULTS,
-                    "delivery.timeout.ms": self.settings.delivery_timeout_ms,
-                    "error_cb": self._on_error,
-                }
-            )
-            self._producer = Producer(conf)
+            self._producer = self._new_client()
             self._thread = threading.Thread(
                 target=self._background, name="eddyline-producer", daemon=True
             )
             self._thread.start()
         return self._producer
+
+    def _new_client(self) -> Producer:
+        conf = self.kafka.librdkafka(
+            {
+                **_PRODUCER_DEFAULTS,
+                "delivery.timeout.ms": self.settings.delivery_timeout_ms,
+                "error_cb": self._on_error,
+            }
+        )
+        return Producer(conf)
 
     def _spool_root(self) -> Path:
         """One spool root per cluster: a spool is never sent to another cluster."""
@@ -650,6 +658,39 @@ class EventProducer:
     def _on_error(self, err: KafkaError) -> None:
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
             self._offline = True
+        elif _is_fatal(err):
+            self._fatal = err
+
+    def _replace_client(self) -> None:
+        """A new librdkafka producer in place of one a fatal error made unusable.
+
+        After a fatal error (idempotence: librdkafka can no longer promise order without
+        duplicates) every ``produce`` fails, for good, on that instance. What it still holds
+        is purged: each purged envelope reports back and is spooled. Then a new instance
+        (a new producer id) takes over and the drain resends the spool, oldest first per
+        partition. An envelope the broker had stored before the error may be sent twice:
+        at least once, rather than lost. Caller: the background thread."""
+        old, reason = self._producer, self._fatal
+        if old is None or reason is None:
+            return
+        log.error(
+            "Kafka client hit a fatal error (%s); replacing it, its envelopes are resent "
+            "from the spool",
+            reason.str(),
+        )
+        old.purge(in_queue=True, in_flight=True)
+        deadline = time.monotonic() + 5.0
+        while len(old) and time.monotonic() < deadline:
+            old.flush(0.5)  # serves the purged envelopes' reports: each is spooled
+        with self._lock:
+            self._fatal = None
+            self._producer = self._new_client()
+            self._offline = True  # the drain checks the new client reaches Kafka first
+        self._metrics.client_restarts.inc()
+        # If the new client fails at once as well (a setting or an ACL the broker refuses),
+        # replace it less and less often, up to once a minute.
+        self._restart_at = time.monotonic() + self._restart_backoff
+        self._restart_backoff = min(self._restart_backoff * 2, 60.0)
 
     # -- sending --------------------------------------------------------------------------
 
@@ -678,9 +719,11 @@ class EventProducer:
 
     def _route(self, env: _Envelope) -> None:
         """Straight to Kafka, unless Kafka is away or older envelopes of the partition wait
-        in the spool: then behind them, to keep per-user order."""
+        in the spool, or the client awaits replacement after a fatal error: then behind
+        them, to keep per-user order."""
         assert self._spool is not None
-        if self._offline or self._spool.has(*env.key) or env.key in self._draining.values():
+        waiting = self._spool.has(*env.key) or env.key in self._draining.values()
+        if self._offline or self._fatal is not None or waiting:
             self._to_spool(env)
             return
         try:
@@ -688,6 +731,7 @@ class EventProducer:
         except BufferError:  # 64 MiB already queued in librdkafka: spill to disk
             self._to_spool(env)
         except KafkaException as exc:  # refused before sending: keep it, retry from disk
+            self._note_fatal(exc)
             log.warning(
                 "Kafka did not take %d %s events for %s/%d (%s); spooled, retried later",
                 env.count,
@@ -697,6 +741,11 @@ class EventProducer:
                 exc,
             )
             self._to_spool(env)
+
+    def _note_fatal(self, exc: KafkaException) -> None:
+        err = exc.args[0] if exc.args else None
+        if isinstance(err, KafkaError) and _is_fatal(err):
+            self._fatal = err
 
     def _produce(self, env: _Envelope, *, from_spool: bool) -> None:
         kafka_headers: KafkaHeaders = [*env.headers]
@@ -736,13 +785,17 @@ class EventProducer:
                 self._inflight[env.key] -= 1
             if err is None:
                 self._offline = False
+                self._restart_backoff = _RESTART_BACKOFF_S
                 if from_spool and self._spool is not None:
                     self._spool.remove(env.seq)
                 self.delivered += env.count
                 self._metrics.delivered.labels(env.stream).inc(env.count)
                 self._metrics.delivery_latency.observe(latency)
-            elif err.retriable() or err.code() in _RETRY_LATER:
-                self._offline = True
+            elif err.retriable() or err.code() in _RETRY_LATER or _is_fatal(err):
+                if _is_fatal(err):
+                    self._fatal = err  # the background thread replaces the client
+                else:
+                    self._offline = True
                 if not from_spool:  # a spooled one simply stays on disk
                     self._to_spool(env)
             else:
@@ -784,6 +837,8 @@ class EventProducer:
         next_drain = 0.0
         while not self._stop.is_set():
             try:
+                if self._fatal is not None and time.monotonic() >= self._restart_at:
+                    self._replace_client()
                 producer = self._producer
                 if producer is not None:
                     producer.poll(min(linger / 2, 0.05) or 0.01)
@@ -801,7 +856,7 @@ class EventProducer:
     def _drain(self) -> None:
         """Send spooled envelopes, oldest first, for partitions with nothing else in flight."""
         spool, producer = self._spool, self._producer
-        if spool is None or producer is None or not len(spool):
+        if spool is None or producer is None or not len(spool) or self._fatal is not None:
             return
         if self._offline:
             try:
@@ -831,6 +886,7 @@ class EventProducer:
                     except BufferError:
                         return
                     except KafkaException as exc:  # it stays on disk for the next drain
+                        self._note_fatal(exc)
                         log.warning("cannot send spooled envelopes of %s/%d: %s", *key, exc)
                         break
 
@@ -842,6 +898,14 @@ _RETRY_LATER = {
     KafkaError._PURGE_INFLIGHT,
     KafkaError._TIMED_OUT,
 }
+
+
+_RESTART_BACKOFF_S = 1.0  # the first wait before replacing a client that failed fatally again
+
+
+def _is_fatal(err: KafkaError) -> bool:
+    """Whether ``err`` leaves librdkafka's producer unusable (only a new one can send)."""
+    return bool(err.fatal()) or err.code() == KafkaError._FATAL
 
 
 def _stream_of(headers: Headers) -> str:

@@ -17,6 +17,7 @@ class ProducerMetrics:
     spooled: Counter
     batch_events: Histogram
     delivery_latency: Histogram
+    client_restarts: Counter
 
     @classmethod
     def on(cls, registry: CollectorRegistry | None = None) -> ProducerMetrics:
@@ -46,6 +47,11 @@ class ProducerMetrics:
             Histogram(
                 "eddyline_sdk_delivery_seconds",
                 "Envelope creation to acknowledgement",
+                registry=reg,
+            ),
+            Counter(
+                "eddyline_sdk_client_restarts",
+                "Kafka clients replaced after a fatal error (what they held resent from the spool)",
                 registry=reg,
             ),
         )

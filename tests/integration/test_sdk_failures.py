@@ -9,6 +9,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -135,3 +136,68 @@ def test_a_process_killed_with_a_full_spool_delivers_after_restart(
     _assert_exactly_once_in_order(
         kafka, list(TrafficSimulator(users=30, seed=13).interactions(2_000))
     )
+
+
+class _FatallyFailedClient:
+    """librdkafka's producer after a fatal (idempotence) error, which no broker can be made
+    to raise on demand: what it holds fails with ``_FATAL``, and so does every later
+    ``produce``. Only a new client can send again."""
+
+    def __init__(self) -> None:
+        from confluent_kafka import KafkaError
+
+        self.error = KafkaError(KafkaError._FATAL, "test: fatal idempotence error", fatal=True)
+        self.held: list[Any] = []
+        self.accepted = 0
+
+    def produce(self, *args: object, on_delivery: Any, **kwargs: object) -> None:
+        from confluent_kafka import KafkaException
+
+        if self.accepted >= 3:  # took a few, then the fatal error struck
+            raise KafkaException(self.error)
+        self.accepted += 1
+        self.held.append(on_delivery)
+
+    def poll(self, timeout: float) -> int:
+        served, self.held = self.held, []
+        for report in served:
+            report(self.error, None)
+        return len(served)
+
+    def flush(self, timeout: float) -> int:
+        self.poll(0)
+        return 0
+
+    def purge(self, **kwargs: object) -> None:
+        return None
+
+    def list_topics(self, *args: object, **kwargs: object) -> None:
+        return None
+
+    def __len__(self) -> int:
+        return len(self.held)
+
+
+def test_after_a_fatal_client_error_a_new_client_delivers_every_event_once_in_order(
+    kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    """The envelopes the failed client held, and those refused by it, are spooled (not
+    counted as failed and dropped), and a new librdkafka client sends them."""
+    registry = CollectorRegistry()
+    settings = ProducerSettings(linger_ms=20, batch_max_events=100, spool_dir=tmp_path / "spool")
+    sent = list(TrafficSimulator(users=30, seed=14).interactions(3_000))
+    with EventProducer(settings, kafka=kafka, registry=registry) as producer:
+        for e in sent[:1_000]:
+            producer.emit(e)
+        assert producer.flush(30) == 0
+        failed = producer._producer = _FatallyFailedClient()  # type: ignore[assignment]
+        for e in sent[1_000:2_000]:
+            producer.emit(e)
+        wait_for(lambda: producer._producer is not failed, 30, "the client to be replaced")
+        for e in sent[2_000:]:
+            producer.emit(e)
+        assert producer.flush(60) == 0
+    assert failed.accepted == 3  # it did take envelopes before failing them
+    assert producer.delivered == 3_000 and producer.failed == 0
+    assert registry.get_sample_value("eddyline_sdk_client_restarts_total") == 1
+    _assert_exactly_once_in_order(kafka, sent)
