@@ -4,6 +4,7 @@ simulator streams."""
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 
 from eddyline.simulate import TrafficSimulator
@@ -32,6 +33,27 @@ def test_model_learns_and_drift_is_caught_soon_after_the_change_only() -> None:
     assert alarms, "the drift was not detected"
     assert 10_000 < alarms[0].index < 11_000  # within 1,000 events of the change
     assert alarms[0].after > alarms[0].before
+
+
+def test_features_reach_the_model_in_float64_so_river_scales_them_in_float64() -> None:
+    """River 0.26's StandardScaler.transform_many picks its compute dtype from a *set* of
+    zero scalars, one per column dtype: float16(0) and float64(0) are equal, so a frame
+    whose first column is UInt8 (what to_dummies makes) was scaled in float16, about three
+    significant digits, dwell times and positions included."""
+    sim = TrafficSimulator(users=100, seed=4)
+    model = OnlineModel.builtin("click")
+    batches = list(_batches(sim, 3_000))
+    for batch in batches[:-1]:
+        model.process(batch)
+    x = model.features(batches[-1])
+    assert set(x.dtypes) == {pl.Float64}
+    scaler = model.pipeline.steps["StandardScaler"]
+    got = scaler.transform_many(x).to_numpy()
+    raw = x.to_numpy()
+    means = np.array([scaler.means[c] for c in x.columns])
+    stds = np.array([scaler.vars[c] ** 0.5 for c in x.columns])
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, (raw - means) / stds, rtol=1e-12, atol=1e-12)
 
 
 def test_detector_is_quiet_during_warmup_and_on_improvement() -> None:
