@@ -367,6 +367,7 @@ def build_app(
         p.metrics.suppressed.labels(name, "consent").inc(result.suppressed)
         p.metrics.suppressed.labels(name, "budget").inc(result.over_budget)
         p.metrics.suppressed.labels(name, "budget_coarsened").inc(result.coarsened)
+        p.metrics.replayed.labels(name).inc(result.replayed)
         for kind, n in result.masked.items():
             p.metrics.pii_masked.labels(name, kind).inc(n)
         if result.private is not None:

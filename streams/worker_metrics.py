@@ -22,6 +22,7 @@ class WorkerMetrics:
     budget_charged: Counter
     pii_masked: Counter
     rereads: Counter
+    replayed: Counter
     delta_commit: Histogram
     envelope_rows: Histogram
     commit_rows: Histogram
@@ -67,6 +68,12 @@ class WorkerMetrics:
                 "offsets_reread",
                 "Messages the consumer skipped (seen across rebalances) and an agent re-read",
                 ["topic"],
+            ),
+            counter(
+                "events_replayed",
+                "Rows of a raw message privatised again (after a crash or rebalance) that their "
+                "user's saved budget already covers: dropped, their output was delivered before",
+                ["stream"],
             ),
             Histogram("eddyline_worker_delta_commit_seconds", "Delta commit latency", registry=reg),
             Histogram(

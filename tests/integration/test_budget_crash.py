@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -53,6 +54,31 @@ def _ledger(kafka: KafkaSettings) -> dict[tuple[str, int], int]:
     return out
 
 
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include ``labels``."""
+    total = 0.0
+    for m in re.finditer(rf"^{name}\{{([^}}]*)\}} ([0-9.e+]+)$", text, re.M):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def _assert_rows_reconcile(text: str) -> None:
+    """Every row a worker decoded is accounted for once: dead-lettered as invalid, withheld
+    (consent, budget), skipped as a replay its user's saved budget covers, or private."""
+    w = "eddyline_worker_"
+    decoded = _metric(text, f"{w}events_in_total", stream="interaction")
+    assert decoded > 0
+    assert decoded == (
+        _metric(text, f"{w}deadlettered_total", reason="row.invalid")
+        + _metric(text, f"{w}suppressed_total", stream="interaction", reason="consent")
+        + _metric(text, f"{w}suppressed_total", stream="interaction", reason="budget")
+        + _metric(text, f"{w}events_replayed_total", stream="interaction")
+        + _metric(text, f"{w}events_private_total", stream="interaction")
+    )
+
+
 def _run(
     kafka: KafkaSettings,
     env: dict[str, str],
@@ -94,6 +120,7 @@ def _run(
             lambda: sum(_ledger(kafka).values()) == expected, 60, "the ledger holding them all"
         )
         time.sleep(2)  # a further save must not change it
+        _assert_rows_reconcile(worker.metrics() or "")
         return _ledger(kafka), _rows(tmp / "lake")
     finally:
         worker.stop()
