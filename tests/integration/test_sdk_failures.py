@@ -149,16 +149,20 @@ class _FatallyFailedClient:
         self.error = KafkaError(KafkaError._FATAL, "test: fatal idempotence error", fatal=True)
         self.held: list[Any] = []
         self.accepted = 0
+        self.refused = 0
 
     def produce(self, *args: object, on_delivery: Any, **kwargs: object) -> None:
         from confluent_kafka import KafkaException
 
         if self.accepted >= 3:  # took a few, then the fatal error struck
+            self.refused += 1
             raise KafkaException(self.error)
         self.accepted += 1
         self.held.append(on_delivery)
 
     def poll(self, timeout: float) -> int:
+        if not self.refused:  # in flight until the error strikes
+            return 0
         served, self.held = self.held, []
         for report in served:
             report(self.error, None)
@@ -197,7 +201,7 @@ def test_after_a_fatal_client_error_a_new_client_delivers_every_event_once_in_or
         for e in sent[2_000:]:
             producer.emit(e)
         assert producer.flush(60) == 0
-    assert failed.accepted == 3  # it did take envelopes before failing them
+    assert failed.accepted == 3 and failed.refused >= 1  # both ways of failing happened
     assert producer.delivered == 3_000 and producer.failed == 0
     assert registry.get_sample_value("eddyline_sdk_client_restarts_total") == 1
     _assert_exactly_once_in_order(kafka, sent)
