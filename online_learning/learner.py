@@ -161,9 +161,10 @@ class OnlineModel:
         out = frame.select(exprs + [pl.lit(v).alias(k) for k, v in extra.items()])
         if not dummies:
             return out
-        # to_dummies makes UInt8 columns; River computes in float64 anyway, and a frame of
-        # mixed dtypes costs it twice as much to convert (1.5 vs 0.85 ms to predict 5,000
-        # rows): the indicators go in as Float64 (the same values).
+        # to_dummies makes UInt8 columns, and River 0.26's StandardScaler.transform_many
+        # scales a frame whose first column is UInt8 in float16 (it takes the compute dtype
+        # from a set of zero scalars, where float16(0) == float64(0)): ~3 significant
+        # digits, at twice the cost. The indicators go in as Float64 (the same values).
         return out.to_dummies(dummies).cast(pl.Float64)
 
     def target(self, batch: pa.Table) -> pl.Series:
