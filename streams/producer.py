@@ -526,9 +526,7 @@ class EventProducer:
             self._thread.join(timeout=5)
         producer = self._producer
         if producer is not None and any(self._inflight.values()):
-            # Take back what librdkafka still holds: each purged envelope is spooled.
-            producer.purge(in_queue=True, in_flight=True)
-            producer.flush(1.0)
+            _take_back(producer, 1.0)
         if self._spool is not None:
             if len(self._spool):
                 log.warning(
@@ -678,10 +676,7 @@ class EventProducer:
             "from the spool",
             reason.str(),
         )
-        old.purge(in_queue=True, in_flight=True)
-        deadline = time.monotonic() + 5.0
-        while len(old) and time.monotonic() < deadline:
-            old.flush(0.5)  # serves the purged envelopes' reports: each is spooled
+        _take_back(old, 5.0)
         with self._lock:
             self._fatal = None
             self._producer = self._new_client()
@@ -791,8 +786,8 @@ class EventProducer:
                 self.delivered += env.count
                 self._metrics.delivered.labels(env.stream).inc(env.count)
                 self._metrics.delivery_latency.observe(latency)
-            elif err.retriable() or err.code() in _RETRY_LATER or _is_fatal(err):
-                if _is_fatal(err):
+            elif (fatal := _is_fatal(err)) or err.retriable() or err.code() in _RETRY_LATER:
+                if fatal:
                     self._fatal = err  # the background thread replaces the client
                 else:
                     self._offline = True
@@ -901,6 +896,15 @@ _RETRY_LATER = {
 
 
 _RESTART_BACKOFF_S = 1.0  # the first wait before replacing a client that failed fatally again
+
+
+def _take_back(producer: Producer, timeout: float) -> None:
+    """Purge what librdkafka still holds and serve the purged envelopes' reports, so that
+    each is spooled (``_delivered``: a purge is a retry-later error)."""
+    producer.purge(in_queue=True, in_flight=True)
+    deadline = time.monotonic() + timeout
+    while len(producer) and time.monotonic() < deadline:
+        producer.flush(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
 def _is_fatal(err: KafkaError) -> bool:

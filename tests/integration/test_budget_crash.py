@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from eddyline.simulate import TrafficSimulator
 from schemas.events import InteractionEvent
@@ -56,12 +56,12 @@ def _ledger(kafka: KafkaSettings) -> dict[tuple[str, int], int]:
 
 def _metric(text: str, name: str, **labels: str) -> float:
     """The sum of a metric's samples whose labels include ``labels``."""
-    total = 0.0
-    for m in re.finditer(rf"^{name}\{{([^}}]*)\}} ([0-9.e+]+)$", text, re.M):
-        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 def _assert_rows_reconcile(text: str) -> None:
