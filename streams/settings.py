@@ -96,9 +96,19 @@ class WorkerSettings(BaseSettings):
     # over ``pseudonym_key``. Each key must start on a budget-window boundary.
     pseudonym_keyring: Path | None = None
     state_dir: Path = Path(".eddyline")
-    # The lake agent gathers up to this many envelopes, or waits this long, per Delta commit.
+    # When the lake agent commits to Delta (streams/batching.py): at once at this many
+    # envelopes or rows; when the oldest has waited lake_max_wait_s; or when nothing has
+    # arrived for lake_idle_s with lake_idle_min_rows pending (0 s: never). Envelopes
+    # gather while the previous commit runs.
     lake_max_messages: int = Field(default=200, ge=1)
+    lake_max_rows: int = Field(default=250_000, ge=1)
     lake_max_wait_s: float = Field(default=1.0, gt=0)
+    lake_idle_s: float = Field(default=0.2, ge=0)
+    lake_idle_min_rows: int = Field(default=1_000, ge=0)
+    # The learn agents wait while the privatize or lake agent has messages queued, until
+    # this many private messages wait to be learned (0: never wait): with a backlog,
+    # events reach Delta first, and the models' lag stays bounded (streams/app.py).
+    learn_yield_below: int = Field(default=1_000, ge=0)
     # Online models: built-in learner spec names and/or paths to YAML specs, comma-separated
     # (online_learning/spec.py, docs/learning.md).
     learners: str = "click,satisfaction"
@@ -115,6 +125,9 @@ class WorkerSettings(BaseSettings):
     # Larger envelopes are dead-lettered (envelope.too_large), never decoded.
     max_envelope_bytes: int = Field(default=8 * 1024 * 1024, ge=1_024)
     max_envelope_rows: int = Field(default=100_000, ge=1)
+    # The longest a fetch may wait at the broker for data (Faust fixes 1,500 ms, which
+    # stalled every other partition behind one empty one: streams/transport.py).
+    fetch_max_wait_ms: int = Field(default=100, ge=0)
     # A worker killed with -9 holds its partitions until this expires; keep it short.
     session_timeout_s: float = Field(default=10.0, gt=1)
     # Model checkpoints (with the offsets they cover) go to state_dir/models this often.
