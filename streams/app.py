@@ -502,7 +502,18 @@ def build_app(
                 src = SourceRef.parse(h[H_SOURCE])
                 await batcher.add((event, name, stored, src), stored.num_rows)
         finally:
-            committer.cancel()  # what is pending is not acked: replayed, and deduplicated
+            # Stopping (SIGTERM): commit what has gathered, after the commit in flight, so
+            # the next owner has nothing to redo. Cut short (a second cancel, a commit
+            # that hangs): what is pending is not acked, so it is replayed and dropped as
+            # a duplicate where it did land.
+            batcher.close()
+            try:
+                await asyncio.wait_for(asyncio.shield(committer), ws.lake_close_timeout_s)
+            except BaseException as exc:  # the agent is going either way
+                committer.cancel()
+                log.warning(
+                    "lake: %d envelopes left uncommitted at stop (%r)", batcher.pending, exc
+                )
 
     def json_to_delta(topic: faust.TopicT, table: str, rows: Any) -> Any:
         """An agent writing a topic of JSON messages to Delta ``table``, exactly once like

@@ -82,6 +82,7 @@ class CommitBatcher(Generic[T]):
         self._arrived = asyncio.Event()  # set by add: the run loop re-decides
         self._room = asyncio.Event()  # set when pending is under twice the limits
         self._room.set()
+        self._closing = False
 
     @property
     def pending(self) -> int:
@@ -115,11 +116,20 @@ class CommitBatcher(Generic[T]):
             due = min(due, self._last_at + p.idle_s)
         return max(0.0, due - now)
 
+    def close(self) -> None:
+        """Make what is pending due now: :meth:`run` commits it (after the commit in
+        flight, if any) and returns. What is added from now on goes in too."""
+        self._closing = True
+        self._arrived.set()
+
     async def run(self) -> None:
-        """Commit batches as they fall due, forever (cancel the task to stop; what is
-        pending then is simply not committed: its source messages are not acknowledged)."""
+        """Commit batches as they fall due, until :meth:`close` and nothing is pending. A
+        cancelled run commits nothing more: what is pending then is simply not committed,
+        and its source messages are not acknowledged (they are replayed)."""
         while True:
-            wait = self._due_in()
+            if self._closing and not self._pending:
+                return
+            wait = 0.0 if self._closing else self._due_in()
             if wait > 0:
                 self._arrived.clear()
                 timeout = None if math.isinf(wait) else wait

@@ -105,6 +105,8 @@ class WorkerSettings(BaseSettings):
     lake_max_wait_s: float = Field(default=1.0, gt=0)
     lake_idle_s: float = Field(default=0.2, ge=0)
     lake_idle_min_rows: int = Field(default=1_000, ge=0)
+    # At a graceful stop the lake commits what has gathered, waiting at most this long.
+    lake_close_timeout_s: float = Field(default=15.0, ge=0)
     # The learn agents wait while the privatize or lake agent has messages queued, until
     # this many private messages wait to be learned (0: never wait): with a backlog,
     # events reach Delta first, and the models' lag stays bounded (streams/app.py).

@@ -114,3 +114,33 @@ def test_a_worker_joins_and_leaves_mid_stream(kafka: KafkaSettings, crash_env, t
         raise AssertionError(f"{exc}\n{first.dump()}") from exc
     finally:
         first.stop()
+
+
+def test_a_graceful_stop_commits_what_the_lake_had_gathered(
+    kafka: KafkaSettings, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Commits due only by age, a minute away: what reaches Delta, reached it at the stop.
+    env = {**worker_env, "EDDYLINE_LAKE_MAX_WAIT_S": "60", "EDDYLINE_LAKE_IDLE_S": "0"}
+    lake = Path(env["EDDYLINE_LAKE_PATH"])
+    worker = _worker(env, tmp_path, 0)
+    sim, sent = TrafficSimulator(users=500, seed=33), []
+    with EventProducer(kafka=kafka, registry=CollectorRegistry()) as producer:
+        for event in sim.interactions(5_000):
+            producer.emit(event)
+            sent.append(str(event.event_id))
+        assert producer.flush(60) == 0
+
+    def privatised() -> float:
+        text = worker.metrics() or ""
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("eddyline_worker_events_private_total{")
+        )
+
+    wait_for(lambda: privatised() >= len(sent), 60, "every event privatised")
+    time.sleep(2)  # the private envelopes reach the lake agent, which holds them
+    assert delta_ids(lake, "interaction") == []  # nothing was due yet
+    assert worker.stop() == 0  # SIGTERM
+    written = delta_ids(lake, "interaction")
+    assert len(written) == len(sent) and set(written) == set(sent)

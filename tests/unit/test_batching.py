@@ -163,3 +163,32 @@ def test_a_failing_commit_stops_the_loop_with_its_error() -> None:
         return runner.exception() if runner.done() else None
 
     assert isinstance(asyncio.run(scenario()), OSError)  # the agent re-raises it: no drop
+
+
+def test_close_commits_what_is_pending_after_the_commit_in_flight_then_run_returns() -> None:
+    policy = FlushPolicy(max_messages=2, max_rows=10**6, max_wait_s=60.0, idle_s=0.0)
+
+    async def scenario() -> tuple[list[list[int]], bool]:
+        commits: list[list[int]] = []
+        release = asyncio.Event()
+
+        async def commit(batch: list[int]) -> None:
+            commits.append(batch)
+            if len(commits) == 1:
+                await release.wait()
+
+        batcher: CommitBatcher[int] = CommitBatcher(commit, policy)
+        runner = asyncio.ensure_future(batcher.run())
+        await batcher.add(0, rows=1)
+        await batcher.add(1, rows=1)  # due: committing, and hangs
+        await asyncio.sleep(0.01)
+        await batcher.add(2, rows=1)  # would wait a minute for its age bound
+        batcher.close()
+        await asyncio.sleep(0.01)
+        in_order = commits == [[0, 1]]  # nothing overtakes the commit in flight
+        release.set()
+        await asyncio.wait_for(runner, 1.0)  # returns once [2] is committed
+        return commits, in_order
+
+    commits, in_order = asyncio.run(scenario())
+    assert in_order and commits == [[0, 1], [2]]
