@@ -59,7 +59,7 @@ class FlushPolicy:
     max_rows: int = 250_000
     max_wait_s: float = 1.0
     idle_s: float = 0.2
-    idle_min_rows: int = 10_000
+    idle_min_rows: int = 1_000
 
 
 class CommitBatcher(Generic[T]):
