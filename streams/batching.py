@@ -25,8 +25,9 @@ Examples:
     ...     done = []
     ...     async def commit(batch):
     ...         done.append(batch)
-    ...     batcher = CommitBatcher(commit, FlushPolicy(max_messages=2, max_rows=100,
-    ...                                                 max_wait_s=0.05, idle_s=0.0))
+    ...     policy = FlushPolicy(max_messages=2, max_rows=100, max_wait_s=0.05,
+    ...                          idle_s=0.0, idle_min_rows=0)
+    ...     batcher = CommitBatcher(commit, policy)
     ...     runner = asyncio.ensure_future(batcher.run())
     ...     await batcher.add("a", rows=10)
     ...     await batcher.add("b", rows=10)  # two envelopes: due at once
@@ -53,13 +54,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class FlushPolicy:
-    """When a batch is committed (module docstring). ``idle_s`` 0 turns the quiet rule off."""
+    """When a batch is committed (module docstring). ``idle_s`` 0 turns the quiet rule off.
+    No defaults here: the worker's are its settings (``WorkerSettings.lake_*``)."""
 
-    max_messages: int = 200
-    max_rows: int = 250_000
-    max_wait_s: float = 1.0
-    idle_s: float = 0.2
-    idle_min_rows: int = 1_000
+    max_messages: int
+    max_rows: int
+    max_wait_s: float
+    idle_s: float
+    idle_min_rows: int
 
 
 class CommitBatcher(Generic[T]):

@@ -31,14 +31,13 @@ def kafka_transport(app: Any, fetch_max_wait_ms: int) -> faust_aiokafka.Transpor
             consumer._fetch_max_wait_ms = fetch_max_wait_ms
             return consumer
 
-    class Consumer(faust_aiokafka.Consumer):
+    class WorkerConsumer(faust_aiokafka.Consumer):
         def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     class Transport(faust_aiokafka.Transport):
-        pass
+        Consumer = WorkerConsumer
 
-    Transport.Consumer = Consumer
     return Transport(app.conf.broker_consumer, app)
 
 

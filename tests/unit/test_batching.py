@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -77,7 +78,7 @@ def test_a_sizable_batch_goes_once_the_input_is_quiet() -> None:
 
 def test_the_quiet_rule_can_be_turned_off() -> None:
     clock = Clock()
-    batcher = _batcher(clock, FlushPolicy(max_messages=4, max_rows=1_000, idle_s=0.0))
+    batcher = _batcher(clock, replace(POLICY, idle_s=0.0))
     asyncio.run(batcher.add("a", rows=500))
     clock.now += 0.5
     assert batcher._due_in() == pytest.approx(0.5)  # only the age bound
@@ -87,7 +88,7 @@ def test_the_quiet_rule_can_be_turned_off() -> None:
 
 
 def test_envelopes_gather_while_a_commit_runs_and_go_in_order_exactly_once() -> None:
-    policy = FlushPolicy(max_messages=3, max_rows=10**6, max_wait_s=0.05, idle_s=0.0)
+    policy = replace(POLICY, max_messages=3, max_rows=10**6, max_wait_s=0.05, idle_s=0.0)
 
     async def scenario() -> list[list[int]]:
         commits: list[list[int]] = []
@@ -119,7 +120,7 @@ def test_envelopes_gather_while_a_commit_runs_and_go_in_order_exactly_once() -> 
 
 
 def test_add_waits_while_twice_the_limit_is_pending() -> None:
-    policy = FlushPolicy(max_messages=2, max_rows=10**6, max_wait_s=0.01, idle_s=0.0)
+    policy = replace(POLICY, max_messages=2, max_rows=10**6, max_wait_s=0.01, idle_s=0.0)
 
     async def scenario() -> tuple[int, bool, list[list[int]]]:
         commits: list[list[int]] = []
@@ -156,7 +157,7 @@ def test_a_failing_commit_stops_the_loop_with_its_error() -> None:
         async def commit(batch: list[int]) -> None:
             raise OSError("disk full")
 
-        batcher: CommitBatcher[int] = CommitBatcher(commit, FlushPolicy(max_messages=1))
+        batcher: CommitBatcher[int] = CommitBatcher(commit, replace(POLICY, max_messages=1))
         runner = asyncio.ensure_future(batcher.run())
         await batcher.add(1, rows=1)
         await asyncio.wait([runner], timeout=1.0)
@@ -166,7 +167,7 @@ def test_a_failing_commit_stops_the_loop_with_its_error() -> None:
 
 
 def test_close_commits_what_is_pending_after_the_commit_in_flight_then_run_returns() -> None:
-    policy = FlushPolicy(max_messages=2, max_rows=10**6, max_wait_s=60.0, idle_s=0.0)
+    policy = replace(POLICY, max_messages=2, max_rows=10**6, max_wait_s=60.0, idle_s=0.0)
 
     async def scenario() -> tuple[list[list[int]], bool]:
         commits: list[list[int]] = []
