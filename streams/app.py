@@ -12,6 +12,7 @@ One process is one asyncio loop; scale out with more processes in the same consu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
 import hmac
@@ -503,17 +504,21 @@ def build_app(
                 await batcher.add((event, name, stored, src), stored.num_rows)
         finally:
             # Stopping (SIGTERM): commit what has gathered, after the commit in flight, so
-            # the next owner has nothing to redo. Cut short (a second cancel, a commit
-            # that hangs): what is pending is not acked, so it is replayed and dropped as
-            # a duplicate where it did land.
+            # the next owner has nothing to redo. Faust cancels this task more than once
+            # while it stops, then awaits it: each cancel is waited through, up to the
+            # timeout (seen: a single wait was cut by the second cancel, and nothing was
+            # committed). Past it, what is pending is not acked, so it is replayed and
+            # dropped as a duplicate where it did land.
             batcher.close()
-            try:
-                await asyncio.wait_for(asyncio.shield(committer), ws.lake_close_timeout_s)
-            except BaseException as exc:  # the agent is going either way
+            deadline = time.monotonic() + ws.lake_close_timeout_s
+            while not committer.done() and (left := deadline - time.monotonic()) > 0:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([committer], timeout=left)
+            if not committer.done():
                 committer.cancel()
-                log.warning(
-                    "lake: %d envelopes left uncommitted at stop (%r)", batcher.pending, exc
-                )
+                log.warning("lake: %d envelopes not committed at stop", batcher.pending)
+            elif not committer.cancelled() and committer.exception() is not None:
+                log.error("lake: the last commit failed at stop: %r", committer.exception())
 
     def json_to_delta(topic: faust.TopicT, table: str, rows: Any) -> Any:
         """An agent writing a topic of JSON messages to Delta ``table``, exactly once like
