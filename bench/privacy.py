@@ -82,7 +82,8 @@ def run_ours(data: list[pa.Table]) -> float:
     for offset, batch in enumerate(data):
         encodings: dict[str, Encoding] = {}  # as the worker does (streams/processing.py)
         out = policy.apply(batch, pseud, rng, encodings=encodings)
-        ledger.charge(out["user_pid"], out["occurred_at"], offset, encoded=encodings["user_pid"])
+        window = ledger.window_of(time.time())  # the worker clock's window, as the worker does
+        ledger.charge(out["user_pid"], window, offset, encoded=encodings["user_pid"])
     return sum(b.num_rows for b in data) / (time.perf_counter() - start)
 
 
@@ -112,7 +113,7 @@ def run_opendp(data: list[pa.Table]) -> float:
             out = out.set_column(idx, name, pa.array(mech.lower + noised * mech.grid))
         pids, key_ids = pseud.apply_at(out["user_id"], out["occurred_at"])
         out = out.set_column(0, "user_pid", pids).append_column("key_id", key_ids)
-        ledger.charge(out["user_pid"], out["occurred_at"], offset)
+        ledger.charge(out["user_pid"], ledger.window_of(time.time()), offset)
     return sum(b.num_rows for b in data) / (time.perf_counter() - start)
 
 

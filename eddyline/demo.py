@@ -58,7 +58,7 @@ def send_invalid(kafka: KafkaSettings, n: int) -> int:
             "item_category": "news",
             "action": "teleport" if i % 2 else "click",
             "dwell_time_s": -1.0 if i % 2 == 0 else 3.0,
-            "occurred_at": "2026-01-01T00:00:00+00:00",
+            "occurred_at": datetime.now(UTC).isoformat(),
         }
         value, headers = encode_json(bad, "interaction:1")
         kafka_headers: KafkaHeaders = [*headers]

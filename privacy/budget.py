@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from dp_accounting.pld import privacy_loss_distribution as pldlib
 from dp_accounting.pld.common import DifferentialPrivacyParameters
 
@@ -165,6 +164,7 @@ class BudgetLedger:
         self._changed = np.zeros(0, bool)  # slot -> changed since the last take
         self._shard = np.full(0, -1, np.int64)  # slot -> save shard (-1: not computed yet)
         self._windows: dict[int, np.ndarray] = {}  # window index -> events charged per slot
+        self.newest = -(2**62)  # the latest window charged: windows only move forward
 
     def __repr__(self) -> str:
         return f"BudgetLedger(allowance={self.allowance}, users={len(self._users)})"
@@ -212,43 +212,34 @@ class BudgetLedger:
     def charge(
         self,
         users: pa.Array | pa.ChunkedArray,
-        at: pa.Array | pa.ChunkedArray,
+        window: int,
         offset: int | None = None,
         encoded: Encoding | None = None,
     ) -> Charge:
-        """Charge a batch in order (the rows of the message at raw ``offset``, if given).
+        """Charge a batch in order (the rows of the message at raw ``offset``, if given) to
+        ``window`` (``window_of``: the index of the window the worker's clock is in).
+
+        The window is the receiver's, never a time the sender chose: with the events' own
+        ``occurred_at`` a client could date each batch into a window of its choice, each
+        with a fresh allowance. A window is never charged after a later one was (a clock
+        stepping back charges the later one).
 
         Rows within budget are allowed; the rest are suppressed and not charged; rows of a
         user whose last offset is ``offset`` or later are replays, neither allowed nor
-        charged. ``at`` are the events' timestamps. ``encoded``: ``users`` as the
-        pseudonymizer encoded them, which saves encoding them again."""
+        charged. ``encoded``: ``users`` as the pseudonymizer encoded them, which saves
+        encoding them again."""
         n = len(users)
         if n == 0:
             return Charge(np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
-        micros = pc.cast(at, pa.int64()).to_numpy(zero_copy_only=False)
-        windows = micros // (self.window_s * 1_000_000)
-        low, high = int(windows.min()), int(windows.max())
+        self.newest = window = max(window, self.newest)
         encoded = encoded or Encoding.of(users)
         slots = self._slots(encoded.names)
         inverse = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        if low == high:  # the common case: one window per batch
-            return self._charge_window(slots, inverse, low, offset)
-        # The message spans a window boundary. Whether a user's rows are replays is decided
-        # once for the whole message, before any window is charged: charging a window
-        # records the message's offset for its users, which made their rows in the next
-        # window look replayed (found: events across midnight UTC silently dropped).
-        fresh = np.ones(len(slots), bool) if offset is None else self._offset[slots] < offset
-        allowed, over = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-        for w in range(low, high + 1):
-            rows = np.flatnonzero((windows == w) & fresh[inverse])
-            if len(rows):
-                # the rows' users, renumbered 0.. within this window
-                used, sub = np.unique(inverse[rows], return_inverse=True)
-                part = self._charge_window(slots[used], sub, w, None)
-                allowed[rows], over[rows] = part.allowed, part.over
-        if offset is not None:
-            self._offset[slots[fresh]] = offset
-        return Charge(allowed, over)
+        return self._charge_window(slots, inverse, window, offset)
+
+    def window_of(self, epoch_s: float) -> int:
+        """The index of the window that holds ``epoch_s`` (seconds since the epoch)."""
+        return int(epoch_s // self.window_s)
 
     def _charge_window(
         self, slots: np.ndarray, inverse: np.ndarray, window: int, offset: int | None
@@ -401,6 +392,8 @@ class BudgetLedger:
             charged = np.asarray(counts, np.int64)
             some = np.flatnonzero(charged)
             self._window(int(w))[slots[some]] = charged[some]
+            if len(some):
+                self.newest = max(self.newest, int(w))
         return len(users)
 
 

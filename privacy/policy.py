@@ -96,18 +96,25 @@ class PrivacyPolicy:
         each pseudonym column's encoding, when there is one, in ``encodings``)."""
         out = table.drop_columns(list(self.redacted))
         for name, mech in self.noised:
-            values = out[name].to_numpy()
+            col = out[name]
+            # A null stays null (an optional field left out): only given values are noised.
+            values = pc.fill_null(col, mech.lower) if col.null_count else col
+            noised = pa.array(mech.apply(values.to_numpy(), rng), pa.float64())
             idx = out.schema.get_field_index(name)
-            out = out.set_column(idx, name, pa.array(mech.apply(values, rng), pa.float64()))
+            out = out.set_column(idx, name, _with_nulls_of(col, noised))
         for name, cat in self.randomized:
+            col = out[name]
             cats = pa.array(cat.categories)
-            idx = pc.index_in(out[name], value_set=cats).to_numpy(zero_copy_only=False)
+            idx = pc.fill_null(pc.index_in(col, value_set=cats), 0)
+            values = idx.to_numpy(zero_copy_only=False)
             reported: pa.Array | pa.ChunkedArray
             if isinstance(cat, UnaryEncodingMechanism):
-                reported = cat.to_arrow(cat.bits(idx, rng))
+                reported = cat.to_arrow(cat.bits(values, rng))
             else:
-                reported = pc.take(cats, pa.array(cat.apply(idx, rng)))
-            out = out.set_column(out.schema.get_field_index(name), name, reported)
+                reported = pc.take(cats, pa.array(cat.apply(values, rng)))
+            out = out.set_column(
+                out.schema.get_field_index(name), name, _with_nulls_of(col, reported)
+            )
         for name in self.scrubbed:
             text, masked = scrub(out[name])
             out = out.set_column(out.schema.get_field_index(name), name, text)
@@ -122,3 +129,13 @@ class PrivacyPolicy:
         if key_ids is not None:
             out = out.append_column("key_id", key_ids)
         return out
+
+
+def _with_nulls_of(
+    original: pa.ChunkedArray, released: pa.Array | pa.ChunkedArray
+) -> pa.Array | pa.ChunkedArray:
+    """``released`` with a null wherever ``original`` had one. Whether an optional field was
+    given at all is released as it is (docs/privacy.md): no mechanism protects it."""
+    if not original.null_count:
+        return released
+    return pc.if_else(pc.is_null(original), pa.nulls(len(original), released.type), released)

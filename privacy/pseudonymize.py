@@ -111,8 +111,18 @@ class HmacPseudonymizer:
 
     def key_at(self, at: datetime) -> PseudonymKey:
         """The key in force at ``at`` (the oldest key for anything before all of them)."""
-        index = int(np.searchsorted(self._starts, int(at.timestamp() * 1e6), side="right"))
-        return self.keys[max(index - 1, 0)]
+        return self.keys[self.key_index_at(at.timestamp())]
+
+    def key_index_at(self, epoch_s: float) -> int:
+        """The index in ``keys`` of the key in force at ``epoch_s`` (seconds)."""
+        index = int(np.searchsorted(self._starts, int(epoch_s * 1e6), side="right"))
+        return max(index - 1, 0)
+
+    def encode_under(
+        self, column: pa.Array | pa.ChunkedArray, key: int
+    ) -> tuple[pa.Array, Encoding]:
+        """(pseudonyms of ``column`` under ``keys[key]``, their encoding)."""
+        return self._encode_key(column, key)
 
     def one(self, value: str, key: int = -1) -> str:
         """The pseudonym of one identifier under ``keys[key]`` (default: the newest)."""

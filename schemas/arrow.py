@@ -8,12 +8,13 @@ allowed literal values.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -24,7 +25,7 @@ import pyarrow.compute as pc
 from pydantic import AwareDatetime
 
 from schemas.annotations import RandomizedResponse
-from schemas.events import BaseEvent, FeedbackEvent, random_id_bytes
+from schemas.events import EPOCH, BaseEvent, FeedbackEvent, TimeWindow, random_id_bytes
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 _UUID_RE = "^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
@@ -71,6 +72,12 @@ def arrow_schema(model: type[BaseEvent]) -> pa.Schema:
     return pa.schema(fields, metadata={"eddyline.schema": model.schema_id()})
 
 
+# Every timestamp must be a date of years 1-9999 in UTC (Python's, Delta's and ISO 8601's
+# range): outside it, a row breaks every reader of its table.
+_EARLIEST_US = int((datetime(1, 1, 1, tzinfo=UTC) - EPOCH).total_seconds()) * 1_000_000
+_LATEST_US = int((datetime(9999, 12, 31, tzinfo=UTC) - EPOCH).total_seconds() + 86_400) * 10**6 - 1
+
+
 @dataclass(frozen=True)
 class RowViolation:
     """Rows of a batch that break one constraint of one field."""
@@ -84,14 +91,17 @@ class RowViolation:
 class _FieldRule:
     name: str
     required: bool
-    lower: float | None = None
+    lower: float | int | None = None  # an int for timestamps (float64 loses microseconds)
     lower_strict: bool = False
-    upper: float | None = None
+    upper: float | int | None = None
     upper_strict: bool = False
     min_len: int | None = None
     max_len: int | None = None
     allowed: list[Any] = field(default_factory=list)
     pattern: str | None = None
+    is_time: bool = False  # a timestamp: bounds are microseconds since the epoch (UTC)
+    low_reason: str = "below_minimum"
+    high_reason: str = "above_maximum"
 
 
 @functools.cache
@@ -104,6 +114,9 @@ def _rules(model: type[BaseEvent]) -> tuple[_FieldRule, ...]:
             rule.allowed = list(typing.get_args(inner))
         if inner is UUID:
             rule.pattern = _UUID_RE
+        if _arrow_type(inner) == TIMESTAMP:
+            rule.is_time, rule.lower, rule.upper = True, _EARLIEST_US, _LATEST_US
+            rule.low_reason, rule.high_reason = "before_earliest_time", "after_latest_time"
         for m in info.metadata:
             if isinstance(m, at.Ge):
                 rule.lower = float(m.ge)  # type: ignore[arg-type]  # numeric bound by construction
@@ -165,10 +178,10 @@ def _bad_mask(col: pa.ChunkedArray, rule: _FieldRule) -> list[tuple[str, pa.Chun
         checks.append(("missing", pc.is_null(col)))
     if rule.lower is not None:
         op = pc.less_equal if rule.lower_strict else pc.less
-        checks.append(("below_minimum", op(col, rule.lower)))
+        checks.append((rule.low_reason, op(col, rule.lower)))
     if rule.upper is not None:
         op = pc.greater_equal if rule.upper_strict else pc.greater
-        checks.append(("above_maximum", op(col, rule.upper)))
+        checks.append((rule.high_reason, op(col, rule.upper)))
     if pa.types.is_floating(col.type):
         checks.append(("not_finite", pc.invert(pc.is_finite(col))))
     if rule.min_len is not None or rule.max_len is not None:
@@ -260,47 +273,118 @@ def _model_checks(model: type[BaseEvent], table: pa.Table) -> list[tuple[str, st
     return []
 
 
-def conform(model: type[BaseEvent], table: pa.Table) -> pa.Table:
-    """``table`` cast to ``model``'s Arrow schema, or ``ValueError`` naming what differs.
+class SchemaMismatchError(ValueError):
+    """Columns that are not the model's: unknown or missing names, or types that differ.
 
-    Missing nullable columns are added as nulls; unknown columns are an error.
+    Its message names only fields of the model and Arrow type names, never a value or a
+    column name the sender chose (``envelope.schema_mismatch`` dead letters carry it)."""
+
+
+def lossless_cast(sent: pa.DataType, wanted: pa.DataType) -> bool:
+    """Whether ``sent`` may be cast to ``wanted`` (then with ``safe=True``, which refuses a
+    value that would change): wider integers and floats, other string layouts, time zones
+    and units of an aware timestamp, an all-null column. A string is never a number, a
+    number never a string or a time (epoch seconds are not microseconds)."""
+    t = pa.types
+    if t.is_null(sent):
+        return True
+    if t.is_integer(wanted):
+        return bool(t.is_integer(sent))
+    if t.is_floating(wanted):
+        return bool(t.is_floating(sent) or t.is_integer(sent))
+    if t.is_string(wanted):
+        if t.is_dictionary(sent):
+            return bool(t.is_string(sent.value_type) or t.is_large_string(sent.value_type))
+        return bool(t.is_large_string(sent) or t.is_string_view(sent))
+    if t.is_timestamp(wanted):
+        return bool(t.is_timestamp(sent) and sent.tz is not None)
+    return False
+
+
+def conform(model: type[BaseEvent], table: pa.Table) -> pa.Table:
+    """``table`` in ``model``'s Arrow schema, or :class:`SchemaMismatchError`.
+
+    Types must be the schema's, or cast losslessly (``lossless_cast``); missing nullable
+    columns are added as nulls; unknown columns are an error.
     """
     schema = arrow_schema(model)
     if table.schema.equals(schema, check_metadata=True):  # what the SDK sends
         return table
     extra = set(table.column_names) - set(schema.names)
     if extra:
-        raise ValueError(f"unknown columns {sorted(extra)}")
+        raise SchemaMismatchError(f"{len(extra)} column(s) not in the schema")
+    if len(set(table.column_names)) != len(table.column_names):
+        raise SchemaMismatchError("a column appears twice")
     columns = []
     for f in schema:
-        if f.name in table.column_names:
-            col = table[f.name]
-            columns.append(col if col.type == f.type else col.cast(f.type))
-        elif f.nullable:
+        if f.name not in table.column_names:
+            if not f.nullable:
+                raise SchemaMismatchError(f"column {f.name!r} is missing")
             columns.append(pa.nulls(table.num_rows, f.type))
-        else:
-            raise ValueError(f"missing column {f.name!r}")
+            continue
+        col = table[f.name]
+        if col.type != f.type:
+            if not lossless_cast(col.type, f.type):
+                raise SchemaMismatchError(
+                    f"column {f.name!r} is {_type_name(col.type)}, the schema says "
+                    f"{_type_name(f.type)}"
+                )
+            try:
+                col = col.cast(f.type, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise SchemaMismatchError(
+                    f"column {f.name!r}: {_type_name(col.type)} values do not fit "
+                    f"{_type_name(f.type)} exactly"
+                ) from None
+        columns.append(col)
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def validate_table(model: type[BaseEvent], table: pa.Table) -> tuple[pa.Table, list[RowViolation]]:
+def _type_name(t: pa.DataType) -> str:
+    """An Arrow type's name without anything the sender chose (a time zone, the field
+    names inside a struct, an extension's name may all be arbitrary text)."""
+    if pa.types.is_timestamp(t):
+        return f"timestamp[{t.unit}{', tz' if t.tz else ', no tz'}]"
+    for family, check in _FAMILIES:
+        if check(t):
+            return family
+    if isinstance(t, pa.ExtensionType) or pa.types.is_nested(t):
+        return "a nested or extension type"
+    return str(t)
+
+
+_FAMILIES = (
+    ("a struct", pa.types.is_struct),
+    ("a list", lambda t: pa.types.is_list(t) or pa.types.is_large_list(t)),
+    ("a map", pa.types.is_map),
+    ("a dictionary", pa.types.is_dictionary),
+    ("a union", pa.types.is_union),
+)
+
+
+def validate_table(
+    model: type[BaseEvent], table: pa.Table, *, window: TimeWindow | None = None
+) -> tuple[pa.Table, list[RowViolation]]:
     """Split ``table`` into (valid rows, violations). One violation per failing field/reason.
 
     A row that breaks several rules is reported once, under the first rule it breaks.
+    ``occurred_at`` must fall in ``window`` (default: ``TimeWindow()``, now minus the
+    longest accepted age to now plus the accepted clock skew).
     """
-    rules = _rules(model)
+    rules = _rules_now(model, window or TimeWindow())
+    columns = {rule.name: _checkable(table[rule.name], rule) for rule in rules}
     model_checks = _model_checks(model, table)
     # The common case, no bad row, is settled from per-column summaries (``_clean``); only
     # a batch that may hold bad rows pays for a mask per check and for attributing each
     # row to its first failing check.
-    if all(_clean(table[rule.name], rule) for rule in rules) and not any(
+    if all(_clean(columns[rule.name], rule) for rule in rules) and not any(
         pc.any(mask).as_py() for _, _, mask in model_checks
     ):
         return table, []
     checks = [
         (rule.name, reason, mask)
         for rule in rules
-        for reason, mask in _bad_mask(table[rule.name], rule)
+        for reason, mask in _bad_mask(columns[rule.name], rule)
     ] + model_checks
     # One OR per check (Kleene: a null mask value, from a null cell, does not hide a true
     # one; ``any`` skips nulls) before the row-by-row attribution.
@@ -318,3 +402,26 @@ def validate_table(model: type[BaseEvent], table: pa.Table) -> tuple[pa.Table, l
             bad_any = pc.or_(bad_any, new)
     good = table.filter(pc.invert(bad_any)) if violations else table
     return good, violations
+
+
+def _rules_now(model: type[BaseEvent], window: TimeWindow) -> tuple[_FieldRule, ...]:
+    """The model's rules, ``occurred_at``'s bounds narrowed to ``window`` (as of now)."""
+    earliest, latest = window.bounds_us()
+    return tuple(
+        dataclasses.replace(
+            rule,
+            lower=max(earliest, _EARLIEST_US),
+            upper=min(latest, _LATEST_US),
+            low_reason="too_old",
+            high_reason="in_the_future",
+        )
+        if rule.name == "occurred_at"
+        else rule
+        for rule in _rules(model)
+    )
+
+
+def _checkable(col: pa.ChunkedArray, rule: _FieldRule) -> pa.ChunkedArray:
+    """The column as the rule compares it: a timestamp as its int64 microseconds (a year
+    past 9999 has no Python ``datetime`` for ``min_max`` to return)."""
+    return col.cast(pa.int64()) if rule.is_time else col

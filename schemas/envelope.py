@@ -2,9 +2,9 @@
 
 Two forms share the raw topics:
 
-* **Arrow** (``application/vnd.apache.arrow.stream``): an Arrow IPC stream holding one record
-  batch of many events of one schema. The SDK sends this; Faust then pays its per-message
-  cost once per batch.
+* **Arrow** (``application/vnd.apache.arrow.stream``): an Arrow IPC stream of many events of
+  one schema (the SDK writes one record batch; more are read as one table). Faust then pays
+  its per-message cost once per batch.
 * **JSON** (``application/json``): one event as a JSON object, for producers that are not ours.
 
 Headers: ``content-type``, ``eddyline-schema`` (``name:version``), ``eddyline-count``.
@@ -26,6 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from schemas.deadletter import Reason
 from schemas.errors import EnvelopeError
 
 ARROW = "application/vnd.apache.arrow.stream"
@@ -90,16 +91,19 @@ def _decode_arrow(value: bytes) -> pa.Table:
     try:
         return pa.ipc.open_stream(value).read_all()
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
-        raise EnvelopeError("envelope.corrupt", f"not an Arrow IPC stream ({exc})") from None
+        # the type only: Arrow's message may quote bytes of the message
+        raise EnvelopeError(
+            Reason.ENVELOPE_CORRUPT, f"not an Arrow IPC stream ({type(exc).__name__})"
+        ) from None
 
 
 def _decode_json(value: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(value)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise EnvelopeError("envelope.corrupt", f"not JSON ({type(exc).__name__})") from None
+        raise EnvelopeError(Reason.ENVELOPE_CORRUPT, f"not JSON ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
-        raise EnvelopeError("envelope.corrupt", "JSON value is not an object")
+        raise EnvelopeError(Reason.ENVELOPE_CORRUPT, "the JSON value is not an object")
     return obj
 
 
@@ -113,13 +117,16 @@ def decode(
     """
     h = header_map(headers)
     if not value:
-        raise EnvelopeError("envelope.empty", "the message has no value")
+        raise EnvelopeError(Reason.ENVELOPE_EMPTY, "the message has no value")
     content_type = h.get(H_CONTENT_TYPE) or (JSON if value[:1] == b"{" else "")
     schema_id = h.get(H_SCHEMA) or None
     if content_type == ARROW:
         return Envelope(schema_id, ARROW, table=_decode_arrow(value), headers=h)
     if content_type == JSON:
         return Envelope(schema_id, JSON, json_event=_decode_json(value), headers=h)
+    # The header's text is the sender's: it is not repeated (a dead letter never holds it).
     raise EnvelopeError(
-        "envelope.content_type", f"unsupported content type {content_type or '(none)'!r}"
+        Reason.ENVELOPE_CONTENT_TYPE,
+        f"content type {'missing' if not content_type else 'not supported'} "
+        f"(expected {ARROW} or {JSON})",
     )

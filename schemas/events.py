@@ -17,11 +17,20 @@ import random
 import types
 import typing
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID, SafeUUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    model_validator,
+)
 
 from schemas.annotations import Noise, PrivacyAnnotation, Pseudonymize, Redact
 from schemas.contracts import Compatibility
@@ -33,6 +42,58 @@ Action = Literal["view", "click", "purchase", "skip"]
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: How old an event's ``occurred_at`` may be, and how far ahead of the receiving clock
+#: (a client's clock may be off by a time zone or two), by default: events outside are
+#: refused at ``emit`` and dead-lettered by the worker (``too_old`` / ``in_the_future``).
+MAX_EVENT_AGE = timedelta(days=365)
+MAX_CLOCK_SKEW = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """The ``occurred_at`` values accepted now: at most ``max_age`` old, at most
+    ``max_skew`` ahead of this machine's clock (``EDDYLINE_MAX_EVENT_AGE_S``,
+    ``EDDYLINE_MAX_CLOCK_SKEW_S`` for the worker)."""
+
+    max_age: timedelta = MAX_EVENT_AGE
+    max_skew: timedelta = MAX_CLOCK_SKEW
+
+    def bounds(self, now: datetime | None = None) -> tuple[datetime, datetime]:
+        now = now or datetime.now(UTC)
+        return now - self.max_age, now + self.max_skew
+
+    def bounds_us(self, now: datetime | None = None) -> tuple[int, int]:
+        """The bounds as microseconds since the epoch."""
+        low, high = self.bounds(now)
+        return _micros(low), _micros(high)
+
+
+def _micros(at: datetime) -> int:
+    delta = at - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _plausible_time(value: datetime, info: ValidationInfo) -> datetime:
+    """``occurred_at`` must be a UTC time of years 1-9999 inside the accepted window
+    (``TimeWindow``; the worker passes its own as validation context ``time_window``)."""
+    try:
+        utc = value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("not a time of years 1-9999 in UTC") from None
+    window = (info.context or {}).get("time_window") or _DEFAULT_WINDOW
+    low, high = window.bounds()
+    if utc < low:
+        raise ValueError(f"older than the accepted {window.max_age.days} days")
+    if utc > high:
+        hours = window.max_skew.total_seconds() / 3600
+        raise ValueError(f"more than {hours:g} h ahead of this machine's clock")
+    return value
+
+
+_DEFAULT_WINDOW = TimeWindow()
 
 
 # Event ids need uniqueness, not secrecy: 122 random bits from a generator seeded from the
@@ -112,7 +173,9 @@ class BaseEvent(BaseModel):
 
     event_id: UUID = Field(default_factory=new_event_id)
     user_id: Annotated[str, Field(min_length=1, max_length=256), Pseudonymize()]
-    occurred_at: AwareDatetime = Field(default_factory=_now)
+    occurred_at: Annotated[AwareDatetime, AfterValidator(_plausible_time)] = Field(
+        default_factory=_now
+    )
     app_id: Annotated[str, Field(min_length=1, max_length=128)]
     #: Consent: may this event be stored (Delta)? used for learning? The privacy stage obeys.
     consent_store: bool = True

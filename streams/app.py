@@ -15,15 +15,15 @@ import asyncio
 import contextlib
 import copy
 import functools
-import hmac
 import logging
 import os
 import sys
 import threading
 import time
+import traceback
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
@@ -37,6 +37,8 @@ from online_learning.detectors import Alarm
 from online_learning.learner import OnlineModel
 from online_learning.spec import LearnerSpec, LearnerSpecError, load_specs
 from privacy.budget import shard_columns
+from privacy.noise import NoiseKeys
+from schemas.deadletter import DeadLetter, Reason, deadletter_table
 from schemas.envelope import (
     ARROW,
     H_CONTENT_TYPE,
@@ -46,29 +48,39 @@ from schemas.envelope import (
     encode_arrow,
     header_map,
 )
-from schemas.events import DriftEvent, ModelEvent
+from schemas.events import DriftEvent, ModelEvent, TimeWindow
+from schemas.source import SourceRef
 from streams.batching import CommitBatcher, FlushPolicy
 from streams.budget_state import TABLE as BUDGET_TABLE
 from streams.budget_state import shard_key, shard_of
 from streams.continuity import KafkaProbe, OffsetGuard, Seeker
 from streams.lake import DeltaSink
 from streams.processing import (
-    DeadLetter,
     Privatizer,
-    SourceRef,
     consented,
-    deadletter_table,
     drift_table,
     model_metrics_table,
     pseudonymizer_from_settings,
 )
+from streams.progress import PartitionProgress
 from streams.settings import KafkaSettings, WorkerSettings
-from streams.topics import STREAMS, Topics
+from streams.topics import STREAMS, Topics, noise_keep_windows
 from streams.transport import kafka_transport
 from streams.worker_metrics import WorkerMetrics
 
 log = logging.getLogger("eddyline.worker")
 _JSON_HEADERS = [(H_CONTENT_TYPE, b"application/json")]
+# The worker's producer takes messages up to 16 MiB (``producer_max_request_size``); a
+# private envelope leaves room for its headers and the record's framing.
+_MAX_PRIVATE_BYTES = 16 * 1024 * 1024 - 64 * 1024
+NOISE_TABLE = "noise"
+# Compacted, rolled and cleaned within hours, so a destroyed secret is soon gone from disk.
+NOISE_TOPIC_CONFIG = {
+    "cleanup.policy": "compact",
+    "segment.ms": str(3600 * 1000),
+    "delete.retention.ms": str(3600 * 1000),
+    "min.cleanable.dirty.ratio": "0.01",
+}
 
 
 def _raw_topic(app: faust.App, *names: str) -> faust.TopicT:
@@ -84,19 +96,24 @@ class Pipeline:
         self.topics = Topics(ks.namespace)
         rng = np.random.default_rng(ws.seed)  # None: seeded from the OS CSPRNG
         pseudonymizer = pseudonymizer_from_settings(ws)
-        # Noise per message from HMAC(noise key, source position): a replay is noised as the
-        # first time. The key derives from the oldest pseudonym key (random from the OS
-        # CSPRNG, shared by every worker), and the test seed when there is one.
-        salt = b"eddyline-noise" + (b"" if ws.seed is None else str(ws.seed).encode())
-        noise_key = hmac.digest(pseudonymizer.keys[0].secret, salt, "sha256")
         self.privatizer = Privatizer(
             pseudonymizer,
             rng,
             max_bytes=ws.max_envelope_bytes,
             max_rows=ws.max_envelope_rows,
             budget=(ws.budget_epsilon, ws.budget_delta, ws.budget_window_s),
-            noise_key=noise_key,
+            window=TimeWindow(
+                timedelta(seconds=ws.max_event_age_s), timedelta(seconds=ws.max_clock_skew_s)
+            ),
         )
+        # The noise secrets (privacy/noise.py), in the worker's own Faust table ``noise``:
+        # kept while a replay of a raw message could still need them.
+        self.noise = NoiseKeys(ws.budget_window_s, noise_keep_windows(ws.budget_window_s), {})
+        # Per raw partition, the highest offset whose rows the metrics counted: a message
+        # read again (an agent restarted, a rebalance) is processed again, counted once.
+        self.counted: dict[tuple[str, int], int] = {}
+        self.progress = PartitionProgress(ws.stall_after_s)
+        self.queues: dict[str, Any] = {}  # agent -> the queue Faust hands it messages on
         started = time.monotonic()  # the accountant's search, before consuming (seconds)
         self.allowances = self.privatizer.allowances()
         self.allowances_s = time.monotonic() - started
@@ -196,13 +213,60 @@ class Pipeline:
         async with self.budget_lock:
             return await self._save_budget(app, table)
 
+    async def noise_key(
+        self, app: faust.App, table: Any, stream: str, partition: int, timestamp: float
+    ) -> bytes:
+        """The noise secret of a raw message (by its partition and Kafka timestamp): the
+        one its partition's owners used before, else a new one, in the changelog before
+        any noise drawn from it leaves the worker."""
+        keys = self.noise
+        name = keys.name(stream, partition, keys.window_for(timestamp, time.time()))
+        found = keys.get(name)
+        if found is None:
+            found = keys.new()
+            await table.changelog_topic.send(
+                key=name,
+                value=found.hex(),
+                partition=partition,
+                key_serializer=table.key_serializer,
+                value_serializer=table.value_serializer,
+            )
+            await app.producer.flush()
+            keys.store[name] = found.hex()
+        return found
+
+    async def destroy_noise_keys(self, table: Any) -> int:
+        """Tombstone the noise secrets no replay can need (compaction then drops them)."""
+        gone = self.noise.expired(time.time())
+        for name in gone:
+            await table.changelog_topic.send(
+                key=name,
+                value=None,
+                partition=int(name.split("/")[1]),
+                key_serializer=table.key_serializer,
+                value_serializer="raw",
+            )
+            self.noise.store.pop(name, None)
+        if gone:
+            log.info("noise secrets destroyed: %d (their windows are past replay)", len(gone))
+        return len(gone)
+
+    def not_counted(self, src: SourceRef) -> bool:
+        """Whether the rows of this raw message have not been counted yet (a message read
+        again after an agent restart or a rebalance is counted once)."""
+        return src.offset > self.counted.get((src.topic, src.partition), -1)
+
+    def counted_up_to(self, src: SourceRef) -> None:
+        key = (src.topic, src.partition)
+        self.counted[key] = max(src.offset, self.counted.get(key, -1))
+
     async def _save_budget(self, app: faust.App, table: Any) -> int:
         self._last_budget_save = time.monotonic()
         await app.producer.flush()
-        today = int(time.time()) // self.ws.budget_window_s
         saved = 0
         for (stream, partition), ledger in self.privatizer.ledgers.items():
-            ledger.forget_before(today - 1)  # late events of yesterday still count
+            # windows are the worker clock's, so none before the current one is charged again
+            ledger.forget_before(ledger.window_of(self.privatizer.clock()))
             dirty = ledger.dirty_shards(shard_of)  # shards with a changed user: rewritten whole
             if not dirty:
                 continue
@@ -344,6 +408,8 @@ def build_app(
 
     def guard(agent: str, stream: Any, topics: list[str]) -> OffsetGuard:
         queue = _queue(stream)
+        p.progress.reads(agent, topics)
+        p.queues[agent] = queue
         p.guards[agent] = OffsetGuard(
             app,
             probe,
@@ -354,21 +420,42 @@ def build_app(
         )
         return p.guards[agent]
 
-    async def dead(letters: list[DeadLetter]) -> None:
+    async def admitted(agent: str, offsets: OffsetGuard, message: Any) -> bool:
+        """The guard's verdict (``OffsetGuard.admit``); an admitted message is in the
+        agent's hands until it reports it finished (``p.progress``)."""
+        if not await offsets.admit(message):
+            return False
+        p.progress.received(agent, message.topic, message.partition, message.offset)
+        return True
+
+    async def dead(letters: list[DeadLetter], count: bool = True) -> None:
         for letter in letters:
-            p.metrics.deadlettered.labels(letter.reason).inc(letter.count)
+            if count:
+                p.metrics.deadlettered.labels(letter.reason).inc(letter.count)
             await deadletter.send(value=letter.to_json(), headers=_JSON_HEADERS)
 
     async def _privatize_one(event: Any) -> None:
+        """One raw message through the privacy stage. Nothing the message holds can make
+        this raise: whatever fails becomes a dead letter, and the partition moves on."""
         msg = event.message
         src = SourceRef(msg.topic, msg.partition, msg.offset)
         name = p.stream_of[msg.topic]
+        first = p.not_counted(src)
         try:
-            result = p.privatizer.process(event.value, msg.headers, src, name)
+            key = await p.noise_key(app, noise, name, msg.partition, msg.timestamp or time.time())
+            result = p.privatizer.process(event.value, msg.headers, src, name, noise_key=key)
+            if first:
+                _count(name, result)
+            await dead(result.dead, count=first)
+            if result.private is not None and result.private.num_rows:
+                await _send_private(name, src, result.private, result.schema_id or "", first)
         except Exception as exc:  # a bug must not block the partition: dead-letter it
-            log.exception("privatize failed at %s", src)
-            await dead([DeadLetter("internal.error", type(exc).__name__, src)])
-            return
+            _log_failure("privatize", src, exc)
+            await dead([DeadLetter(Reason.INTERNAL_ERROR, type(exc).__name__, src)], count=first)
+        p.counted_up_to(src)
+        p.progress.advanced("privatize", msg.topic, msg.partition, msg.offset)
+
+    def _count(name: str, result: Any) -> None:
         p.metrics.events_in.labels(name).inc(result.received)
         p.metrics.envelope_rows.observe(result.received)
         p.metrics.suppressed.labels(name, "consent").inc(result.suppressed)
@@ -379,13 +466,29 @@ def build_app(
             p.metrics.pii_masked.labels(name, kind).inc(n)
         if result.private is not None:
             p.metrics.budget_charged.labels(name).inc(result.private.num_rows)
-        await dead(result.dead)
-        if result.private is not None and result.private.num_rows:
-            value, headers = encode_arrow(
-                result.private, result.schema_id or "", [(H_SOURCE, src.header())]
+
+    async def _send_private(
+        name: str, src: SourceRef, private: Any, schema_id: str, first: bool
+    ) -> None:
+        value, headers = encode_arrow(private, schema_id, [(H_SOURCE, src.header())])
+        if len(value) > _MAX_PRIVATE_BYTES:  # Kafka would refuse it, on every retry
+            await dead(
+                [
+                    DeadLetter(
+                        Reason.ENVELOPE_TOO_LARGE,
+                        f"its private batch would be {len(value):,} bytes, over the "
+                        f"{_MAX_PRIVATE_BYTES:,} a Kafka message may hold",
+                        src,
+                        schema_id,
+                        count=private.num_rows,
+                    )
+                ],
+                count=first,
             )
-            await out[name].send(value=value, partition=msg.partition, headers=headers)
-            p.metrics.events_private.labels(name).inc(result.private.num_rows)
+            return
+        await out[name].send(value=value, partition=src.partition, headers=headers)
+        if first:
+            p.metrics.events_private.labels(name).inc(private.num_rows)
 
     # The budget ledger: changelog-backed Faust table state (streams/budget_state.py).
     budget = app.Table(
@@ -393,6 +496,14 @@ def build_app(
         default=None,
         partitions=ks.partitions,  # keys and values travel as JSON (Faust's default)
         help="Per-user privacy budget: events charged per window, last raw offset",
+    )
+    # The noise secrets (privacy/noise.py): read by workers only, never by `budget show`.
+    noise = app.Table(
+        NOISE_TABLE,
+        default=None,
+        partitions=ks.partitions,
+        extra_topic_configs=NOISE_TOPIC_CONFIG,
+        help="Noise secrets per raw partition and window, destroyed when past replay",
     )
 
     @app.on_rebalance_complete.connect
@@ -417,8 +528,9 @@ def build_app(
             p.allowances_s,
         )
         p.data_path["privatize"] = _queue(stream)
+        p.noise.store = noise.data  # recovered by Faust for the partitions assigned
         async for event in manual.events():
-            if not await offsets.admit(event.message):
+            if not await admitted("privatize", offsets, event.message):
                 continue  # a skipped offset is being re-read: this comes again after it
             msg = event.message
             name = p.stream_of[msg.topic]
@@ -462,6 +574,12 @@ def build_app(
         if p.budget_due() and any(led.has_changes for led in p.privatizer.ledgers.values()):
             await p.save_budget(app, budget)
 
+    @app.timer(interval=60.0)  # type: ignore[untyped-decorator]  # Faust leaves it untyped
+    @_survives
+    async def destroy_noise_keys() -> None:
+        async with p.budget_lock:  # the privatize agent adds secrets under the same lock
+            await p.destroy_noise_keys(noise)
+
     @app.agent(private)
     async def lake(stream: faust.StreamT[bytes]) -> None:
         # Envelopes gather while the previous commit runs; each commit acks what it holds
@@ -477,6 +595,8 @@ def build_app(
             await _commit(p, by_table)
             for event, *_ in batch:
                 await manual.ack(event)
+                m = event.message
+                p.progress.advanced("lake", m.topic, m.partition, m.offset)
 
         policy = FlushPolicy(
             max_messages=ws.lake_max_messages,
@@ -491,7 +611,7 @@ def build_app(
             async for event in manual.events():
                 if committer.done():  # a commit raised: crash the agent, never drop
                     committer.result()
-                if not await offsets.admit(event.message):
+                if not await admitted("lake", offsets, event.message):
                     continue
                 h = header_map(event.message.headers)
                 name, table = p.stream_of[event.message.topic], decode(event.value, h).table
@@ -530,7 +650,7 @@ def build_app(
             async for batch in stream.noack_take(  # type: ignore[attr-defined]  # on Stream
                 ws.lake_max_messages, within=ws.lake_max_wait_s
             ):
-                events = [ev for ev in batch if await offsets.admit(ev.message)]
+                events = [ev for ev in batch if await admitted(table, offsets, ev.message)]
                 batches = [
                     (
                         rows(ev.value),
@@ -541,6 +661,8 @@ def build_app(
                 await _commit(p, {table: batches})
                 for ev in events:
                     await stream.ack(ev)
+                    m = ev.message
+                    p.progress.advanced(table, m.topic, m.partition, m.offset)
 
         return agent
 
@@ -591,6 +713,29 @@ def build_app(
                 continue
             if position is not None and end is not None:
                 p.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
+            if end is not None:
+                _check_progress(tp, position, end)
+
+    def _check_progress(tp: Any, position: int | None, end: int) -> None:
+        consumer: Any = app.consumer  # Faust keeps the committed offsets on its own class
+        stalled = p.progress.check(
+            tp.topic,
+            tp.partition,
+            end=end,
+            committed=consumer._committed_offset.get(tp),
+            position=position,
+            queued={agent: q.qsize() for agent, q in p.queues.items()},
+        )
+        for agent, seconds in stalled.items():
+            p.metrics.stalled.labels(agent, tp.topic, str(tp.partition)).set(seconds)
+            if seconds:
+                log.warning(
+                    "%s: %s/%d has not advanced for %.0fs with messages waiting (see /status)",
+                    agent,
+                    tp.topic,
+                    tp.partition,
+                    seconds,
+                )
 
     async def yield_to_data_path(own: Any) -> None:
         """Learning waits while the privatize or lake agent has messages queued, until its
@@ -636,7 +781,7 @@ def build_app(
             offsets = guard(f"learn.{name}", stream, [p.topics.private(name)])
             async for event in manual.events():
                 await yield_to_data_path(_queue(stream))
-                if not await offsets.admit(event.message):
+                if not await admitted(f"learn.{name}", offsets, event.message):
                     continue
                 headers = header_map(event.message.headers)
                 src = SourceRef.parse(headers[H_SOURCE])
@@ -650,6 +795,8 @@ def build_app(
                         assert decoded is not None
                         table = consented(decoded, "learn")
                     await learn_batch(model, table, src)
+                m = event.message
+                p.progress.advanced(f"learn.{name}", m.topic, m.partition, m.offset)
                 announced = await p.maybe_checkpoint(name)
                 if announced:
                     for done in unacked:
@@ -721,9 +868,17 @@ def build_app(
             generate_latest(p.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    del privatize, on_rebalance, save_idle_budget, lake, report_lag, learners, metrics, predict
-    del status, check_stalled
+    del privatize, on_rebalance, save_idle_budget, destroy_noise_keys, lake, report_lag
+    del learners, metrics, predict, status, check_stalled
     return app, p
+
+
+def _log_failure(stage: str, src: SourceRef, exc: BaseException) -> None:
+    """Log a failure with its traceback's frames but without its message: exception text
+    can quote the input (Arrow's and pydantic's do), and logs are past the privacy
+    boundary."""
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    log.error("%s failed at %s: %s (message withheld)\n%s", stage, src, type(exc).__name__, frames)
 
 
 def _queue(stream: Any) -> Any:
@@ -773,6 +928,7 @@ def worker_status(app: faust.App, p: Pipeline) -> dict[str, Any]:
         "rebalances": p.rebalances,
         "ledgers_loaded": sorted(f"{s}/{n}" for s, n in p.ledgers_loaded),
         "models_seen": {name: m.seen for name, m in p.models.items()},
+        "stalled": p.progress.stalled(),
         "offsets": {name: g.state() for name, g in p.guards.items()},
     }
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
-from streams.processing import SourceRef
+from schemas.source import SourceRef
 from streams.upkeep import TableUpkeep, UpkeepPolicy, file_count
 
 log = logging.getLogger("eddyline.lake")

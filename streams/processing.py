@@ -2,14 +2,19 @@
 
 No broker needed: hand ``Privatizer.process`` a message value and headers, get back the
 private table and the dead letters. The Faust agent in ``streams.app`` only moves bytes.
+
+Nothing the sender chose reaches a dead letter or a log line: a dead letter names schema
+fields, reason codes, type names, counts and row indices (``schemas.deadletter``).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from dataclasses import field as _field
 from datetime import datetime
 from typing import Any, Literal
@@ -29,46 +34,14 @@ from privacy.pseudonymize import (
     load_keyring,
     load_or_create_key,
 )
-from schemas.arrow import arrow_schema, conform, validate_table
+from schemas.arrow import SchemaMismatchError, arrow_schema, conform, validate_table
+from schemas.deadletter import DeadLetter, Reason, row_ranges
 from schemas.envelope import Envelope, decode
 from schemas.errors import EnvelopeError, UnknownSchemaError
-from schemas.events import BaseEvent
+from schemas.events import BaseEvent, TimeWindow
 from schemas.registry import REGISTRY, SchemaRegistry
+from schemas.source import SourceRef
 from streams.settings import WorkerSettings
-
-
-@dataclass(frozen=True)
-class SourceRef:
-    """Where a message came from."""
-
-    topic: str
-    partition: int
-    offset: int
-
-    def header(self) -> bytes:
-        return f"{self.topic}/{self.partition}/{self.offset}".encode()
-
-    @classmethod
-    def parse(cls, text: str) -> SourceRef:
-        topic, partition, offset = text.rsplit("/", 2)
-        return cls(topic, int(partition), int(offset))
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A rejected message or rows, with a stable reason code. Holds no personal data:
-    only event ids (random UUIDs), field names and the source position."""
-
-    reason: str
-    detail: str
-    source: SourceRef
-    schema: str | None = None
-    field: str | None = None
-    event_ids: list[str] = _field(default_factory=list)
-    count: int = 1
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
 
 
 @dataclass
@@ -86,8 +59,26 @@ class Outcome:
     masked: Counter[str] = _field(default_factory=Counter)  # sensitive strings scrubbed
 
 
+def noise_rng(noise_key: bytes, source: SourceRef) -> np.random.Generator:
+    """The generator of one message's noise: seeded by HMAC(noise key, its position), so a
+    replay of the message is noised exactly as the first time (``privacy.noise``)."""
+    seed = hmac.digest(noise_key, source.header(), "sha256")
+    return np.random.Generator(np.random.PCG64(int.from_bytes(seed, "big")))
+
+
 class Privatizer:
-    """Decode, validate and privatise raw messages for one worker."""
+    """Decode, validate and privatise raw messages for one worker.
+
+    Args:
+        pseudonymizer: the keyed pseudonyms of ids.
+        rng: the noise generator for messages processed without a noise key.
+        registry: the event models raw messages may name.
+        max_bytes, max_rows: larger envelopes are dead-lettered, never decoded.
+        budget: (epsilon, delta, window seconds) per user per stream.
+        window: the ``occurred_at`` values accepted (older or later: ``row.invalid``).
+        clock: seconds since the epoch; the budget window is the clock's, never an
+            event's own time.
+    """
 
     def __init__(
         self,
@@ -98,15 +89,14 @@ class Privatizer:
         max_bytes: int = 8 << 20,
         max_rows: int = 100_000,
         budget: tuple[float, float, int] = (100.0, 1e-6, 86_400),
-        noise_key: bytes | None = None,
+        window: TimeWindow | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.budget = budget  # (epsilon, delta, window seconds) per user per stream
         # (event name, raw partition) -> its budget ledger; saved by the worker (streams/app.py)
         self.ledgers: dict[tuple[str, int], BudgetLedger] = {}
-        # With a noise key, each message's noise comes from a generator seeded by a keyed
-        # hash of its source position: a replay is noised exactly as the first time, so no
-        # reader can average two noisings of one event. Without one: the shared ``rng``.
-        self._noise_key = noise_key
+        self.window = window or TimeWindow()
+        self.clock = clock
         self._saved: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self.max_bytes, self.max_rows = max_bytes, max_rows
         self._pseudonymizer = pseudonymizer
@@ -120,64 +110,101 @@ class Privatizer:
             found = self._policies[model] = PrivacyPolicy.for_model(model)
         return found
 
-    def process(self, value: bytes | None, headers: Any, source: SourceRef, stream: str) -> Outcome:
-        """Never raises for bad input: every problem becomes a dead letter."""
+    def process(
+        self,
+        value: bytes | None,
+        headers: Any,
+        source: SourceRef,
+        stream: str,
+        *,
+        noise_key: bytes | None = None,
+    ) -> Outcome:
+        """Never raises for bad input: every problem becomes a dead letter.
+
+        ``noise_key``: the secret that seeds this message's noise (``privacy.noise``);
+        without one, the shared generator (a replay is then noised afresh)."""
         try:
-            if value is not None and len(value) > self.max_bytes:
-                raise EnvelopeError(
-                    "envelope.too_large", f"{len(value):,} bytes > the limit of {self.max_bytes:,}"
-                )
-            env = decode(value, headers)
-            if env.table is not None and env.table.num_rows > self.max_rows:
-                raise EnvelopeError(
-                    "envelope.too_large",
-                    f"{env.table.num_rows:,} rows > the limit of {self.max_rows:,}",
-                )
+            env = self._envelope(value, headers)
             model = self._model(env, stream)
         except EnvelopeError as exc:
-            return Outcome(dead=[DeadLetter(exc.reason, exc.detail, source)])
+            return Outcome(dead=[DeadLetter(Reason(exc.reason), exc.detail, source)])
         out = Outcome(schema_id=model.schema_id())
         table = self._table(env, model, source, out)
         if table is None:
             return out
         out.received = table.num_rows
-        good, violations = validate_table(model, table)
-        for v in violations:
-            ids = table["event_id"].take(v.rows).to_pylist()
+        if table.num_rows == 0:  # counted, so that every message is accounted for
             out.dead.append(
                 DeadLetter(
-                    "row.invalid",
+                    Reason.ENVELOPE_EMPTY,
+                    "the envelope holds 0 rows",
+                    source,
+                    out.schema_id,
+                    count=0,
+                )
+            )
+            return out
+        good, violations = validate_table(model, table, window=self.window)
+        for v in violations:
+            out.dead.append(
+                DeadLetter(
+                    Reason.ROW_INVALID,
                     f"{v.field}: {v.reason}",
                     source,
                     out.schema_id,
                     v.field,
-                    [str(i) for i in ids],
-                    len(ids),
+                    row_ranges(v.rows.to_numpy().tolist()),
                 )
             )
         either = pc.or_(good["consent_store"], good["consent_learn"])
         kept = _keep(good, pc.fill_null(either, False))
         out.suppressed = good.num_rows - kept.num_rows
-        rng = self._rng if self._noise_key is None else self.noise_rng(source)
+        rng = self._rng if noise_key is None else noise_rng(noise_key, source)
         encodings: dict[str, Encoding] = {}
         private = self.policy(model).apply(kept, self._pseudonymizer, rng, out.masked, encodings)
         if private.num_rows and "user_pid" in private.column_names:
-            charge = self.ledger(model, source.partition).charge(
-                private["user_pid"],
-                private["occurred_at"],
-                source.offset,
-                encoded=encodings.get("user_pid"),
-            )
-            out.over_budget, out.replayed = charge.over_budget, charge.replayed
-            keep = charge.allowed
-            if out.over_budget and model.over_budget == "coarsen":
-                private = self._coarsen(model, private, charge.allowed)
-                keep = charge.allowed | charge.over
-                out.coarsened, out.over_budget = out.over_budget, 0
-            if not keep.all():
-                private = private.filter(pa.array(keep))
+            private = self._charge(model, kept, private, encodings, source, out)
         out.private = private
         return out
+
+    def _charge(
+        self,
+        model: type[BaseEvent],
+        raw: pa.Table,
+        private: pa.Table,
+        encodings: dict[str, Encoding],
+        source: SourceRef,
+        out: Outcome,
+    ) -> pa.Table:
+        """Charge the batch to its users' budgets in the window of the worker's clock;
+        drop (or coarsen) what is over budget and what a replay already released."""
+        now = self.clock()
+        ledger = self.ledger(model, source.partition)
+        users, encoded = self._budget_identity(raw, private, encodings, now)
+        charge = ledger.charge(users, ledger.window_of(now), source.offset, encoded=encoded)
+        out.over_budget, out.replayed = charge.over_budget, charge.replayed
+        keep = charge.allowed
+        if out.over_budget and model.over_budget == "coarsen":
+            private = self._coarsen(model, private, charge.allowed)
+            keep = charge.allowed | charge.over
+            out.coarsened, out.over_budget = out.over_budget, 0
+        return private if keep.all() else private.filter(pa.array(keep))
+
+    def _budget_identity(
+        self, raw: pa.Table, private: pa.Table, encodings: dict[str, Encoding], now: float
+    ) -> tuple[pa.Array | pa.ChunkedArray, Encoding | None]:
+        """Each row's user as the ledger counts them: the pseudonym under the key in force
+        *now*. The stored pseudonym follows the event's ``occurred_at``, which the sender
+        chooses: dated across a key rotation, one user would have two pseudonyms, so two
+        ledger entries and two allowances, in one window."""
+        pseudonymizer = self._pseudonymizer
+        if len(pseudonymizer.keys) == 1:
+            return private["user_pid"], encodings.get("user_pid")
+        key = pseudonymizer.key_index_at(now)
+        if pc.all(pc.equal(private["key_id"], pseudonymizer.keys[key].key_id)).as_py():
+            return private["user_pid"], encodings.get("user_pid")
+        pids, encoded = pseudonymizer.encode_under(raw["user_id"], key)
+        return pids, encoded
 
     def _coarsen(self, model: type[BaseEvent], table: pa.Table, allowed: np.ndarray) -> pa.Table:
         """``table`` with every protected field nulled on the rows not ``allowed``."""
@@ -191,12 +218,6 @@ class Privatizer:
             )
         return table
 
-    def noise_rng(self, source: SourceRef) -> np.random.Generator:
-        """The generator for one message's noise: seeded by HMAC(noise key, its position)."""
-        assert self._noise_key is not None
-        seed = hmac.digest(self._noise_key, source.header(), "sha256")
-        return np.random.Generator(np.random.PCG64(int.from_bytes(seed, "big")))
-
     def allowance(self, model: type[BaseEvent]) -> int:
         """Events one user may send of ``model`` per window (from the accountant)."""
         epsilon, delta, _ = self.budget
@@ -206,9 +227,7 @@ class Privatizer:
         """Every registered event type's allowance (schema id -> events per user per window).
 
         The accountant's search takes seconds per policy; a worker calls this before it
-        consumes, so that no event waits on it (computed lazily, the first event of a type
-        held the event loop for that long: 8 s for the interaction policy, before COARSE in
-        privacy/budget.py)."""
+        consumes, so that no event waits on it."""
         return {model.schema_id(): self.allowance(model) for model in self._registry.models()}
 
     def ledger(self, model: type[BaseEvent], partition: int = 0) -> BudgetLedger:
@@ -227,6 +246,20 @@ class Privatizer:
         self.ledgers.pop((stream, partition), None)
         self._saved[(stream, partition)] = saved
 
+    def _envelope(self, value: bytes | None, headers: Any) -> Envelope:
+        if value is not None and len(value) > self.max_bytes:
+            raise EnvelopeError(
+                Reason.ENVELOPE_TOO_LARGE,
+                f"{len(value):,} bytes > the limit of {self.max_bytes:,}",
+            )
+        env = decode(value, headers)
+        if env.table is not None and env.table.num_rows > self.max_rows:
+            raise EnvelopeError(
+                Reason.ENVELOPE_TOO_LARGE,
+                f"{env.table.num_rows:,} rows > the limit of {self.max_rows:,}",
+            )
+        return env
+
     def _model(self, env: Envelope, stream: str) -> type[BaseEvent]:
         try:
             model = (
@@ -235,12 +268,17 @@ class Privatizer:
                 else self._registry.latest(stream)
             )
         except UnknownSchemaError:
+            # the header's text is the sender's, so it is not repeated
             raise EnvelopeError(
-                "schema.unknown", f"schema {env.schema_id!r} is not registered"
+                Reason.SCHEMA_UNKNOWN,
+                "the eddyline-schema header names no registered schema"
+                if env.schema_id
+                else f"no schema is registered for the {stream!r} stream",
             ) from None
         if model.event_name != stream:
             raise EnvelopeError(
-                "schema.wrong_stream", f"schema {model.schema_id()!r} sent to the {stream!r} stream"
+                Reason.SCHEMA_WRONG_STREAM,
+                f"schema {model.schema_id()!r} sent to the {stream!r} stream",
             )
         return model
 
@@ -252,38 +290,57 @@ class Privatizer:
         assert env.table is not None
         try:
             return conform(model, env.table)
+        except SchemaMismatchError as exc:
+            detail = str(exc)  # names schema fields and type names only
         except (ValueError, pa.ArrowException) as exc:
-            out.dead.append(
-                DeadLetter(
-                    "envelope.schema_mismatch",
-                    str(exc)[:300],
-                    source,
-                    out.schema_id,
-                    count=env.table.num_rows,
-                )
+            detail = f"the columns cannot be read as the schema's ({type(exc).__name__})"
+        out.dead.append(
+            DeadLetter(
+                Reason.ENVELOPE_SCHEMA_MISMATCH,
+                detail,
+                source,
+                out.schema_id,
+                count=env.table.num_rows,
             )
-            return None
+        )
+        return None
 
     def _json_table(
         self, event: dict[str, Any], model: type[BaseEvent], source: SourceRef, out: Outcome
     ) -> pa.Table | None:
         """One JSON event, validated by pydantic (per message: this is not the batched path)."""
         try:
-            obj = model.model_validate(event)
+            obj = model.model_validate(event, context={"time_window": self.window})
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or None
-            raw_id = event.get("event_id")
-            ids = [raw_id] if isinstance(raw_id, str) and len(raw_id) <= 64 else []
             out.received = 1
+            where, rule = _first_error(exc, model)
             out.dead.append(
                 DeadLetter(
-                    "row.invalid", f"{where}: {first['type']}", source, out.schema_id, where, ids
+                    Reason.ROW_INVALID,
+                    f"{where or 'event'}: {rule}",
+                    source,
+                    out.schema_id,
+                    where,
+                    "0",
                 )
             )
             return None
         row = {k: str(v) if isinstance(v, UUID) else v for k, v in obj.__dict__.items()}
         return pa.Table.from_pylist([row], schema=arrow_schema(model))
+
+
+def _first_error(exc: ValidationError, model: type[BaseEvent]) -> tuple[str | None, str]:
+    """(the schema field at fault, or None; pydantic's error type) of a validation error.
+
+    A key the model does not know is not named: it is the sender's text (seen: an e-mail
+    address sent as a key)."""
+    first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+    loc = first["loc"]
+    field = loc[0] if loc and isinstance(loc[0], str) and loc[0] in model.model_fields else None
+    if first["type"] == "extra_forbidden":
+        unknown = sum(e["type"] == "extra_forbidden" for e in exc.errors(include_input=False))
+        return None, f"unknown_field ({unknown} key(s) not in the schema)"
+    return field, str(first["type"])
 
 
 def pseudonymizer_from_settings(ws: WorkerSettings) -> HmacPseudonymizer:
@@ -324,49 +381,6 @@ def _keep(table: pa.Table, mask: pa.ChunkedArray | pa.Array) -> pa.Table:
     """``table.filter(mask)`` (a mask without nulls), skipping the copy of every column when
     every row stays: the common case, and a copy costs ~0.3 ms per 5,000 rows."""
     return table if pc.all(mask).as_py() else table.filter(mask)
-
-
-_DEADLETTER_SCHEMA = pa.schema(
-    [
-        ("reason", pa.string()),
-        ("detail", pa.string()),
-        ("field", pa.string()),
-        ("schema", pa.string()),
-        ("source_topic", pa.string()),
-        ("source_partition", pa.int64()),
-        ("source_offset", pa.int64()),
-        ("event_ids", pa.list_(pa.string())),
-        ("count", pa.int64()),
-        ("occurred_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-
-
-def deadletter_table(letters: list[bytes], at: datetime) -> pa.Table:
-    """Dead-letter messages (``DeadLetter.to_json``) as rows of the ``deadletters`` table.
-
-    They hold no personal data (reason codes, field names, event ids, source positions), so
-    they are stored as they are; ``occurred_at`` is when the worker stored them.
-    """
-    rows = []
-    for raw in letters:
-        d = json.loads(raw)
-        src = d.get("source") or {}
-        rows.append(
-            {
-                "reason": d.get("reason"),
-                "detail": d.get("detail"),
-                "field": d.get("field"),
-                "schema": d.get("schema"),
-                "source_topic": src.get("topic"),
-                "source_partition": src.get("partition"),
-                "source_offset": src.get("offset"),
-                "event_ids": d.get("event_ids") or [],
-                "count": d.get("count", 1),
-                "occurred_at": at,
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=_DEADLETTER_SCHEMA)
 
 
 _DRIFT_SCHEMA = pa.schema(

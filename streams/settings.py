@@ -124,6 +124,13 @@ class WorkerSettings(BaseSettings):
     budget_epsilon: float = Field(default=100.0, gt=0)
     budget_delta: float = Field(default=1e-6, gt=0, lt=1)
     budget_window_s: int = Field(default=86_400, ge=60)
+    # The occurred_at values accepted: at most this old, at most this far ahead of the
+    # worker's clock; others are dead-lettered (row.invalid: too_old / in_the_future).
+    max_event_age_s: int = Field(default=365 * 86_400, ge=60)
+    max_clock_skew_s: int = Field(default=86_400, ge=0)
+    # A partition whose messages wait while an agent's finished offset stands still this
+    # long is reported stalled (/status, eddyline_worker_partition_stalled_seconds).
+    stall_after_s: float = Field(default=30.0, gt=0)
     # Larger envelopes are dead-lettered (envelope.too_large), never decoded.
     max_envelope_bytes: int = Field(default=8 * 1024 * 1024, ge=1_024)
     max_envelope_rows: int = Field(default=100_000, ge=1)

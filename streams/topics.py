@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,22 @@ STREAMS = ["interaction", "feedback"]
 
 # Raw events hold personal data: keep them only as long as a worker could be behind.
 RAW_RETENTION_MS = 24 * 3600 * 1000
+# Retention deletes whole segments, so a segment rolls hourly: a raw message is gone within
+# an hour past its retention (Kafka's default segment lives a week).
+RAW_SEGMENT_MS = 3600 * 1000
+RAW_TOPIC_CONFIG = {
+    "retention.ms": str(RAW_RETENTION_MS),
+    "segment.ms": str(RAW_SEGMENT_MS),
+    # The broker stamps each raw message with its append time: the noise secrets' windows
+    # follow it (privacy/noise.py), and no sender chooses it.
+    "message.timestamp.type": "LogAppendTime",
+}
+
+
+def noise_keep_windows(window_s: int) -> int:
+    """How many windows a noise secret outlives its own: a replay reaches back as far as
+    raw messages live (retention, plus the segment they wait in), plus one window."""
+    return math.ceil((RAW_RETENTION_MS + RAW_SEGMENT_MS) / 1000 / window_s) + 1
 
 
 @dataclass(frozen=True)
@@ -73,7 +90,7 @@ def ensure_topics(settings: KafkaSettings, streams: list[str], timeout: float = 
     for name in topics.all(streams):
         if name in existing:
             continue
-        config = {"retention.ms": str(RAW_RETENTION_MS)} if name in map(topics.raw, streams) else {}
+        config = dict(RAW_TOPIC_CONFIG) if name in map(topics.raw, streams) else {}
         wanted.append(NewTopic(name, settings.partitions, settings.replication, config=config))
     if not wanted:
         return []

@@ -28,6 +28,7 @@ class WorkerMetrics:
     commit_rows: Histogram
     predict: Histogram
     lag: Gauge
+    stalled: Gauge
     model_seen: Gauge
     model_metric: Gauge
     files: Gauge
@@ -90,6 +91,13 @@ class WorkerMetrics:
                 "eddyline_worker_consumer_lag",
                 "Messages behind the partition's end",
                 ["topic", "partition"],
+                registry=reg,
+            ),
+            Gauge(
+                "eddyline_worker_partition_stalled_seconds",
+                "How long messages have waited on a partition while the agent's finished "
+                "offset stood still (0: it is moving; see /status)",
+                ["agent", "topic", "partition"],
                 registry=reg,
             ),
             Gauge(

@@ -42,6 +42,17 @@ def deadletters(kafka: KafkaSettings) -> list[dict]:
     return [json.loads(v) for v, _ in read_all(kafka, Topics(kafka.namespace).deadletter)]
 
 
+def deadlettered_rows(kafka: KafkaSettings, reason: str = "row.invalid") -> set[tuple]:
+    """Each dead-lettered (raw partition, offset, rows) once: dead letters name their
+    source position and rows, and a raw message read again after a crash is
+    dead-lettered again."""
+    return {
+        (d["source"]["partition"], d["source"]["offset"], d["rows"])
+        for d in deadletters(kafka)
+        if d["reason"] == reason
+    }
+
+
 def topic_event_ids(kafka: KafkaSettings, topic: str) -> list[str]:
     ids: list[str] = []
     for value, headers in read_all(kafka, topic):

@@ -44,15 +44,14 @@ def test_the_allowance_is_the_largest_count_within_the_accountants_epsilon() -> 
     assert allowance([LAPLACE], epsilon=100.0, delta=1e-6) > 100
 
 
-def _times(n: int, start: datetime = T0) -> pa.Array:
-    return pa.array([start] * n, pa.timestamp("us", tz="UTC"))
+W0 = int(T0.timestamp()) // 86_400  # the window (day) T0 is in
 
 
 def test_one_user_flooding_a_million_events_never_gets_past_the_budget() -> None:
     ledger = BudgetLedger(allowance([LAPLACE], epsilon=10.0, delta=1e-6))
     through = 0
     for _ in range(200):  # 200 batches of 5,000 events, one user, one day
-        through += int(ledger.charge(pa.array(["flooder"] * 5_000), _times(5_000)).allowed.sum())
+        through += int(ledger.charge(pa.array(["flooder"] * 5_000), W0).allowed.sum())
     assert through == ledger.allowance == 10
     assert composed_epsilon([LAPLACE], through, 1e-6) <= 10.0
 
@@ -60,7 +59,7 @@ def test_one_user_flooding_a_million_events_never_gets_past_the_budget() -> None
 def test_each_user_and_each_window_has_its_own_allowance() -> None:
     ledger = BudgetLedger(allowance=3, window_s=86_400)
     users = pa.array(["a", "b", "a", "a", "a", "b", "c"])
-    assert ledger.charge(users, _times(7)).allowed.tolist() == [
+    assert ledger.charge(users, W0).allowed.tolist() == [
         True,
         True,
         True,
@@ -69,7 +68,7 @@ def test_each_user_and_each_window_has_its_own_allowance() -> None:
         True,
         True,
     ]
-    tomorrow = _times(2, T0 + timedelta(days=1))
+    tomorrow = W0 + 1
     assert ledger.charge(pa.array(["a", "a"]), tomorrow).allowed.tolist() == [True, True]
     assert ledger.spent("a", int(T0.timestamp()) // 86_400) == 3
     assert ledger.forget_before(int(T0.timestamp()) // 86_400 + 1) == 3  # a, b, c of day 0
@@ -80,6 +79,7 @@ def test_the_privacy_stage_suppresses_and_counts_over_budget_rows() -> None:
         HmacPseudonymizer(b"k" * 32, key_id="k"),
         np.random.default_rng(0),
         budget=(10.0, 1e-6, 86_400),
+        clock=T0.timestamp,
     )
     events = [
         e.model_copy(update={"user_id": "same-user", "occurred_at": T0})
@@ -104,21 +104,21 @@ def test_replays_are_skipped_per_user_so_a_rerun_leaves_the_ledger_unchanged() -
     ledger = BudgetLedger(allowance=3)
     batches = [(["a", "b", "a"], 10), (["a", "a", "c"], 11), (["b", "c"], 12)]
     for users, offset in batches:
-        ledger.charge(pa.array(users), _times(len(users)), offset)
+        ledger.charge(pa.array(users), W0, offset)
     before = dict(ledger.counts)
     # A crash after the first two messages were saved: both are replayed, then the third.
-    replay = ledger.charge(pa.array(["a", "a", "c"]), _times(3), 11)
+    replay = ledger.charge(pa.array(["a", "a", "c"]), W0, 11)
     assert replay.replayed == 3 and not replay.allowed.any()
     assert ledger.counts == before
     # A user new to a replayed message is charged: nothing was saved for them.
-    fresh = ledger.charge(pa.array(["a", "d"]), _times(2), 11)
+    fresh = ledger.charge(pa.array(["a", "d"]), W0, 11)
     assert fresh.allowed.tolist() == [False, True] and fresh.replayed == 1
 
 
 def test_a_ledger_saved_and_restored_entry_by_entry_is_the_same_ledger() -> None:
     ledger = BudgetLedger(allowance=5)
-    ledger.charge(pa.array(["a", "b", "a"]), _times(3), 7)
-    ledger.charge(pa.array(["a"]), _times(1, T0 + timedelta(days=1)), 8)
+    ledger.charge(pa.array(["a", "b", "a"]), W0, 7)
+    ledger.charge(pa.array(["a"]), W0 + 1, 8)
     saved = ledger.drain_dirty()
     assert set(saved) == {"a", "b"} and not ledger.has_changes
     copy = BudgetLedger(allowance=5)
@@ -149,6 +149,7 @@ def test_a_policy_may_coarsen_over_budget_events_instead_of_suppressing_them() -
         np.random.default_rng(0),
         budget=(10.0, 1e-6, 86_400),
         registry=Coarse.event_registry,
+        clock=T0.timestamp,
     )
     rows = [
         {**e.__dict__, "event_id": str(e.event_id), "user_id": "same-user", "occurred_at": T0}
@@ -204,8 +205,8 @@ def test_shards_save_every_user_in_columns_and_restore_to_the_same_ledger() -> N
 
     ledger = BudgetLedger(allowance=5)
     users = [f"{i:02x}user" for i in range(40)]  # first hex byte: shard i % 16
-    ledger.charge(pa.array(users), _times(40), 7)
-    ledger.charge(pa.array(users[:3]), _times(3, T0 + timedelta(days=1)), 8)
+    ledger.charge(pa.array(users), W0, 7)
+    ledger.charge(pa.array(users[:3]), W0 + 1, 8)
     assert ledger.take_dirty() == set(users) and not ledger.has_changes
     shards = ledger.shards(set(range(16)), shard_of)
     day = int(T0.timestamp()) // 86_400
@@ -248,48 +249,72 @@ def test_shards_saved_one_object_per_user_still_restore() -> None:
     )
 
 
-def test_a_message_across_a_window_boundary_charges_every_row_once() -> None:
-    """Found when a benchmark crossed midnight UTC: the rows of a user active on both sides
-    of the boundary in one message were dropped as replays of that very message."""
-    ledger = BudgetLedger(allowance=10)
-    before, after = T0 - timedelta(seconds=1), T0  # T0 is midnight
-    users = pa.array(["a", "b", "a", "a", "b"])
-    at = pa.array([before, before, after, after, after], pa.timestamp("us", tz="UTC"))
-    first = ledger.charge(users, at, offset=5)
-    assert first.allowed.tolist() == [True] * 5 and first.replayed == 0
-    day = int(T0.timestamp()) // 86_400
-    assert ledger.counts == {("a", day - 1): 1, ("b", day - 1): 1, ("a", day): 2, ("b", day): 1}
-    again = ledger.charge(users, at, offset=5)  # the same message, replayed after a crash
-    assert not again.allowed.any() and again.replayed == 5
-    assert ledger.last_offset == {"a": 5, "b": 5}
+def test_the_window_charged_is_the_clocks_never_the_events_own_time() -> None:
+    """The audit's bypass: one user's events dated into many past days, sent in many
+    messages with ledger saves (which forget past windows) between them, each got a fresh
+    allowance. Charged to the worker clock's window, they share one."""
+    now = [T0.timestamp()]
+    privatizer = Privatizer(
+        HmacPseudonymizer(b"k" * 32, key_id="k"),
+        np.random.default_rng(0),
+        budget=(10.0, 1e-6, 86_400),
+        clock=lambda: now[0],
+    )
+    released = 0
+    for message in range(40):
+        backdated = [
+            e.model_copy(update={"user_id": "u", "occurred_at": T0 - timedelta(days=message)})
+            for e in TrafficSimulator(seed=message).interactions(10)
+        ]
+        rows = [{**e.__dict__, "event_id": str(e.event_id)} for e in backdated]
+        value, headers = encode_arrow(
+            pa.Table.from_pylist(rows, schema=arrow_schema(InteractionEvent)), "interaction:1"
+        )
+        out = privatizer.process(value, headers, SourceRef("raw", 0, message), "interaction")
+        assert out.private is not None
+        released += out.private.num_rows
+        for ledger in privatizer.ledgers.values():  # what every save does
+            ledger.forget_before(ledger.window_of(now[0]))
+        now[0] += 60.0
+    assert released == 10  # the allowance of the one window the clock was in
+    # the next window of the worker's clock brings the next allowance, and only that
+    now[0] = T0.timestamp() + 86_400
+    out = privatizer.process(value, headers, SourceRef("raw", 0, 99), "interaction")
+    assert out.private is not None and out.private.num_rows == 10
+
+
+def test_a_window_once_left_is_never_charged_again() -> None:
+    ledger = BudgetLedger(allowance=2)
+    assert ledger.charge(pa.array(["a", "a"]), W0 + 1).allowed.all()
+    stepped_back = ledger.charge(pa.array(["a"]), W0)  # the clock stepped back
+    assert not stepped_back.allowed.any() and ledger.spent("a", W0) == 0
 
 
 def test_charging_matches_a_row_by_row_reference_on_random_messages() -> None:
     """The vectorised ledger (slots, numpy) against the rule written row by row: replays
     are decided per user once per message; each other row is allowed while its user's
-    count in its window is under the allowance."""
+    count in the window is under the allowance."""
     rng = np.random.default_rng(5)
     ledger, counts, last = BudgetLedger(allowance=4), {}, {}
-    offset = 0
+    offset = day = 0
     for _ in range(300):
         n = int(rng.integers(1, 30))
         users = [f"u{i}" for i in rng.integers(0, 12, n)]
-        days = rng.integers(0, 3, n) if rng.random() < 0.3 else np.zeros(n, int)
-        at = pa.array([T0 + timedelta(days=int(d), seconds=i) for i, d in enumerate(days)])
+        day += int(rng.random() < 0.02)  # the worker's clock moves to the next window
         if rng.random() < 0.2 and offset > 2:  # a replay of a recent message's offset
             at_offset = offset - int(rng.integers(1, 3))
         else:
             at_offset = offset = offset + 1
         replay = {u for u in users if last.get(u, -1) >= at_offset}
         want_allowed, want_over = [], []
-        for u, d in zip(users, days.tolist(), strict=True):
-            key = (u, int(T0.timestamp()) // 86_400 + d)
+        for u in users:
+            key = (u, W0 + day)
             ok = u not in replay and counts.get(key, 0) < 4
             counts[key] = counts.get(key, 0) + ok
             want_allowed.append(ok)
             want_over.append(u not in replay and not ok)
         last.update(dict.fromkeys(set(users) - replay, at_offset))
-        got = ledger.charge(pa.array(users), at, at_offset)
+        got = ledger.charge(pa.array(users), W0 + day, at_offset)
         assert got.allowed.tolist() == want_allowed and got.over.tolist() == want_over
     assert ledger.counts == {k: c for k, c in counts.items() if c}
     assert ledger.last_offset == last
@@ -298,18 +323,49 @@ def test_charging_matches_a_row_by_row_reference_on_random_messages() -> None:
 def test_charging_with_the_pseudonymizers_encoding_equals_charging_the_column() -> None:
     """The privacy stage hands the ledger the pseudonymizer's encoding of the pseudonym
     column (distinct pseudonyms, row indices) instead of letting it encode the column
-    again; both must charge alike, across a window boundary too."""
+    again; both must charge alike, in one window or the next."""
     rng = np.random.default_rng(9)
     pseudonymizer = HmacPseudonymizer(b"k" * 32, key_id="k")
     plain, fast = BudgetLedger(allowance=3), BudgetLedger(allowance=3)
     for offset in range(40):
         n = int(rng.integers(1, 25))
         raw = pa.array([f"user-{i}" for i in rng.integers(0, 15, n)])
-        days = np.sort(rng.integers(0, 2, n))
-        at = pa.array([T0 + timedelta(days=int(d), seconds=i) for i, d in enumerate(days)])
+        at = pa.array([T0] * n, pa.timestamp("us", tz="UTC"))
         pids, _, encoding = pseudonymizer.encode_at(raw, at)
         assert encoding is not None
-        a = plain.charge(pids, at, offset)
-        b = fast.charge(pids, at, offset, encoded=encoding)
+        window = W0 + offset // 20
+        a = plain.charge(pids, window, offset)
+        b = fast.charge(pids, window, offset, encoded=encoding)
         assert a.allowed.tolist() == b.allowed.tolist() and a.over.tolist() == b.over.tolist()
     assert plain.counts == fast.counts and plain.last_offset == fast.last_offset
+
+
+def test_events_dated_across_a_key_rotation_share_one_allowance() -> None:
+    """Pseudonyms follow each event's own time (the key in force then); the ledger counts a
+    user under the key in force on the worker's clock, so dating events on both sides of a
+    rotation does not make two users of one."""
+    from privacy.pseudonymize import PseudonymKey
+
+    rotation = int(T0.timestamp())
+    keys = [PseudonymKey("k1", b"a" * 32, 0), PseudonymKey("k2", b"b" * 32, rotation)]
+    privatizer = Privatizer(
+        HmacPseudonymizer(keys=keys),
+        np.random.default_rng(0),
+        budget=(10.0, 1e-6, 86_400),
+        clock=lambda: rotation + 3_600.0,
+    )
+    released, pids = 0, set()
+    for offset, at in enumerate([T0 - timedelta(hours=5), T0 + timedelta(minutes=30)]):
+        rows = [
+            {**e.__dict__, "event_id": str(e.event_id), "user_id": "u", "occurred_at": at}
+            for e in TrafficSimulator(seed=offset).interactions(6)
+        ]
+        value, headers = encode_arrow(
+            pa.Table.from_pylist(rows, schema=arrow_schema(InteractionEvent)), "interaction:1"
+        )
+        out = privatizer.process(value, headers, SourceRef("raw", 0, offset), "interaction")
+        assert out.private is not None
+        released += out.private.num_rows
+        pids |= set(out.private["user_pid"].to_pylist())
+    assert len(pids) == 2  # stored under each event's key: two pseudonyms
+    assert released == 10  # but one allowance: 6, then 4 of 6

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pyarrow as pa
 from deltalake import DeltaTable
 
+from schemas.source import SourceRef
 from streams.lake import DeltaSink
-from streams.processing import SourceRef
 
 
 def _batch(ids: list[str]) -> pa.Table:

@@ -167,8 +167,8 @@ def _columns(n: int = 4, **change: object) -> dict[str, list]:
         ({"dwell_time_s": [1.0, -2.0, 3.0, -1.0]}, "dwell_time_s", "below_minimum", "2 row(s)"),
         ({"action": ["click", "buy", "view", "view"]}, "action", "not_allowed", "first [1]"),
         ({"colour": ["red"] * 4}, None, "columns", "unknown columns ['colour']"),
-        ({"item_id": None}, None, "columns", "missing column 'item_id'"),
-        ({"position": ["1", "2", "x", "4"]}, "position", "wrong_type", "'x'"),
+        ({"item_id": None}, None, "columns", "column 'item_id' is missing"),
+        ({"position": ["1", "2", "x", "4"]}, "position", "wrong_type", "string is not int64"),
     ],
 )
 def test_emit_many_refuses_a_bad_batch_whole_naming_field_and_rows(
@@ -343,3 +343,24 @@ def test_an_envelope_kafka_will_not_take_is_spooled_not_lost(tmp_path) -> None:
     time.sleep(1.2)  # the drain retries from the spool, and keeps them there
     assert fake.calls > tries and len(p._spool or []) == envelopes >= 3
     p.close(0.2)
+
+
+def test_events_outside_the_accepted_time_window_are_refused_at_the_call() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from pydantic import ValidationError
+
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    with pytest.raises(ValidationError, match="older than the accepted 365 days"):
+        InteractionEvent(**{**_one_dict(), "occurred_at": long_ago})
+    with EventProducer(registry=CollectorRegistry()) as p:
+        with pytest.raises(EventValidationError) as err:
+            p.emit_many(InteractionEvent, {**_columns(), "occurred_at": [long_ago] * 4})
+        assert (err.value.field, err.value.reason) == ("occurred_at", "too_old")
+        with pytest.raises(EventValidationError, match="years 1-9999"):
+            bad = {**_one_dict(), "occurred_at": "9999-12-31T23:59:59-23:59"}
+            p.emit(bad, schema=InteractionEvent)
+
+
+def _one_dict() -> dict[str, object]:
+    return {k: v[0] for k, v in _columns(1).items()}

@@ -8,8 +8,8 @@ from datetime import UTC, date, datetime
 import pyarrow as pa
 
 from consumers.lake import Lake
+from schemas.source import SourceRef
 from streams.lake import DeltaSink
-from streams.processing import SourceRef
 
 
 def _batch(ids: list[str], day: int, action: str) -> pa.Table:

@@ -11,8 +11,8 @@ import pytest
 from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError
 
+from schemas.source import SourceRef
 from streams.lake import DeltaSink
-from streams.processing import SourceRef
 from streams.upkeep import TableUpkeep, UpkeepPolicy
 
 T0 = datetime(2026, 11, 29, tzinfo=UTC)

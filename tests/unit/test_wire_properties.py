@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Literal
 
 import pyarrow as pa
@@ -22,12 +23,18 @@ from schemas.events import BaseEvent, FeedbackEvent, InteractionEvent, new_event
 from schemas.registry import SchemaRegistry
 from streams.producer import EventProducer
 
+_NOW = datetime.now(UTC).replace(tzinfo=None)
 text = st.text(min_size=1, max_size=40)
 interactions = st.builds(
     InteractionEvent,
     event_id=st.uuids(),
     user_id=text,
-    occurred_at=st.datetimes(timezones=st.just(__import__("datetime").UTC)),
+    # the accepted window (schemas.events.TimeWindow): a year back, a day ahead
+    occurred_at=st.datetimes(
+        min_value=_NOW - timedelta(days=360),
+        max_value=_NOW + timedelta(hours=20),
+        timezones=st.just(UTC),
+    ),
     app_id=text,
     item_id=text,
     item_category=st.text(min_size=1, max_size=64),
@@ -205,13 +212,14 @@ def test_the_summary_fast_path_never_passes_a_batch_with_a_bad_row(rows: list[tu
     "look row by row"), column by column. Also checks validate_table against the masks."""
     import pyarrow.compute as pc
 
-    from schemas.arrow import _bad_mask, _clean, _rules
+    from schemas.arrow import _bad_mask, _checkable, _clean, _rules_now
+    from schemas.events import TimeWindow
 
     n = len(rows)
     good = {
         "event_id": [str(uuid.UUID(int=i)) for i in range(n)],
         "user_id": ["u"] * n,
-        "occurred_at": pa.array([0] * n, pa.timestamp("us", tz="UTC")),
+        "occurred_at": pa.array([datetime.now(UTC)] * n, pa.timestamp("us", tz="UTC")),
         "app_id": ["a"] * n,
         "consent_store": [True] * n,
         "consent_learn": [True] * n,
@@ -228,8 +236,8 @@ def test_the_summary_fast_path_never_passes_a_batch_with_a_bad_row(rows: list[tu
         good[name] = list(values)
     table = pa.table(good, schema=arrow_schema(InteractionEvent))
     any_bad = False
-    for rule in _rules(InteractionEvent):
-        col = table[rule.name]
+    for rule in _rules_now(InteractionEvent, TimeWindow()):
+        col = _checkable(table[rule.name], rule)
         bad = any(pc.any(mask).as_py() is True for _, mask in _bad_mask(col, rule))
         if _clean(col, rule):  # per column: a pass must mean no mask of it is true
             assert not bad, (rule.name, col.to_pylist())
