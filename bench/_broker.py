@@ -12,7 +12,7 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from streams.broker import LocalBroker, free_port
+from eddyline.streams.kafka.broker import LocalBroker, free_port
 
 
 @contextlib.contextmanager

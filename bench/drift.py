@@ -24,7 +24,7 @@ import numpy as np
 from river import drift
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from online_learning.detectors import AdwinDetector
+from eddyline.online_learning.detectors import AdwinDetector
 
 CHANGE, LENGTH = 5_000, 8_000
 Stream = Callable[[np.random.Generator], np.ndarray]

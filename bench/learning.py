@@ -23,8 +23,8 @@ from pathlib import Path
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eddyline.online_learning.learner import OnlineModel
 from eddyline.simulate import TrafficSimulator
-from online_learning.learner import OnlineModel
 
 SPECS = ("click", "satisfaction")
 

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from schemas.events import InteractionEvent
+from eddyline.schemas.events import InteractionEvent
 
 bootstrap, topic_name, lake, expected, port = sys.argv[1:6]
 app = faust.App(

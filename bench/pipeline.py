@@ -39,13 +39,13 @@ from prometheus_client import CollectorRegistry
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _broker import fresh_namespace, kafka_for_bench
 
+from eddyline.schemas.events import InteractionEvent
 from eddyline.simulate import TrafficSimulator
-from schemas.events import InteractionEvent
-from streams.broker import free_port
-from streams.producer import EventProducer
-from streams.settings import KafkaSettings, ProducerSettings
-from streams.topics import ensure_topics
-from streams.worker_process import WorkerProcess
+from eddyline.streams.kafka.broker import free_port
+from eddyline.streams.kafka.settings import KafkaSettings, ProducerSettings
+from eddyline.streams.kafka.topics import ensure_topics
+from eddyline.streams.sdk.producer import EventProducer
+from eddyline.streams.worker.process import WorkerProcess
 
 HERE = Path(__file__).resolve().parent
 

@@ -25,13 +25,13 @@ import opendp.prelude as dp
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from privacy.budget import BudgetLedger
-from privacy.mechanisms import GaussianMechanism, LaplaceMechanism
-from privacy.policy import PrivacyPolicy
-from privacy.pseudonymize import Encoding, HmacPseudonymizer
-from schemas.annotations import Noise, Pseudonymize
-from schemas.events import BaseEvent
-from schemas.registry import SchemaRegistry
+from eddyline.privacy.budget import BudgetLedger
+from eddyline.privacy.mechanisms import GaussianMechanism, LaplaceMechanism
+from eddyline.privacy.policy import PrivacyPolicy
+from eddyline.privacy.pseudonymize import Encoding, HmacPseudonymizer
+from eddyline.schemas.annotations import Noise, Pseudonymize
+from eddyline.schemas.events import BaseEvent
+from eddyline.schemas.registry import SchemaRegistry
 
 dp.enable_features("contrib")
 

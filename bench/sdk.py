@@ -28,10 +28,10 @@ from prometheus_client import CollectorRegistry
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _broker import fresh_namespace, kafka_for_bench
 
-from schemas.events import InteractionEvent
-from streams.producer import EventProducer
-from streams.settings import KafkaSettings, ProducerSettings
-from streams.topics import Topics, ensure_topics
+from eddyline.schemas.events import InteractionEvent
+from eddyline.streams.kafka.settings import KafkaSettings, ProducerSettings
+from eddyline.streams.kafka.topics import Topics, ensure_topics
+from eddyline.streams.sdk.producer import EventProducer
 
 CATEGORIES = ("news", "sports", "music", "tech")
 

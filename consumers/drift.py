@@ -24,9 +24,9 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Producer
 from pydantic import ValidationError
 
-from schemas.events import DriftEvent
-from streams.settings import KafkaSettings
-from streams.topics import Topics
+from eddyline.schemas.events import DriftEvent
+from eddyline.streams.kafka.settings import KafkaSettings
+from eddyline.streams.kafka.topics import Topics
 
 log = logging.getLogger("eddyline.drift")
 

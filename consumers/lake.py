@@ -18,12 +18,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from schemas.errors import MissingExtraError
+from eddyline.schemas.errors import MissingExtraError
 
 try:
     from deltalake import DeltaTable
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise MissingExtraError("query", "consumers.lake") from exc
+    raise MissingExtraError("query", "eddyline.consumers.lake") from exc
 
 AsOf = int | datetime | str | None  # a version, a timestamp, or an ISO 8601 string
 

@@ -8,9 +8,9 @@ the most recent post-change rows, and registers it (``consumers.registry``): as
 ``challenger`` if it beats the champion there, else rejected. With no champion yet, it first
 trains one on the pre-change rows (a "bootstrap" version, charged like any other).
 
-``ShadowEvaluator`` then scores champion and challenger on live private traffic, never
-answering anyone, promotes the challenger once its rolling log-loss beats the champion's,
-and rolls a promotion back if the new champion's live loss falls behind the one it replaced.
+The worker's ``online_learning.shadow.ShadowEvaluator`` then scores champion and challenger
+on live private traffic, promotes the challenger once its rolling log-loss beats the
+champion's, and rolls a promotion back if the new champion falls behind.
 
 Privacy across retrains: every run's accountant history is kept with its version; before
 training, the job composes the histories of every earlier run on the same data with the
@@ -18,34 +18,39 @@ planned run (Opacus's RDP accountant) and refuses, with a clear message, past
 ``total_epsilon``. The unit of DP-SGD here is one event (row), on top of the local DP each
 field already got at the boundary (docs/retraining.md).
 
-torch and opacus come with the ``[retrain]`` extra; only ``train_dp`` imports them, so the
-scorer and the evaluator run without torch.
+torch and opacus come with the ``[retrain]`` extra; only ``consumers.training`` imports them,
+so the scorer (``online_learning.scoring``) and the shadow evaluator run without torch.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from consumers.registry import ModelRegistry, ModelVersion
-from schemas.errors import EddylineError
-from schemas.events import DriftEvent, ModelEvent
+from eddyline.consumers.training import (
+    TrainConfig,
+    composed_epsilon,
+    planned_history,
+    train_dp,
+)
+from eddyline.online_learning.registry import (
+    CHALLENGER,
+    CHAMPION,
+    ModelRegistry,
+    ModelVersion,
+    registry_change,
+)
+from eddyline.online_learning.scoring import LinearScorer, evaluate
+from eddyline.schemas.errors import EddylineError
+from eddyline.schemas.events import DriftEvent, ModelEvent
 
 log = logging.getLogger("eddyline.retrain")
-
-POSITIVE_ACTIONS = ("click", "purchase")
-CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 
 
 class RetrainBudgetError(EddylineError):
@@ -54,189 +59,6 @@ class RetrainBudgetError(EddylineError):
 
 class NotEnoughDataError(EddylineError):
     """Too few rows after the change to train and evaluate on yet (retried later)."""
-
-
-def registry_change(
-    model: str, version: int, kind: Any, alias: str | None, previous: int | None, reason: str
-) -> ModelEvent:
-    """The ``ModelEvent`` announcing a registry change on ``signals.models``."""
-    return ModelEvent(
-        model=model,
-        model_version=version,
-        kind=kind,
-        alias=alias,
-        previous_version=previous,
-        reason=reason,
-    )
-
-
-# -- the model ---------------------------------------------------------------------------
-
-
-@dataclass
-class LinearScorer:
-    """A logistic model over privatised interaction columns, scored in numpy.
-
-    Features: one-hot ``item_category`` (categories seen in training), ``position`` and
-    ``dwell_time_s`` standardised with the training means and deviations."""
-
-    categories: list[str]
-    means: list[float]
-    stds: list[float]
-    weights: list[float] = field(default_factory=list)
-    bias: float = 0.0
-
-    @classmethod
-    def fit_spec(cls, table: pa.Table) -> LinearScorer:
-        cats = sorted(c for c in pc.unique(table["item_category"]).to_pylist() if c is not None)
-        nums = _numeric(table)
-        return cls(cats, nums.mean(axis=0).tolist(), (nums.std(axis=0) + 1e-9).tolist())
-
-    def design(self, table: pa.Table) -> np.ndarray:
-        cats = pc.index_in(table["item_category"], value_set=pa.array(self.categories))
-        idx = cats.to_numpy(zero_copy_only=False)
-        onehot = np.zeros((table.num_rows, len(self.categories)), dtype=np.float32)
-        known = ~np.isnan(idx.astype(np.float64))
-        onehot[np.flatnonzero(known), idx[known].astype(np.int64)] = 1.0
-        nums = (_numeric(table) - np.array(self.means)) / np.array(self.stds)
-        return np.hstack([onehot, nums.astype(np.float32)])
-
-    def predict_proba(self, table: pa.Table) -> np.ndarray:
-        z = self.design(table) @ np.array(self.weights, dtype=np.float32) + self.bias
-        out: np.ndarray = 1.0 / (1.0 + np.exp(-z))
-        return out
-
-    def save(self, folder: Path) -> None:
-        (folder / "scorer.json").write_text(json.dumps(self.__dict__))
-
-    @classmethod
-    def load(cls, folder: Path) -> LinearScorer:
-        return cls(**json.loads((folder / "scorer.json").read_text()))
-
-
-def _numeric(table: pa.Table) -> np.ndarray:
-    cols = [
-        pc.fill_null(pc.cast(table[c], pa.float64()), 0.0).to_numpy()
-        for c in ("position", "dwell_time_s")
-    ]
-    return np.column_stack(cols)
-
-
-def labels(table: pa.Table) -> np.ndarray:
-    out: np.ndarray = (
-        pc.is_in(table["action"], value_set=pa.array(POSITIVE_ACTIONS))
-        .to_numpy(zero_copy_only=False)
-        .astype(np.float32)
-    )
-    return out
-
-
-def log_losses(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per-event log-loss of probabilities ``p`` for 0/1 labels ``y``."""
-    q = np.clip(p, 1e-7, 1 - 1e-7)
-    out: np.ndarray = -(y * np.log(q) + (1 - y) * np.log(1 - q))
-    return out
-
-
-def evaluate(scorer: LinearScorer, table: pa.Table) -> dict[str, float]:
-    p, y = scorer.predict_proba(table), labels(table)
-    return {
-        "log_loss": float(log_losses(p, y).mean()),
-        "accuracy": float(((p >= 0.5) == (y == 1)).mean()),
-        "rows": float(table.num_rows),
-    }
-
-
-# -- DP training -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    scorer: LinearScorer
-    epsilon: float  # what Opacus's accountant measured for this run
-    delta: float
-    history: list[list[float]]  # the accountant's [noise multiplier, sample rate, steps]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epsilon: float = 2.0  # per run
-    delta: float = 1e-5
-    epochs: int = 3
-    batch_size: int = 256
-    max_grad_norm: float = 1.0
-    learning_rate: float = 0.5
-    seed: int = 0
-
-
-def planned_history(rows: int, cfg: TrainConfig) -> list[list[float]]:
-    """The accountant history a run on ``rows`` rows would record (as Opacus computes it
-    in ``make_private_with_epsilon``): for the budget check before training."""
-    from opacus.accountants.utils import get_noise_multiplier
-
-    batches = math.ceil(rows / cfg.batch_size)
-    rate = 1.0 / batches
-    sigma = get_noise_multiplier(
-        target_epsilon=cfg.epsilon,
-        target_delta=cfg.delta,
-        sample_rate=rate,
-        epochs=cfg.epochs,
-        accountant="rdp",
-    )
-    return [[float(sigma), rate, cfg.epochs * batches]]
-
-
-def composed_epsilon(history: list[list[float]], delta: float) -> float:
-    """ε of every run in ``history`` together, from Opacus's RDP accountant."""
-    from opacus.accountants import RDPAccountant
-
-    if not history:
-        return 0.0
-    accountant = RDPAccountant()
-    accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
-    return float(accountant.get_epsilon(delta))
-
-
-def train_dp(table: pa.Table, cfg: TrainConfig) -> TrainResult:
-    """Logistic regression with DP-SGD: Opacus ``make_private_with_epsilon`` (Poisson
-    sampling, flat clipping, RDP accountant)."""
-    import torch
-    from opacus import PrivacyEngine
-    from torch.utils.data import DataLoader, TensorDataset
-
-    torch.manual_seed(cfg.seed)
-    scorer = LinearScorer.fit_spec(table)
-    x = torch.from_numpy(scorer.design(table))
-    y = torch.from_numpy(labels(table))
-    model = torch.nn.Linear(x.shape[1], 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate)
-    loader = DataLoader(TensorDataset(x, y), batch_size=cfg.batch_size)
-    engine = PrivacyEngine(accountant="rdp")
-    generator = torch.Generator().manual_seed(cfg.seed)
-    model, optimizer, loader = engine.make_private_with_epsilon(
-        module=model,
-        optimizer=optimizer,
-        data_loader=loader,
-        target_epsilon=cfg.epsilon,
-        target_delta=cfg.delta,
-        epochs=cfg.epochs,
-        max_grad_norm=cfg.max_grad_norm,
-        poisson_sampling=True,
-        noise_generator=generator,
-    )
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    for _ in range(cfg.epochs):
-        for xb, yb in loader:
-            if len(xb) == 0:  # Poisson sampling can draw an empty batch
-                continue
-            optimizer.zero_grad()
-            loss_fn(model(xb).squeeze(1), yb).backward()
-            optimizer.step()
-    linear = model._module  # the GradSampleModule wraps the Linear
-    scorer.weights = linear.weight.detach().numpy().ravel().astype(float).tolist()
-    scorer.bias = float(linear.bias.detach().numpy()[0])
-    history = [[float(s), float(q), int(n)] for s, q, n in engine.accountant.history]
-    return TrainResult(scorer, float(engine.accountant.get_epsilon(cfg.delta)), cfg.delta, history)
 
 
 # -- the job -----------------------------------------------------------------------------
@@ -332,7 +154,7 @@ class RetrainJob:
         return version
 
     def _lake(self) -> Any:
-        from consumers.lake import Lake
+        from eddyline.consumers.lake import Lake
 
         return Lake(str(self.lake))
 
@@ -409,88 +231,7 @@ class RetrainJob:
             )
 
 
-# -- shadow evaluation, promotion, rollback ----------------------------------------------
-
-
-@dataclass
-class ShadowEvaluator:
-    """Scores the champion and the challenger (and, after a promotion, the version it
-    replaced) on live traffic; promotes and rolls back by their rolling log-loss."""
-
-    registry: ModelRegistry
-    model: str = "click"
-    window: int = 2_000  # events in each rolling metric
-    min_events: int = 1_000  # live events before a decision
-    margin: float = 0.0  # how much better (lower) a loss must be to win
-    publish: Callable[[ModelEvent], None] = lambda event: None
-    _scorers: dict[str, tuple[int, LinearScorer]] = field(default_factory=dict)
-    _losses: dict[str, deque[float]] = field(default_factory=dict)
-    _refreshed: float = -math.inf
-
-    def refresh(self) -> None:
-        """Load whatever the aliases point to now."""
-        for alias in (CHAMPION, CHALLENGER, PREVIOUS):
-            version = self.registry.alias(self.model, alias)
-            loaded = self._scorers.get(alias)
-            if version is None:
-                self._scorers.pop(alias, None)
-                self._losses.pop(alias, None)
-            elif loaded is None or loaded[0] != version:
-                artifact = self.registry.get(self.model, version).artifact
-                self._scorers[alias] = (version, LinearScorer.load(artifact))
-                self._losses[alias] = deque(maxlen=self.window)
-        self._refreshed = time.monotonic()
-
-    def live_loss(self, alias: str) -> float | None:
-        losses = self._losses.get(alias)
-        return float(np.mean(losses)) if losses and len(losses) >= self.min_events else None
-
-    def observe(self, table: pa.Table) -> list[ModelEvent]:
-        """Score a batch of live private events; the registry changes it led to."""
-        if time.monotonic() - self._refreshed > 5.0:  # the registry is read every 5 s at most
-            self.refresh()
-        if table.num_rows == 0 or CHAMPION not in self._scorers:
-            return []
-        y = labels(table)
-        for alias, (_, scorer) in self._scorers.items():
-            self._losses[alias].extend(log_losses(scorer.predict_proba(table), y).tolist())
-        events = self._decide()
-        for e in events:
-            self.publish(e)
-        return events
-
-    def _decide(self) -> list[ModelEvent]:
-        champ, chall, prev = (self.live_loss(a) for a in (CHAMPION, CHALLENGER, PREVIOUS))
-        if chall is not None and champ is not None and chall < champ - self.margin:
-            old, new = self._scorers[CHAMPION][0], self._scorers[CHALLENGER][0]
-            why = f"live log-loss {chall:.4f} < champion v{old}'s {champ:.4f}"
-            self.registry.set_alias(self.model, PREVIOUS, old, f"replaced by v{new}")
-            self.registry.set_alias(self.model, CHAMPION, new, why)
-            self.registry.set_alias(self.model, CHALLENGER, None, "promoted")
-            self.refresh()
-            log.warning("promoted %s v%d over v%d: %s", self.model, new, old, why)
-            return [registry_change(self.model, new, "promoted", CHAMPION, old, why)]
-        if prev is not None and champ is not None and champ > prev + self.margin:
-            bad, good = self._scorers[CHAMPION][0], self._scorers[PREVIOUS][0]
-            why = f"live log-loss {champ:.4f} > previous v{good}'s {prev:.4f}"
-            self.registry.set_alias(self.model, CHAMPION, good, f"rollback: {why}")
-            self.registry.set_alias(self.model, PREVIOUS, None, "rolled back to")
-            self.refresh()
-            log.warning("rolled %s back from v%d to v%d: %s", self.model, bad, good, why)
-            return [registry_change(self.model, good, "rolled_back", CHAMPION, bad, why)]
-        return []
-
-
-__all__ = [
-    "LinearScorer",
-    "NotEnoughDataError",
-    "RetrainBudgetError",
-    "RetrainJob",
-    "ShadowEvaluator",
-    "TrainConfig",
-    "composed_epsilon",
-    "train_dp",
-]
+__all__ = ["NotEnoughDataError", "RetrainBudgetError", "RetrainJob", "TrainConfig", "run_service"]
 
 
 # -- the service: `eddyline retrain run` --------------------------------------------------
@@ -517,9 +258,9 @@ def run_service(
 
     from confluent_kafka import Producer
 
-    from consumers.drift import DriftSubscriber, HandledKeys
-    from streams.settings import KafkaSettings
-    from streams.topics import Topics
+    from eddyline.consumers.drift import DriftSubscriber, HandledKeys
+    from eddyline.streams.kafka.settings import KafkaSettings
+    from eddyline.streams.kafka.topics import Topics
 
     ks: KafkaSettings = kafka or KafkaSettings()
     stop = stop or threading.Event()

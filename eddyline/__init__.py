@@ -9,9 +9,9 @@ The names an app, a data scientist or a retraining job needs::
 Errors derive from :class:`EddylineError` (the tree is in ``schemas.errors``).
 """
 
-from consumers.drift import DriftSubscriber
+from eddyline.consumers.drift import DriftSubscriber
 from eddyline.predict import Prediction, PredictionError, Predictor
-from schemas import (
+from eddyline.schemas import (
     BaseEvent,
     BrokerError,
     DriftEvent,
@@ -29,10 +29,10 @@ from schemas import (
     SchemaError,
     TopicNotFoundError,
 )
-from streams.aio import AsyncEventProducer
-from streams.producer import DeliveryReport, EventProducer
-from streams.settings import KafkaSettings, ProducerSettings, WorkerSettings
-from streams.spool import SpoolFullError
+from eddyline.streams.kafka.settings import KafkaSettings, ProducerSettings, WorkerSettings
+from eddyline.streams.sdk.aio import AsyncEventProducer
+from eddyline.streams.sdk.producer import DeliveryReport, EventProducer
+from eddyline.streams.sdk.spool import SpoolFullError
 
 __version__ = "0.1.0"
 __all__ = [
@@ -69,7 +69,7 @@ __all__ = [
 
 def __getattr__(name: str) -> object:
     if name == "Lake":
-        from consumers.lake import Lake
+        from eddyline.consumers.lake import Lake
 
         return Lake
     raise AttributeError(name)

@@ -12,9 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from schemas.errors import EddylineError
-from streams.broker import KAFKA_VERSION, LocalBroker
-from streams.settings import KafkaSettings, WorkerSettings
+from eddyline.schemas.errors import EddylineError
+from eddyline.streams.kafka.broker import KAFKA_VERSION, LocalBroker
+from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
 
 app = typer.Typer(help="eddyline: streaming data and feedback platform.", no_args_is_help=True)
 broker_app = typer.Typer(help=f"A local Apache Kafka {KAFKA_VERSION} broker (KRaft, no Docker).")
@@ -104,7 +104,7 @@ def schemas_export(
     module: Annotated[list[str], typer.Option(help="module defining events")] = [],  # noqa: B006
 ) -> None:
     """Write a contract file for each registered event version that has none yet."""
-    from schemas import contracts
+    from eddyline.schemas import contracts
 
     _load_models(module)
     written = contracts.export(directory or contracts.CONTRACTS_DIR)
@@ -119,7 +119,7 @@ def schemas_check(
     module: Annotated[list[str], typer.Option(help="module defining events")] = [],  # noqa: B006
 ) -> None:
     """Fail (exit 1) if a published schema changed, is not exported, or breaks compatibility."""
-    from schemas import contracts
+    from eddyline.schemas import contracts
 
     _load_models(module)
     problems = contracts.check(directory or contracts.CONTRACTS_DIR)
@@ -132,7 +132,7 @@ def schemas_check(
 @topics_app.command("create")
 def topics_create() -> None:
     """Create the eddyline topics that are missing (partitions from EDDYLINE_PARTITIONS)."""
-    from streams.topics import STREAMS, ensure_topics
+    from eddyline.streams.kafka.topics import STREAMS, ensure_topics
 
     created = ensure_topics(KafkaSettings(), STREAMS)
     err.print(f"created {len(created)} topics" + (f": {', '.join(created)}" if created else ""))
@@ -141,7 +141,7 @@ def topics_create() -> None:
 @worker_app.command("run")
 def worker_run(loglevel: Annotated[str, typer.Option(help="Faust log level")] = "info") -> None:
     """Run one worker (settings from EDDYLINE_* variables) until SIGTERM or Ctrl-C."""
-    from streams.app import run_worker
+    from eddyline.streams.worker.app import run_worker
 
     run_worker(WorkerSettings(), KafkaSettings(), loglevel=loglevel)
 
@@ -155,7 +155,7 @@ def simulate(
 ) -> None:
     """Emit realistic interaction and feedback traffic with a concept drift."""
     from eddyline.simulate import TrafficSimulator
-    from streams.producer import EventProducer
+    from eddyline.streams.sdk.producer import EventProducer
 
     sim = TrafficSimulator(users=users, seed=seed, drift_at=None if drift_at < 0 else drift_at)
     with EventProducer() as producer:
@@ -169,7 +169,7 @@ def simulate(
 @drift_app.command("tail")
 def drift_tail(group: Annotated[str, typer.Option(help="consumer group")] = "eddyline-cli") -> None:
     """Print drift events as JSON lines as they arrive."""
-    from consumers.drift import DriftSubscriber
+    from eddyline.consumers.drift import DriftSubscriber
 
     with DriftSubscriber(group_id=group) as sub:
         for event in sub:
@@ -188,10 +188,10 @@ def budget_show(
     this needs the same EDDYLINE_PSEUDONYM_* settings and state folder as the workers."""
     import numpy as np
 
-    from privacy.budget import composed_epsilon
-    from schemas.registry import REGISTRY
-    from streams.budget_state import read_ledger
-    from streams.processing import Privatizer, pseudonymizer_from_settings
+    from eddyline.privacy.budget import composed_epsilon
+    from eddyline.schemas.registry import REGISTRY
+    from eddyline.streams.worker.budget_state import read_ledger
+    from eddyline.streams.worker.privatizer import Privatizer, pseudonymizer_from_settings
 
     ws, ks = WorkerSettings(), KafkaSettings()
     pseudonymizer = pseudonymizer_from_settings(ws)
@@ -249,7 +249,7 @@ def keys_add(
 
     Pseudonyms stay joinable within each key's lifetime; events from ``--from`` on get the
     new key's pseudonyms. Every worker must read the same keyring file."""
-    from privacy.pseudonymize import add_key
+    from eddyline.privacy.pseudonymize import add_key
 
     ws = WorkerSettings()
     if ws.pseudonym_keyring is None:
@@ -286,7 +286,7 @@ def retrain_run(
     import threading
 
     try:
-        from consumers.retrain import TrainConfig, run_service
+        from eddyline.consumers.retrain import TrainConfig, run_service
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise EddylineError(f"{exc}: install the [retrain] extra") from None
     stop = threading.Event()
@@ -316,7 +316,7 @@ def retrain_status(
     registry: Annotated[str, typer.Option(help="registry root")] = "./lake/_registry",
 ) -> None:
     """Registered versions of a model: metrics, ε spent, lineage, and where the aliases point."""
-    from consumers.registry import ModelRegistry
+    from eddyline.online_learning.registry import ModelRegistry
 
     reg = ModelRegistry(registry)
     aliases = {a: reg.alias(model, a) for a in ("champion", "challenger", "previous")}
@@ -343,7 +343,7 @@ def learners_check(
     ] = None,
 ) -> None:
     """Load and check learner specs as the worker would; exit 1 naming the first problem."""
-    from online_learning.spec import load_specs
+    from eddyline.online_learning.spec import load_specs
 
     loaded = load_specs(specs or WorkerSettings().learners)
     for spec in loaded:
@@ -363,7 +363,7 @@ def learners_check(
 @app.command("query")
 def query(sql: str, lake: Annotated[str, typer.Option(help="lake root")] = "./lake") -> None:
     """Run DuckDB SQL over the Delta tables (each table is a view named after its stream)."""
-    from consumers.lake import Lake
+    from eddyline.consumers.lake import Lake
 
     result = Lake(lake).sql(sql)
     table = Table(*result.column_names)

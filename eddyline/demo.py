@@ -12,15 +12,15 @@ from confluent_kafka import Producer
 from rich.console import Console
 from rich.progress import Progress
 
-from consumers.drift import DriftSubscriber
+from eddyline.consumers.drift import DriftSubscriber
+from eddyline.schemas.envelope import KafkaHeaders, encode_json
+from eddyline.schemas.events import DriftEvent
 from eddyline.simulate import TrafficSimulator
-from schemas.envelope import KafkaHeaders, encode_json
-from schemas.events import DriftEvent
-from streams.broker import LocalBroker, free_port
-from streams.producer import EventProducer
-from streams.settings import KafkaSettings
-from streams.topics import STREAMS, Topics, ensure_topics, read_all
-from streams.worker_process import WorkerProcess
+from eddyline.streams.kafka.broker import LocalBroker, free_port
+from eddyline.streams.kafka.settings import KafkaSettings
+from eddyline.streams.kafka.topics import STREAMS, Topics, ensure_topics, read_all
+from eddyline.streams.sdk.producer import EventProducer
+from eddyline.streams.worker.process import WorkerProcess
 
 
 @dataclass

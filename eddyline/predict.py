@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.errors import EddylineError
+from eddyline.schemas.errors import EddylineError
 
 
 @dataclass(frozen=True)

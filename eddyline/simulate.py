@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.events import Action, FeedbackEvent, InteractionEvent
+from eddyline.schemas.events import Action, FeedbackEvent, InteractionEvent
 
 CATEGORIES = ("news", "sports", "music", "tech")
 _P_CLICK_BEFORE = np.array([0.75, 0.15, 0.70, 0.20])

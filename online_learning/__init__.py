@@ -3,10 +3,10 @@
 Uses ``schemas``; imports no Kafka client.
 """
 
-from online_learning.checkpoint import Checkpoint, ModelStore
-from online_learning.detectors import AdwinDetector, Alarm
-from online_learning.learner import BatchOutcome, OnlineModel
-from online_learning.spec import LearnerSpec, LearnerSpecError, load_spec, load_specs
+from eddyline.online_learning.checkpoint import Checkpoint, ModelStore
+from eddyline.online_learning.detectors import AdwinDetector, Alarm
+from eddyline.online_learning.learner import BatchOutcome, OnlineModel
+from eddyline.online_learning.spec import LearnerSpec, LearnerSpecError, load_spec, load_specs
 
 __all__ = [
     "AdwinDetector",

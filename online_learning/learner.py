@@ -17,7 +17,7 @@ Examples:
     >>> m.predict_one({"item_category": "news"})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    online_learning.spec.LearnerSpecError: model 'click': missing feature 'position' (needs ...)
+    eddyline.online_learning.spec.LearnerSpecError: model 'click': missing feature ...)
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ import pyarrow.compute as pc
 from pydantic import TypeAdapter
 from river import base
 
-from online_learning.detectors import AdwinDetector, Alarm, BlockWatcher
-from online_learning.spec import Detector, LearnerSpec, LearnerSpecError, load_spec
-from schemas.events import base_kind
-from schemas.registry import REGISTRY
+from eddyline.online_learning.detectors import AdwinDetector, Alarm, BlockWatcher
+from eddyline.online_learning.spec import Detector, LearnerSpec, LearnerSpecError, load_spec
+from eddyline.schemas.events import base_kind
+from eddyline.schemas.registry import REGISTRY
 
 METRICS_WINDOW = 10_000
 

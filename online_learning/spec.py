@@ -21,7 +21,7 @@ Examples:
     >>> LearnerSpec.model_validate({**spec.model_dump(), "features": [{"column": "nope"}]})
     Traceback (most recent call last):
     ...
-    online_learning.spec.LearnerSpecError: learner 'click': feature 'nope' is not a field of ...
+    eddyline.online_learning.spec.LearnerSpecError: learner 'click': feature 'nope' ...
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from schemas.annotations import Redact
-from schemas.errors import EddylineError, UnknownSchemaError
-from schemas.events import BaseEvent, base_kind
-from schemas.registry import REGISTRY
+from eddyline.schemas.annotations import Redact
+from eddyline.schemas.errors import EddylineError, UnknownSchemaError
+from eddyline.schemas.events import BaseEvent, base_kind
+from eddyline.schemas.registry import REGISTRY
 
 SPECS_DIR = Path(__file__).parent / "specs"
 BUILTIN = ("click", "satisfaction")

@@ -3,23 +3,28 @@
 Uses ``schemas``; imports no Kafka client.
 """
 
-from privacy.estimators import (
+from eddyline.privacy.estimators import (
     Estimate,
     laplace_mean,
     laplace_sum,
     oue_frequencies,
     rr_frequencies,
 )
-from privacy.mechanisms import (
+from eddyline.privacy.mechanisms import (
     GaussianMechanism,
     LaplaceMechanism,
     Mechanism,
     RandomizedResponseMechanism,
     UnaryEncodingMechanism,
 )
-from privacy.policy import PrivacyPolicy
-from privacy.pseudonymize import HmacPseudonymizer, PseudonymKey, load_keyring, load_or_create_key
-from privacy.scrub import scrub
+from eddyline.privacy.policy import PrivacyPolicy
+from eddyline.privacy.pseudonymize import (
+    HmacPseudonymizer,
+    PseudonymKey,
+    load_keyring,
+    load_or_create_key,
+)
+from eddyline.privacy.scrub import scrub
 
 __all__ = [
     "Estimate",

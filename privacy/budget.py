@@ -12,7 +12,7 @@ Only fields with a privacy mechanism are accounted for; fields a schema releases
 are (no annotation) are outside any budget, by the schema author's choice (docs/privacy.md).
 
 Examples:
-    >>> from privacy.mechanisms import LaplaceMechanism
+    >>> from eddyline.privacy.mechanisms import LaplaceMechanism
     >>> allowance([LaplaceMechanism(1.0, 0.0, 1.0)], epsilon=10.0, delta=1e-6)
     10
 """
@@ -30,13 +30,13 @@ import pyarrow as pa
 from dp_accounting.pld import privacy_loss_distribution as pldlib
 from dp_accounting.pld.common import DifferentialPrivacyParameters
 
-from privacy.mechanisms import (
+from eddyline.privacy.mechanisms import (
     GaussianMechanism,
     LaplaceMechanism,
     RandomizedResponseMechanism,
     UnaryEncodingMechanism,
 )
-from privacy.pseudonymize import Encoding
+from eddyline.privacy.pseudonymize import Encoding
 
 Mechanism = (
     LaplaceMechanism | GaussianMechanism | RandomizedResponseMechanism | UnaryEncodingMechanism

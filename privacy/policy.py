@@ -13,17 +13,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from privacy.mechanisms import (
+from eddyline.privacy.mechanisms import (
     GaussianMechanism,
     LaplaceMechanism,
     RandomizedResponseMechanism,
     UnaryEncodingMechanism,
 )
-from privacy.pseudonymize import Encoding, HmacPseudonymizer
-from privacy.scrub import scrub
-from schemas.annotations import Noise, Pseudonymize, RandomizedResponse, Redact, Scrub
-from schemas.errors import SchemaError
-from schemas.events import BaseEvent
+from eddyline.privacy.pseudonymize import Encoding, HmacPseudonymizer
+from eddyline.privacy.scrub import scrub
+from eddyline.schemas.annotations import Noise, Pseudonymize, RandomizedResponse, Redact, Scrub
+from eddyline.schemas.errors import SchemaError
+from eddyline.schemas.events import BaseEvent
 
 NumericMechanism = LaplaceMechanism | GaussianMechanism
 CategoricalMechanism = RandomizedResponseMechanism | UnaryEncodingMechanism

@@ -3,14 +3,14 @@
 The bottom layer of eddyline: imports no Kafka client.
 """
 
-from schemas.annotations import (
+from eddyline.schemas.annotations import (
     Noise,
     PrivacyAnnotation,
     Pseudonymize,
     RandomizedResponse,
     Redact,
 )
-from schemas.errors import (
+from eddyline.schemas.errors import (
     BrokerError,
     EddylineError,
     EnvelopeError,
@@ -21,8 +21,14 @@ from schemas.errors import (
     TopicNotFoundError,
     UnknownSchemaError,
 )
-from schemas.events import BaseEvent, DriftEvent, FeedbackEvent, InteractionEvent, ModelEvent
-from schemas.registry import REGISTRY, SchemaRegistry
+from eddyline.schemas.events import (
+    BaseEvent,
+    DriftEvent,
+    FeedbackEvent,
+    InteractionEvent,
+    ModelEvent,
+)
+from eddyline.schemas.registry import REGISTRY, SchemaRegistry
 
 __all__ = [
     "REGISTRY",

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from schemas.errors import SchemaError
+from eddyline.schemas.errors import SchemaError
 
 
 class PrivacyAnnotation:

@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import AwareDatetime
 
-from schemas.annotations import RandomizedResponse
-from schemas.events import EPOCH, BaseEvent, FeedbackEvent, TimeWindow, random_id_bytes
+from eddyline.schemas.annotations import RandomizedResponse
+from eddyline.schemas.events import EPOCH, BaseEvent, FeedbackEvent, TimeWindow, random_id_bytes
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 _UUID_RE = "^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"

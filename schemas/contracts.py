@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from schemas.registry import REGISTRY, SchemaRegistry
+from eddyline.schemas.registry import REGISTRY, SchemaRegistry
 
 Compatibility = Literal[
     "BACKWARD",

@@ -29,7 +29,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from schemas.source import SourceRef
+from eddyline.schemas.source import SourceRef
 
 #: The largest a dead letter's JSON may be (well under any Kafka message limit).
 MAX_BYTES = 16 * 1024

@@ -26,8 +26,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from schemas.deadletter import Reason
-from schemas.errors import EnvelopeError
+from eddyline.schemas.deadletter import Reason
+from eddyline.schemas.errors import EnvelopeError
 
 ARROW = "application/vnd.apache.arrow.stream"
 JSON = "application/json"

@@ -32,10 +32,10 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.annotations import Noise, PrivacyAnnotation, Pseudonymize, Redact
-from schemas.contracts import Compatibility
-from schemas.errors import SchemaError
-from schemas.registry import REGISTRY, SchemaRegistry
+from eddyline.schemas.annotations import Noise, PrivacyAnnotation, Pseudonymize, Redact
+from eddyline.schemas.contracts import Compatibility
+from eddyline.schemas.errors import SchemaError
+from eddyline.schemas.registry import REGISTRY, SchemaRegistry
 
 Action = Literal["view", "click", "purchase", "skip"]
 

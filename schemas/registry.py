@@ -8,10 +8,10 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
-from schemas.errors import SchemaError, UnknownSchemaError
+from eddyline.schemas.errors import SchemaError, UnknownSchemaError
 
 if TYPE_CHECKING:
-    from schemas.events import BaseEvent
+    from eddyline.schemas.events import BaseEvent
 
 
 class SchemaRegistry:

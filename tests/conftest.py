@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import LocalBroker, free_port
-from streams.settings import KafkaSettings
-from streams.topics import STREAMS, ensure_topics
+from eddyline.streams.kafka.broker import LocalBroker, free_port
+from eddyline.streams.kafka.settings import KafkaSettings
+from eddyline.streams.kafka.topics import STREAMS, ensure_topics
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from schemas.events import DriftEvent
+from eddyline.schemas.events import DriftEvent
 
 
 def drift_event(key: str = "click:1:error_rate:0:100", **fields: Any) -> DriftEvent:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from deltalake import DeltaTable
 
-from schemas.envelope import decode
-from streams.settings import KafkaSettings
-from streams.topics import Topics, read_all
+from eddyline.schemas.envelope import decode
+from eddyline.streams.kafka.settings import KafkaSettings
+from eddyline.streams.kafka.topics import Topics, read_all
 
 
 def wait_for(

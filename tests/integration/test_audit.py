@@ -19,20 +19,20 @@ import pytest
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
-from consumers.lake import Lake
+from eddyline.consumers.lake import Lake
+from eddyline.privacy.mechanisms import LaplaceMechanism
+from eddyline.privacy.pseudonymize import HmacPseudonymizer
+from eddyline.schemas.arrow import arrow_schema
+from eddyline.schemas.envelope import H_SOURCE, decode, encode_arrow, encode_json, header_map
+from eddyline.schemas.events import InteractionEvent
+from eddyline.schemas.source import SourceRef
 from eddyline.simulate import TrafficSimulator
-from privacy.mechanisms import LaplaceMechanism
-from privacy.pseudonymize import HmacPseudonymizer
-from schemas.arrow import arrow_schema
-from schemas.envelope import H_SOURCE, decode, encode_arrow, encode_json, header_map
-from schemas.events import InteractionEvent
-from schemas.source import SourceRef
-from streams.broker import free_port
-from streams.budget_state import changelog_topic
-from streams.producer import EventProducer
-from streams.settings import KafkaSettings, WorkerSettings
-from streams.topics import Topics, read_all, read_latest
-from streams.worker_process import WorkerProcess
+from eddyline.streams.kafka.broker import free_port
+from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
+from eddyline.streams.kafka.topics import Topics, read_all, read_latest
+from eddyline.streams.sdk.producer import EventProducer
+from eddyline.streams.worker.budget_state import changelog_topic
+from eddyline.streams.worker.process import WorkerProcess
 from tests.integration.helpers import deadletters, delta_ids, wait_for
 
 pytestmark = pytest.mark.integration

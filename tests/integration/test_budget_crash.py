@@ -18,14 +18,14 @@ from deltalake import DeltaTable
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from eddyline.schemas.events import InteractionEvent
 from eddyline.simulate import TrafficSimulator
-from schemas.events import InteractionEvent
-from streams.broker import free_port
-from streams.budget_state import read_ledger
-from streams.producer import EventProducer
-from streams.settings import KafkaSettings, WorkerSettings
-from streams.topics import STREAMS, ensure_topics
-from streams.worker_process import WorkerProcess
+from eddyline.streams.kafka.broker import free_port
+from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
+from eddyline.streams.kafka.topics import STREAMS, ensure_topics
+from eddyline.streams.sdk.producer import EventProducer
+from eddyline.streams.worker.budget_state import read_ledger
+from eddyline.streams.worker.process import WorkerProcess
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.continuity import KafkaProbe, OffsetGuard
-from streams.settings import KafkaSettings
+from eddyline.streams.kafka.settings import KafkaSettings
+from eddyline.streams.worker.continuity import KafkaProbe, OffsetGuard
 from tests.factories import TP, Message
 from tests.factories import FaustApp as App
 

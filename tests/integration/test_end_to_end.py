@@ -14,19 +14,19 @@ import pytest
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
-from consumers.drift import DriftSubscriber
-from consumers.lake import Lake
+from eddyline.consumers.drift import DriftSubscriber
+from eddyline.consumers.lake import Lake
 from eddyline.predict import PredictionError, Predictor
+from eddyline.schemas.arrow import arrow_schema
+from eddyline.schemas.envelope import ARROW, encode_arrow, encode_json
+from eddyline.schemas.events import DriftEvent, InteractionEvent, ModelEvent
 from eddyline.simulate import TrafficSimulator
-from schemas.arrow import arrow_schema
-from schemas.envelope import ARROW, encode_arrow, encode_json
-from schemas.events import DriftEvent, InteractionEvent, ModelEvent
-from streams.broker import free_port
-from streams.budget_state import changelog_topic
-from streams.producer import EventProducer
-from streams.settings import KafkaSettings, WorkerSettings
-from streams.topics import Topics, read_all, read_latest
-from streams.worker_process import WorkerProcess
+from eddyline.streams.kafka.broker import free_port
+from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
+from eddyline.streams.kafka.topics import Topics, read_all, read_latest
+from eddyline.streams.sdk.producer import EventProducer
+from eddyline.streams.worker.budget_state import changelog_topic
+from eddyline.streams.worker.process import WorkerProcess
 from tests.integration.helpers import deadlettered_rows, deadletters, delta_ids, wait_for
 
 pytestmark = pytest.mark.integration

@@ -12,10 +12,10 @@ from prometheus_client import CollectorRegistry
 
 from eddyline.demo import send_invalid
 from eddyline.simulate import TrafficSimulator
-from streams.broker import free_port
-from streams.producer import EventProducer
-from streams.settings import KafkaSettings
-from streams.worker_process import WorkerProcess
+from eddyline.streams.kafka.broker import free_port
+from eddyline.streams.kafka.settings import KafkaSettings
+from eddyline.streams.sdk.producer import EventProducer
+from eddyline.streams.worker.process import WorkerProcess
 from tests.integration.helpers import deadlettered_rows, delta_ids, wait_for
 
 pytestmark = pytest.mark.integration

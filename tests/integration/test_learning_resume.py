@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from eddyline.online_learning.checkpoint import ModelStore
 from eddyline.simulate import TrafficSimulator
-from online_learning.checkpoint import ModelStore
-from streams.broker import free_port
-from streams.producer import EventProducer
-from streams.settings import KafkaSettings
-from streams.worker_process import WorkerProcess
+from eddyline.streams.kafka.broker import free_port
+from eddyline.streams.kafka.settings import KafkaSettings
+from eddyline.streams.sdk.producer import EventProducer
+from eddyline.streams.worker.process import WorkerProcess
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration

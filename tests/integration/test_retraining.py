@@ -14,15 +14,15 @@ import pytest
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
-from consumers.drift import DriftSubscriber, HandledKeys
-from consumers.registry import ModelRegistry
+from eddyline.consumers.drift import DriftSubscriber, HandledKeys
+from eddyline.online_learning.registry import ModelRegistry
+from eddyline.schemas.events import DriftEvent, ModelEvent
 from eddyline.simulate import TrafficSimulator
-from schemas.events import DriftEvent, ModelEvent
-from streams.broker import free_port
-from streams.producer import EventProducer
-from streams.settings import KafkaSettings
-from streams.topics import Topics, read_all
-from streams.worker_process import WorkerProcess
+from eddyline.streams.kafka.broker import free_port
+from eddyline.streams.kafka.settings import KafkaSettings
+from eddyline.streams.kafka.topics import Topics, read_all
+from eddyline.streams.sdk.producer import EventProducer
+from eddyline.streams.worker.process import WorkerProcess
 from tests.factories import drift_event
 from tests.integration.helpers import delta_ids, wait_for
 
@@ -92,7 +92,7 @@ def test_the_subscriber_commits_after_the_handler_retries_dead_letters_and_dedup
 def test_drift_retrains_shadows_and_promotes_a_better_model(
     kafka: KafkaSettings, worker_env: dict[str, str], tmp_path: Path
 ) -> None:
-    from consumers.retrain import TrainConfig, run_service
+    from eddyline.consumers.retrain import TrainConfig, run_service
 
     lake = Path(worker_env["EDDYLINE_LAKE_PATH"])
     # the worker shadows registry models on the events it learns from

@@ -8,14 +8,14 @@ import pytest
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
+from eddyline.schemas.envelope import decode
+from eddyline.schemas.errors import TopicNotFoundError
+from eddyline.schemas.events import InteractionEvent
 from eddyline.simulate import TrafficSimulator
-from schemas.envelope import decode
-from schemas.errors import TopicNotFoundError
-from schemas.events import InteractionEvent
-from streams.partitioner import partition_for
-from streams.producer import EventProducer
-from streams.settings import KafkaSettings, ProducerSettings
-from streams.topics import Topics, read_all
+from eddyline.streams.kafka.settings import KafkaSettings, ProducerSettings
+from eddyline.streams.kafka.topics import Topics, read_all
+from eddyline.streams.sdk.partitioner import partition_for
+from eddyline.streams.sdk.producer import EventProducer
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def test_emitting_to_a_missing_topic_says_how_to_create_it(kafka_bootstrap: str)
 def test_async_producer_delivers_from_an_event_loop(kafka: KafkaSettings) -> None:
     import asyncio
 
-    from streams.aio import AsyncEventProducer
+    from eddyline.streams.sdk.aio import AsyncEventProducer
 
     sent = list(TrafficSimulator(users=10, seed=6).interactions(1_000))
 
@@ -156,7 +156,7 @@ def test_emit_many_beside_emit_delivers_each_row_once_in_per_user_order_and_part
     import polars as pl
     import pyarrow as pa
 
-    from streams.topics import _scan
+    from eddyline.streams.kafka.topics import _scan
 
     sent = list(TrafficSimulator(users=40, seed=8).interactions(9_000))
     columns = [

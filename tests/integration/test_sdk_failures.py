@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from eddyline.schemas.envelope import decode
+from eddyline.schemas.events import InteractionEvent
 from eddyline.simulate import TrafficSimulator
-from schemas.envelope import decode
-from schemas.events import InteractionEvent
-from streams.broker import LocalBroker, free_port
-from streams.producer import EventProducer
-from streams.settings import KafkaSettings, ProducerSettings
-from streams.topics import STREAMS, Topics, ensure_topics, read_all
+from eddyline.streams.kafka.broker import LocalBroker, free_port
+from eddyline.streams.kafka.settings import KafkaSettings, ProducerSettings
+from eddyline.streams.kafka.topics import STREAMS, Topics, ensure_topics, read_all
+from eddyline.streams.sdk.producer import EventProducer
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -87,8 +87,8 @@ CHILD = textwrap.dedent("""
     import sys, time
     from prometheus_client import CollectorRegistry
     from eddyline.simulate import TrafficSimulator
-    from streams.producer import EventProducer
-    from streams.settings import KafkaSettings, ProducerSettings
+    from eddyline.streams.sdk.producer import EventProducer
+    from eddyline.streams.kafka.settings import KafkaSettings, ProducerSettings
 
     bootstrap, spool, start, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     kafka = KafkaSettings(bootstrap=bootstrap, namespace="killed")

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from streams.batching import CommitBatcher, FlushPolicy
+from eddyline.streams.worker.batching import CommitBatcher, FlushPolicy
 
 POLICY = FlushPolicy(max_messages=4, max_rows=1_000, max_wait_s=1.0, idle_s=0.2, idle_min_rows=50)
 

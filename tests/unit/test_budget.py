@@ -7,19 +7,19 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pyarrow as pa
 
-from eddyline.simulate import TrafficSimulator
-from privacy.budget import BudgetLedger, allowance, composed_epsilon
-from privacy.mechanisms import (
+from eddyline.privacy.budget import BudgetLedger, allowance, composed_epsilon
+from eddyline.privacy.mechanisms import (
     GaussianMechanism,
     LaplaceMechanism,
     RandomizedResponseMechanism,
     UnaryEncodingMechanism,
 )
-from privacy.pseudonymize import HmacPseudonymizer
-from schemas.arrow import arrow_schema
-from schemas.envelope import encode_arrow
-from schemas.events import InteractionEvent
-from streams.processing import Privatizer, SourceRef
+from eddyline.privacy.pseudonymize import HmacPseudonymizer
+from eddyline.schemas.arrow import arrow_schema
+from eddyline.schemas.envelope import encode_arrow
+from eddyline.schemas.events import InteractionEvent
+from eddyline.simulate import TrafficSimulator
+from eddyline.streams.worker.privatizer import Privatizer, SourceRef
 
 LAPLACE = LaplaceMechanism(epsilon=1.0, lower=0.0, upper=300.0)
 RR = RandomizedResponseMechanism(0.5, ("a", "b", "c"))
@@ -95,7 +95,7 @@ def test_the_privacy_stage_suppresses_and_counts_over_budget_rows() -> None:
 
 
 def test_a_budget_beyond_the_search_ceiling_allows_the_ceiling() -> None:
-    from privacy.budget import MAX_ALLOWANCE
+    from eddyline.privacy.budget import MAX_ALLOWANCE
 
     assert allowance([LAPLACE], epsilon=1e9, delta=1e-6) == MAX_ALLOWANCE
 
@@ -137,7 +137,7 @@ def test_a_ledger_saved_and_restored_entry_by_entry_is_the_same_ledger() -> None
 def test_a_policy_may_coarsen_over_budget_events_instead_of_suppressing_them() -> None:
     from typing import ClassVar, Literal
 
-    from schemas.registry import SchemaRegistry
+    from eddyline.schemas.registry import SchemaRegistry
 
     class Coarse(InteractionEvent):
         event_name: ClassVar[str] = "coarse_test"
@@ -176,7 +176,7 @@ def test_allowances_are_computed_up_front_not_on_the_first_event() -> None:
     """The accountant's search takes seconds; run at a worker's first event, it held the
     event loop that long. ``allowances()`` (called before the worker consumes) leaves
     nothing for ``process`` to compute."""
-    from privacy import budget
+    from eddyline.privacy import budget
 
     privatizer = Privatizer(
         HmacPseudonymizer(b"k" * 32, key_id="k"),
@@ -201,7 +201,7 @@ def test_allowances_are_computed_up_front_not_on_the_first_event() -> None:
 
 
 def test_shards_save_every_user_in_columns_and_restore_to_the_same_ledger() -> None:
-    from streams.budget_state import parse, shard_of
+    from eddyline.streams.worker.budget_state import parse, shard_of
 
     ledger = BudgetLedger(allowance=5)
     users = [f"{i:02x}user" for i in range(40)]  # first hex byte: shard i % 16
@@ -234,7 +234,7 @@ def test_shards_save_every_user_in_columns_and_restore_to_the_same_ledger() -> N
 
 
 def test_shards_saved_one_object_per_user_still_restore() -> None:
-    from streams.budget_state import parse
+    from eddyline.streams.worker.budget_state import parse
 
     old = {"ab12": {"offset": 9, "windows": {"20421": 3}}}
     ledger = BudgetLedger(allowance=5)
@@ -344,7 +344,7 @@ def test_events_dated_across_a_key_rotation_share_one_allowance() -> None:
     """Pseudonyms follow each event's own time (the key in force then); the ledger counts a
     user under the key in force on the worker's clock, so dating events on both sides of a
     rotation does not make two users of one."""
-    from privacy.pseudonymize import PseudonymKey
+    from eddyline.privacy.pseudonymize import PseudonymKey
 
     rotation = int(T0.timestamp())
     keys = [PseudonymKey("k1", b"a" * 32, 0), PseudonymKey("k2", b"b" * 32, rotation)]

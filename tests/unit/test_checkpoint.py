@@ -3,9 +3,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
+from eddyline.online_learning.checkpoint import ModelStore
+from eddyline.online_learning.learner import OnlineModel
 from eddyline.simulate import TrafficSimulator
-from online_learning.checkpoint import ModelStore
-from online_learning.learner import OnlineModel
 
 
 def _batch(sim: TrafficSimulator, stream: str, n: int) -> pa.Table:

@@ -5,7 +5,7 @@ import json
 from typer.testing import CliRunner
 
 from eddyline.cli import app
-from streams.broker import free_port
+from eddyline.streams.kafka.broker import free_port
 
 runner = CliRunner()
 

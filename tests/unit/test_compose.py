@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from streams.broker import KAFKA_VERSION
-from streams.settings import WorkerSettings
+from eddyline.streams.kafka.broker import KAFKA_VERSION
+from eddyline.streams.kafka.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from streams.continuity import OffsetGuard
+from eddyline.streams.worker.continuity import OffsetGuard
 from tests.factories import TP, Message
 from tests.factories import FaustApp as App
 

@@ -10,11 +10,11 @@ from pydantic import Field
 from typer.testing import CliRunner
 
 from eddyline.cli import app
-from schemas import contracts
-from schemas.annotations import RandomizedResponse
-from schemas.errors import SchemaError
-from schemas.events import BaseEvent
-from schemas.registry import SchemaRegistry
+from eddyline.schemas import contracts
+from eddyline.schemas.annotations import RandomizedResponse
+from eddyline.schemas.errors import SchemaError
+from eddyline.schemas.events import BaseEvent
+from eddyline.schemas.registry import SchemaRegistry
 
 
 def test_the_repos_published_schemas_are_exported_and_unchanged() -> None:

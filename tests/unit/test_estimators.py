@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from privacy.estimators import laplace_mean, laplace_sum, oue_frequencies, rr_frequencies
-from privacy.mechanisms import (
+from eddyline.privacy.estimators import laplace_mean, laplace_sum, oue_frequencies, rr_frequencies
+from eddyline.privacy.mechanisms import (
     GaussianMechanism,
     LaplaceMechanism,
     RandomizedResponseMechanism,

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pyarrow as pa
 from deltalake import DeltaTable
 
-from schemas.source import SourceRef
-from streams.lake import DeltaSink
+from eddyline.schemas.source import SourceRef
+from eddyline.streams.worker.sink import DeltaSink
 
 
 def _batch(ids: list[str]) -> pa.Table:

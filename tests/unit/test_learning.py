@@ -7,9 +7,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from eddyline.online_learning.detectors import AdwinDetector
+from eddyline.online_learning.learner import OnlineModel
 from eddyline.simulate import TrafficSimulator
-from online_learning.detectors import AdwinDetector
-from online_learning.learner import OnlineModel
 
 
 def _batches(sim: TrafficSimulator, n: int, size: int = 500):
@@ -109,9 +109,9 @@ def test_detector_detects_exactly_where_rivers_own_adwin_update_does() -> None:
 def test_rolling_metrics_cover_the_last_ten_thousand_events() -> None:
     import json
 
-    from online_learning.learner import METRICS_WINDOW
-    from schemas.events import ModelEvent
-    from streams.processing import model_metrics_table
+    from eddyline.online_learning.learner import METRICS_WINDOW
+    from eddyline.schemas.events import ModelEvent
+    from eddyline.streams.worker.privatizer import model_metrics_table
 
     sim = TrafficSimulator(users=100, seed=3)
     model = OnlineModel.builtin("click")

@@ -16,7 +16,7 @@ import opendp.prelude as dp
 import pytest
 from scipy import stats
 
-from privacy.mechanisms import (
+from eddyline.privacy.mechanisms import (
     GaussianMechanism,
     LaplaceMechanism,
     RandomizedResponseMechanism,

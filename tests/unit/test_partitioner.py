@@ -1,6 +1,6 @@
 import pytest
 
-from streams.partitioner import murmur2, partition_for
+from eddyline.streams.sdk.partitioner import murmur2, partition_for
 
 # The vectors of Kafka's own UtilsTest.testMurmur2 (clients/src/test/.../UtilsTest.java).
 KAFKA_VECTORS = [

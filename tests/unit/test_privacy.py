@@ -5,11 +5,11 @@ import pyarrow as pa
 import pytest
 from scipy import stats
 
-from privacy.mechanisms import LaplaceMechanism
-from privacy.policy import PrivacyPolicy
-from privacy.pseudonymize import HmacPseudonymizer, load_or_create_key
-from schemas.arrow import arrow_schema
-from schemas.events import FeedbackEvent, InteractionEvent
+from eddyline.privacy.mechanisms import LaplaceMechanism
+from eddyline.privacy.policy import PrivacyPolicy
+from eddyline.privacy.pseudonymize import HmacPseudonymizer, load_or_create_key
+from eddyline.schemas.arrow import arrow_schema
+from eddyline.schemas.events import FeedbackEvent, InteractionEvent
 
 
 def test_pseudonyms_are_deterministic_per_key_and_differ_across_keys() -> None:
@@ -110,7 +110,7 @@ DAY = 86_400
 def test_each_event_is_pseudonymised_under_the_key_in_force_at_its_time(tmp_path) -> None:
     from datetime import UTC, datetime
 
-    from privacy.pseudonymize import PseudonymKey, add_key, load_keyring
+    from eddyline.privacy.pseudonymize import PseudonymKey, add_key, load_keyring
 
     path = tmp_path / "keyring"
     add_key(path, "k1", datetime(1970, 1, 1, tzinfo=UTC))
@@ -136,7 +136,7 @@ def test_each_event_is_pseudonymised_under_the_key_in_force_at_its_time(tmp_path
 
 
 def test_a_broken_keyring_line_is_named_without_the_key(tmp_path) -> None:
-    from privacy.pseudonymize import load_keyring
+    from eddyline.privacy.pseudonymize import load_keyring
 
     path = tmp_path / "keyring"
     path.write_text("# comment\nk1 1970-01-01 " + "ab" * 16 + "\nk2 2027-01-01 " + "cd" * 4 + "\n")
@@ -146,8 +146,8 @@ def test_a_broken_keyring_line_is_named_without_the_key(tmp_path) -> None:
 
 
 def test_a_worker_refuses_a_key_starting_mid_window(tmp_path) -> None:
-    from streams.processing import pseudonymizer_from_settings
-    from streams.settings import WorkerSettings
+    from eddyline.streams.kafka.settings import WorkerSettings
+    from eddyline.streams.worker.privatizer import pseudonymizer_from_settings
 
     path = tmp_path / "keyring"
     path.write_text(f"k1 1970-01-01 {'ab' * 16}\nk2 2027-01-01T12:00:00 {'cd' * 16}\n")
@@ -162,7 +162,7 @@ def test_a_worker_refuses_a_key_starting_mid_window(tmp_path) -> None:
 
 
 def test_scrub_masks_each_kind_of_sensitive_string_and_counts_it() -> None:
-    from privacy.scrub import luhn, scrub
+    from eddyline.privacy.scrub import luhn, scrub
 
     texts = [
         "write to jane.doe+x@mail.example.org today",
@@ -193,10 +193,10 @@ def test_policy_applies_gaussian_unary_encoding_and_scrub_from_annotations() -> 
     from collections import Counter
     from typing import Annotated, ClassVar
 
-    from privacy.mechanisms import GaussianMechanism, UnaryEncodingMechanism
-    from schemas.annotations import Noise, RandomizedResponse, Scrub
-    from schemas.events import BaseEvent
-    from schemas.registry import SchemaRegistry
+    from eddyline.privacy.mechanisms import GaussianMechanism, UnaryEncodingMechanism
+    from eddyline.schemas.annotations import Noise, RandomizedResponse, Scrub
+    from eddyline.schemas.events import BaseEvent
+    from eddyline.schemas.registry import SchemaRegistry
 
     cats = tuple(f"genre{i}" for i in range(40))
 

@@ -17,15 +17,15 @@ import pyarrow.compute as pc
 import pytest
 from pydantic import Field
 
-from privacy.pseudonymize import HmacPseudonymizer
-from schemas.annotations import Noise, RandomizedResponse
-from schemas.arrow import arrow_schema
-from schemas.deadletter import MAX_BYTES, Reason
-from schemas.envelope import ARROW, encode_arrow, encode_json
-from schemas.events import BaseEvent, InteractionEvent
-from schemas.registry import SchemaRegistry
-from schemas.source import SourceRef
-from streams.processing import Privatizer
+from eddyline.privacy.pseudonymize import HmacPseudonymizer
+from eddyline.schemas.annotations import Noise, RandomizedResponse
+from eddyline.schemas.arrow import arrow_schema
+from eddyline.schemas.deadletter import MAX_BYTES, Reason
+from eddyline.schemas.envelope import ARROW, encode_arrow, encode_json
+from eddyline.schemas.events import BaseEvent, InteractionEvent
+from eddyline.schemas.registry import SchemaRegistry
+from eddyline.schemas.source import SourceRef
+from eddyline.streams.worker.privatizer import Privatizer
 
 SRC = SourceRef("events.interaction", 2, 41)
 CANARY = "canary-user-7f3a@example.com"
@@ -244,7 +244,7 @@ def test_arrow_timestamps_outside_the_window_are_dead_lettered(privatizer: Priva
 
 
 def test_a_worker_may_accept_older_events_than_the_default(privatizer: Privatizer) -> None:
-    from schemas.events import TimeWindow
+    from eddyline.schemas.events import TimeWindow
 
     privatizer.window = TimeWindow(max_age=timedelta(days=10_000))
     ok = json.loads(_event().model_dump_json())

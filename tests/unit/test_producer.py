@@ -7,11 +7,11 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from schemas.errors import BrokerError, EventValidationError, ProducerClosedError
-from schemas.events import InteractionEvent
-from streams.broker import free_port
-from streams.producer import EventProducer
-from streams.settings import KafkaSettings
+from eddyline.schemas.errors import BrokerError, EventValidationError, ProducerClosedError
+from eddyline.schemas.events import InteractionEvent
+from eddyline.streams.kafka.broker import free_port
+from eddyline.streams.kafka.settings import KafkaSettings
+from eddyline.streams.sdk.producer import EventProducer
 
 
 def _dead_port() -> int:
@@ -83,7 +83,7 @@ def test_security_settings_reach_librdkafka_and_secrets_stay_hidden() -> None:
 
 def _offline_producer(tmp_path, **settings) -> EventProducer:
     """A producer whose broker is gone but whose spool folder knows the partition count."""
-    from streams.settings import ProducerSettings
+    from eddyline.streams.kafka.settings import ProducerSettings
 
     kafka = KafkaSettings(bootstrap=f"127.0.0.1:{_dead_port()}")
     # Short timeouts, small envelopes, a 64 KiB spool: it fills within seconds.
@@ -119,7 +119,7 @@ def _emit_until_full(p: EventProducer) -> tuple[int, float]:
     """Emit until the spool refuses; (events accepted, seconds the refusing emit took)."""
     import time
 
-    from streams.spool import SpoolFullError
+    from eddyline.streams.sdk.spool import SpoolFullError
 
     accepted = 0
     with pytest.raises(SpoolFullError) as info:
@@ -189,8 +189,8 @@ def test_emit_many_needs_time_zones_and_runs_custom_validators() -> None:
     import pyarrow as pa
     from pydantic import field_validator
 
-    from schemas.events import BaseEvent, FeedbackEvent
-    from schemas.registry import SchemaRegistry
+    from eddyline.schemas.events import BaseEvent, FeedbackEvent
+    from eddyline.schemas.registry import SchemaRegistry
 
     naive = pa.array([0, 0, 0, 0], pa.timestamp("us"))
     with EventProducer(registry=CollectorRegistry()) as p:
@@ -223,7 +223,7 @@ def test_emit_many_needs_time_zones_and_runs_custom_validators() -> None:
 def test_emit_many_fills_defaults_one_new_id_per_row() -> None:
     import pyarrow as pa
 
-    from streams.producer import _checked, _with_defaults
+    from eddyline.streams.sdk.producer import _checked, _with_defaults
 
     table = _checked(InteractionEvent, _with_defaults(InteractionEvent, pa.table(_columns(500))))
     ids = table["event_id"].to_pylist()
@@ -239,10 +239,10 @@ def test_buffered_events_become_the_columns_of_their_fields_ids_included() -> No
     of its own too (an id given as None is a null, not an error at send time)."""
     from uuid import UUID, uuid4
 
-    from schemas.events import BaseEvent
-    from schemas.registry import SchemaRegistry
-    from streams.producer import _Buffer, _plan_for
-    from streams.topics import Topics
+    from eddyline.schemas.events import BaseEvent
+    from eddyline.schemas.registry import SchemaRegistry
+    from eddyline.streams.kafka.topics import Topics
+    from eddyline.streams.sdk.producer import _Buffer, _plan_for
 
     class Reply(BaseEvent):
         event_name = "reply_test"
@@ -286,7 +286,7 @@ def test_buffered_events_become_the_columns_of_their_fields_ids_included() -> No
 
 
 def test_envelopes_larger_than_kafka_allows_are_refused_when_the_producer_is_made() -> None:
-    from streams.settings import ProducerSettings
+    from eddyline.streams.kafka.settings import ProducerSettings
 
     with pytest.raises(ValueError, match=r"batch_max_bytes 1,400,000 .* message.max.bytes"):
         EventProducer(ProducerSettings(batch_max_bytes=1_400_000), registry=CollectorRegistry())

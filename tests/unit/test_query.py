@@ -7,9 +7,9 @@ from datetime import UTC, date, datetime
 
 import pyarrow as pa
 
-from consumers.lake import Lake
-from schemas.source import SourceRef
-from streams.lake import DeltaSink
+from eddyline.consumers.lake import Lake
+from eddyline.schemas.source import SourceRef
+from eddyline.streams.worker.sink import DeltaSink
 
 
 def _batch(ids: list[str], day: int, action: str) -> pa.Table:

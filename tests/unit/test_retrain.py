@@ -12,21 +12,13 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from consumers.registry import ModelRegistry
-from consumers.retrain import (
-    CHALLENGER,
-    CHAMPION,
-    LinearScorer,
-    RetrainBudgetError,
-    RetrainJob,
-    ShadowEvaluator,
-    TrainConfig,
-    composed_epsilon,
-    evaluate,
-    train_dp,
-)
+from eddyline.consumers.retrain import RetrainBudgetError, RetrainJob
+from eddyline.consumers.training import TrainConfig, composed_epsilon, train_dp
+from eddyline.online_learning.registry import CHALLENGER, CHAMPION, ModelRegistry
+from eddyline.online_learning.scoring import LinearScorer, evaluate
+from eddyline.online_learning.shadow import ShadowEvaluator
+from eddyline.schemas.events import DriftEvent, ModelEvent
 from eddyline.simulate import TrafficSimulator
-from schemas.events import DriftEvent, ModelEvent
 from tests.factories import drift_event
 
 DRIFT_AT = 6_000

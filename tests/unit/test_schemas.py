@@ -6,12 +6,12 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from schemas.annotations import Noise, Pseudonymize
-from schemas.arrow import arrow_schema, conform, validate_table
-from schemas.envelope import ARROW, JSON, decode, encode_arrow, encode_json
-from schemas.errors import EnvelopeError, SchemaError, UnknownSchemaError
-from schemas.events import BaseEvent, FeedbackEvent, InteractionEvent
-from schemas.registry import REGISTRY
+from eddyline.schemas.annotations import Noise, Pseudonymize
+from eddyline.schemas.arrow import arrow_schema, conform, validate_table
+from eddyline.schemas.envelope import ARROW, JSON, decode, encode_arrow, encode_json
+from eddyline.schemas.errors import EnvelopeError, SchemaError, UnknownSchemaError
+from eddyline.schemas.events import BaseEvent, FeedbackEvent, InteractionEvent
+from eddyline.schemas.registry import REGISTRY
 
 
 def _interaction(**kw: object) -> InteractionEvent:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from eddyline.schemas.events import InteractionEvent
 from eddyline.simulate import TrafficSimulator
-from schemas.events import InteractionEvent
-from streams.producer import _checked, _with_defaults  # the SDK's own columnar checks
+from eddyline.streams.sdk.producer import _checked, _with_defaults  # the SDK's own columnar checks
 
 FIELDS = ("user_id", "occurred_at", "app_id", "item_id", "item_category", "action")
 

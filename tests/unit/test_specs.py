@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from eddyline.online_learning.learner import OnlineModel
+from eddyline.online_learning.spec import LearnerSpec, LearnerSpecError, load_spec, load_specs
 from eddyline.simulate import TrafficSimulator
-from online_learning.learner import OnlineModel
-from online_learning.spec import LearnerSpec, LearnerSpecError, load_spec, load_specs
 
 
 def _feedback(sim: TrafficSimulator, n: int) -> pa.Table:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import faust
 
-from streams.transport import kafka_transport
+from eddyline.streams.kafka.transport import kafka_transport
 
 
 def test_the_worker_consumer_waits_at_most_the_configured_fetch_wait(tmp_path: Path) -> None:

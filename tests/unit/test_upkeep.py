@@ -11,9 +11,9 @@ import pytest
 from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError
 
-from schemas.source import SourceRef
-from streams.lake import DeltaSink
-from streams.upkeep import TableUpkeep, UpkeepPolicy
+from eddyline.schemas.source import SourceRef
+from eddyline.streams.worker.sink import DeltaSink
+from eddyline.streams.worker.upkeep import TableUpkeep, UpkeepPolicy
 
 T0 = datetime(2026, 11, 29, tzinfo=UTC)
 

@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from pydantic import Field
 
-from schemas.arrow import arrow_schema, validate_table
-from schemas.envelope import decode, encode_arrow, encode_json
-from schemas.errors import EventValidationError
-from schemas.events import BaseEvent, FeedbackEvent, InteractionEvent, new_event_id
-from schemas.registry import SchemaRegistry
-from streams.producer import EventProducer
+from eddyline.schemas.arrow import arrow_schema, validate_table
+from eddyline.schemas.envelope import decode, encode_arrow, encode_json
+from eddyline.schemas.errors import EventValidationError
+from eddyline.schemas.events import BaseEvent, FeedbackEvent, InteractionEvent, new_event_id
+from eddyline.schemas.registry import SchemaRegistry
+from eddyline.streams.sdk.producer import EventProducer
 
 _NOW = datetime.now(UTC).replace(tzinfo=None)
 text = st.text(min_size=1, max_size=40)
@@ -124,7 +124,7 @@ def test_the_canonical_uuid_fast_path_agrees_with_the_regex(values: list[str], s
     no, the regex decides. Checked on sliced arrays too (a non-zero Arrow offset)."""
     import pyarrow.compute as pc
 
-    from schemas.arrow import _UUID_RE, _canonical_uuids
+    from eddyline.schemas.arrow import _UUID_RE, _canonical_uuids
 
     column = pa.chunked_array([pa.array(values, pa.string()).slice(min(skip, len(values) - 1))])
     by_regex = pc.all(pc.match_substring_regex(column, _UUID_RE)).as_py()
@@ -139,7 +139,7 @@ def test_the_canonical_uuid_fast_path_agrees_with_the_regex(values: list[str], s
 def test_uuid_columns_hold_what_str_gives(values: list[uuid.UUID | None]) -> None:
     """The SDK formats ids in numpy from their ints; the text must be ``str(UUID)``'s
     exactly, and None a null."""
-    from schemas.arrow import uuid_column_of_ints
+    from eddyline.schemas.arrow import uuid_column_of_ints
 
     column = uuid_column_of_ints([None if v is None else v.int for v in values])
     column.validate(full=True)
@@ -147,7 +147,7 @@ def test_uuid_columns_hold_what_str_gives(values: list[uuid.UUID | None]) -> Non
 
 
 def test_new_ids_are_distinct_version_4_uuids_in_canonical_form() -> None:
-    from schemas.arrow import _canonical_uuids, new_uuid_column
+    from eddyline.schemas.arrow import _canonical_uuids, new_uuid_column
 
     made = [new_event_id() for _ in range(1_000)]
     bulk = new_uuid_column(1_000)
@@ -212,8 +212,8 @@ def test_the_summary_fast_path_never_passes_a_batch_with_a_bad_row(rows: list[tu
     "look row by row"), column by column. Also checks validate_table against the masks."""
     import pyarrow.compute as pc
 
-    from schemas.arrow import _bad_mask, _checkable, _clean, _rules_now
-    from schemas.events import TimeWindow
+    from eddyline.schemas.arrow import _bad_mask, _checkable, _clean, _rules_now
+    from eddyline.schemas.events import TimeWindow
 
     n = len(rows)
     good = {
@@ -264,7 +264,7 @@ class _Optional(BaseEvent):
 def test_the_summary_fast_path_on_optional_fields(choices: list, shares: list) -> None:
     import pyarrow.compute as pc
 
-    from schemas.arrow import _bad_mask, _clean, _rules
+    from eddyline.schemas.arrow import _bad_mask, _clean, _rules
 
     for rule in _rules(_Optional):
         if rule.name not in ("choice", "share"):

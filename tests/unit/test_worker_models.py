@@ -8,13 +8,13 @@ import logging
 import pyarrow as pa
 import pytest
 
+from eddyline.online_learning.checkpoint import ModelStore
+from eddyline.online_learning.learner import OnlineModel
+from eddyline.online_learning.spec import LearnerSpec, LearnerSpecError, load_spec
 from eddyline.simulate import TrafficSimulator
-from online_learning.checkpoint import ModelStore
-from online_learning.learner import OnlineModel
-from online_learning.spec import LearnerSpec, LearnerSpecError, load_spec
-from streams.app import Pipeline
-from streams.settings import KafkaSettings, WorkerSettings
-from streams.topics import STREAMS
+from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
+from eddyline.streams.kafka.topics import STREAMS
+from eddyline.streams.worker.app import Pipeline
 
 
 def _settings(tmp_path, learners: str = "click,satisfaction") -> WorkerSettings:

@@ -30,16 +30,16 @@ import faust
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from consumers.registry import ModelRegistry
-from consumers.retrain import ShadowEvaluator
-from online_learning.checkpoint import ModelStore
-from online_learning.detectors import Alarm
-from online_learning.learner import OnlineModel
-from online_learning.spec import LearnerSpec, LearnerSpecError, load_specs
-from privacy.budget import shard_columns
-from privacy.noise import NoiseKeys
-from schemas.deadletter import DeadLetter, Reason, deadletter_table
-from schemas.envelope import (
+from eddyline.online_learning.checkpoint import ModelStore
+from eddyline.online_learning.detectors import Alarm
+from eddyline.online_learning.learner import OnlineModel
+from eddyline.online_learning.registry import ModelRegistry
+from eddyline.online_learning.shadow import ShadowEvaluator
+from eddyline.online_learning.spec import LearnerSpec, LearnerSpecError, load_specs
+from eddyline.privacy.budget import shard_columns
+from eddyline.privacy.noise import NoiseKeys
+from eddyline.schemas.deadletter import DeadLetter, Reason, deadletter_table
+from eddyline.schemas.envelope import (
     ARROW,
     H_CONTENT_TYPE,
     H_SCHEMA,
@@ -48,25 +48,25 @@ from schemas.envelope import (
     encode_arrow,
     header_map,
 )
-from schemas.events import DriftEvent, ModelEvent, TimeWindow
-from schemas.source import SourceRef
-from streams.batching import CommitBatcher, FlushPolicy
-from streams.budget_state import TABLE as BUDGET_TABLE
-from streams.budget_state import shard_key, shard_of
-from streams.continuity import KafkaProbe, OffsetGuard, Seeker
-from streams.lake import DeltaSink
-from streams.processing import (
+from eddyline.schemas.events import DriftEvent, ModelEvent, TimeWindow
+from eddyline.schemas.source import SourceRef
+from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
+from eddyline.streams.kafka.topics import STREAMS, Topics, noise_keep_windows
+from eddyline.streams.kafka.transport import kafka_transport
+from eddyline.streams.worker.batching import CommitBatcher, FlushPolicy
+from eddyline.streams.worker.budget_state import TABLE as BUDGET_TABLE
+from eddyline.streams.worker.budget_state import shard_key, shard_of
+from eddyline.streams.worker.continuity import KafkaProbe, OffsetGuard, Seeker
+from eddyline.streams.worker.metrics import WorkerMetrics
+from eddyline.streams.worker.privatizer import (
     Privatizer,
     consented,
     drift_table,
     model_metrics_table,
     pseudonymizer_from_settings,
 )
-from streams.progress import PartitionProgress
-from streams.settings import KafkaSettings, WorkerSettings
-from streams.topics import STREAMS, Topics, noise_keep_windows
-from streams.transport import kafka_transport
-from streams.worker_metrics import WorkerMetrics
+from eddyline.streams.worker.progress import PartitionProgress
+from eddyline.streams.worker.sink import DeltaSink
 
 log = logging.getLogger("eddyline.worker")
 _JSON_HEADERS = [(H_CONTENT_TYPE, b"application/json")]
@@ -981,7 +981,7 @@ def run_worker(
     ws: WorkerSettings | None = None, ks: KafkaSettings | None = None, loglevel: str = "info"
 ) -> None:
     """Create missing topics, then run one worker until SIGTERM/SIGINT."""
-    from streams.topics import ensure_topics
+    from eddyline.streams.kafka.topics import ensure_topics
 
     ws, ks = ws or WorkerSettings(), ks or KafkaSettings()
     ensure_topics(ks, STREAMS)

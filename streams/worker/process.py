@@ -11,7 +11,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas.errors import EddylineError
+from eddyline.schemas.errors import EddylineError
 
 
 @dataclass

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
-from schemas.source import SourceRef
-from streams.upkeep import TableUpkeep, UpkeepPolicy, file_count
+from eddyline.schemas.source import SourceRef
+from eddyline.streams.worker.upkeep import TableUpkeep, UpkeepPolicy, file_count
 
 log = logging.getLogger("eddyline.lake")
 

@@ -15,8 +15,8 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # exported at runtime, missing from the stubs' __all__
 
-from schemas.errors import BrokerError
-from streams.settings import KafkaSettings
+from eddyline.schemas.errors import BrokerError
+from eddyline.streams.kafka.settings import KafkaSettings
 
 # The built-in event streams: one raw and one private topic, and one Delta table, each.
 STREAMS = ["interaction", "feedback"]

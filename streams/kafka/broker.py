@@ -26,8 +26,8 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from schemas.errors import BrokerError
-from streams.settings import eddyline_home
+from eddyline.schemas.errors import BrokerError
+from eddyline.streams.kafka.settings import eddyline_home
 
 # The newest Kafka with which Faust (aiokafka 0.14) and confluent-kafka pass the suite.
 KAFKA_VERSION = "4.4.0"
@@ -64,7 +64,7 @@ def resolve_jars(version: str = KAFKA_VERSION, home: Path | None = None) -> Path
             return jars
         mvn = _need("mvn", "install Maven 3 (e.g. apt-get install maven)")
         pom = cache / "pom.xml"
-        pom.write_bytes(resources.files("streams.kafka").joinpath("pom.xml").read_bytes())
+        pom.write_bytes(resources.files("eddyline.streams.kafka").joinpath("pom.xml").read_bytes())
         cmd = [
             mvn,
             "-q",

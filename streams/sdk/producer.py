@@ -45,7 +45,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from schemas.arrow import (
+from eddyline.schemas.arrow import (
     arrow_schema,
     conform,
     lossless_cast,
@@ -54,20 +54,20 @@ from schemas.arrow import (
     uuid_column_of_ints,
     validate_table,
 )
-from schemas.envelope import Headers, KafkaHeaders, encode_arrow
-from schemas.errors import (
+from eddyline.schemas.envelope import Headers, KafkaHeaders, encode_arrow
+from eddyline.schemas.errors import (
     BrokerError,
     EventValidationError,
     ProducerClosedError,
     SchemaError,
     TopicNotFoundError,
 )
-from schemas.events import BaseEvent, FeedbackEvent
-from streams.partitioner import partition_for
-from streams.sdk_metrics import ProducerMetrics
-from streams.settings import KafkaSettings, ProducerSettings
-from streams.spool import Spool, SpoolFullError
-from streams.topics import Topics
+from eddyline.schemas.events import BaseEvent, FeedbackEvent
+from eddyline.streams.kafka.settings import KafkaSettings, ProducerSettings
+from eddyline.streams.kafka.topics import Topics
+from eddyline.streams.sdk.metrics import ProducerMetrics
+from eddyline.streams.sdk.partitioner import partition_for
+from eddyline.streams.sdk.spool import Spool, SpoolFullError
 
 log = logging.getLogger("eddyline.producer")
 

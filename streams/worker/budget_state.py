@@ -16,9 +16,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from privacy.budget import shard_columns
-from streams.settings import KafkaSettings, WorkerSettings
-from streams.topics import read_latest
+from eddyline.privacy.budget import shard_columns
+from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
+from eddyline.streams.kafka.topics import read_latest
 
 TABLE = "budget"
 

@@ -20,10 +20,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from schemas.events import BaseEvent
-from streams.producer import DeliveryReport, EventProducer
-from streams.settings import KafkaSettings, ProducerSettings
-from streams.spool import SpoolFullError
+from eddyline.schemas.events import BaseEvent
+from eddyline.streams.kafka.settings import KafkaSettings, ProducerSettings
+from eddyline.streams.sdk.producer import DeliveryReport, EventProducer
+from eddyline.streams.sdk.spool import SpoolFullError
 
 
 class AsyncEventProducer:

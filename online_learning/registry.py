@@ -35,6 +35,10 @@ from typing import Any
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
+from eddyline.schemas.events import ModelEvent
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+
 _MODELS = pa.schema(
     [
         ("name", pa.string()),
@@ -239,3 +243,17 @@ class ModelRegistry:
 
 
 __all__ = ["ModelRegistry", "ModelVersion", "code_version"]
+
+
+def registry_change(
+    model: str, version: int, kind: Any, alias: str | None, previous: int | None, reason: str
+) -> ModelEvent:
+    """The ``ModelEvent`` announcing a registry change on ``signals.models``."""
+    return ModelEvent(
+        model=model,
+        model_version=version,
+        kind=kind,
+        alias=alias,
+        previous_version=previous,
+        reason=reason,
+    )

@@ -25,23 +25,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import ValidationError
 
-from privacy.budget import BudgetLedger, allowance
-from privacy.policy import PrivacyPolicy
-from privacy.pseudonymize import (
+from eddyline.privacy.budget import BudgetLedger, allowance
+from eddyline.privacy.policy import PrivacyPolicy
+from eddyline.privacy.pseudonymize import (
     Encoding,
     HmacPseudonymizer,
     PseudonymKey,
     load_keyring,
     load_or_create_key,
 )
-from schemas.arrow import SchemaMismatchError, arrow_schema, conform, validate_table
-from schemas.deadletter import DeadLetter, Reason, row_ranges
-from schemas.envelope import Envelope, decode
-from schemas.errors import EnvelopeError, UnknownSchemaError
-from schemas.events import BaseEvent, TimeWindow
-from schemas.registry import REGISTRY, SchemaRegistry
-from schemas.source import SourceRef
-from streams.settings import WorkerSettings
+from eddyline.schemas.arrow import SchemaMismatchError, arrow_schema, conform, validate_table
+from eddyline.schemas.deadletter import DeadLetter, Reason, row_ranges
+from eddyline.schemas.envelope import Envelope, decode
+from eddyline.schemas.errors import EnvelopeError, UnknownSchemaError
+from eddyline.schemas.events import BaseEvent, TimeWindow
+from eddyline.schemas.registry import REGISTRY, SchemaRegistry
+from eddyline.schemas.source import SourceRef
+from eddyline.streams.kafka.settings import WorkerSettings
 
 
 @dataclass

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from streams.settings import KafkaSettings
+from eddyline.streams.kafka.settings import KafkaSettings
 
 log = logging.getLogger("eddyline.worker")
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from schemas.envelope import Headers
-from schemas.errors import EddylineError
+from eddyline.schemas.envelope import Headers
+from eddyline.schemas.errors import EddylineError
 
 _SUFFIX = ".env"
 
