@@ -25,7 +25,7 @@ import opendp.prelude as dp
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from eddyline.privacy.budget import BudgetLedger
+from eddyline.privacy.ledger import BudgetLedger
 from eddyline.privacy.mechanisms import GaussianMechanism, LaplaceMechanism
 from eddyline.privacy.policy import PrivacyPolicy
 from eddyline.privacy.pseudonymize import Encoding, HmacPseudonymizer

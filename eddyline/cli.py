@@ -141,7 +141,7 @@ def topics_create() -> None:
 @worker_app.command("run")
 def worker_run(loglevel: Annotated[str, typer.Option(help="Faust log level")] = "info") -> None:
     """Run one worker (settings from EDDYLINE_* variables) until SIGTERM or Ctrl-C."""
-    from eddyline.streams.worker.app import run_worker
+    from eddyline.streams.worker.run import run_worker
 
     run_worker(WorkerSettings(), KafkaSettings(), loglevel=loglevel)
 
@@ -188,7 +188,7 @@ def budget_show(
     this needs the same EDDYLINE_PSEUDONYM_* settings and state folder as the workers."""
     import numpy as np
 
-    from eddyline.privacy.budget import composed_epsilon
+    from eddyline.privacy.accountant import composed_epsilon
     from eddyline.schemas.registry import REGISTRY
     from eddyline.streams.worker.budget_state import read_ledger
     from eddyline.streams.worker.privatizer import Privatizer, pseudonymizer_from_settings

@@ -58,7 +58,7 @@ class AsyncEventProducer:
         deadline = time.monotonic() + self._block_timeout
         while True:
             try:
-                if self._sync._producer is None:  # first use connects: keep it off the loop
+                if not self._sync.connected:  # first use connects: keep it off the loop
                     await asyncio.to_thread(self._sync.emit, event, schema=schema)
                 else:
                     self._sync.emit(event, schema=schema)

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from eddyline.privacy.budget import shard_columns
+from eddyline.privacy.ledger import shard_columns
 from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
 from eddyline.streams.kafka.topics import read_latest
 

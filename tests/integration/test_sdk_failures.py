@@ -194,10 +194,12 @@ def test_after_a_fatal_client_error_a_new_client_delivers_every_event_once_in_or
         for e in sent[:1_000]:
             producer.emit(e)
         assert producer.flush(30) == 0
-        failed = producer._producer = _FatallyFailedClient()  # type: ignore[assignment]
+        failed = producer._delivery._producer = _FatallyFailedClient()  # type: ignore[assignment]
         for e in sent[1_000:2_000]:
             producer.emit(e)
-        wait_for(lambda: producer._producer is not failed, 30, "the client to be replaced")
+        wait_for(
+            lambda: producer._delivery._producer is not failed, 30, "the client to be replaced"
+        )
         for e in sent[2_000:]:
             producer.emit(e)
         assert producer.flush(60) == 0

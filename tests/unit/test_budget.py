@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pyarrow as pa
 
-from eddyline.privacy.budget import BudgetLedger, allowance, composed_epsilon
+from eddyline.privacy.accountant import allowance, composed_epsilon
+from eddyline.privacy.ledger import BudgetLedger
 from eddyline.privacy.mechanisms import (
     GaussianMechanism,
     LaplaceMechanism,
@@ -95,7 +96,7 @@ def test_the_privacy_stage_suppresses_and_counts_over_budget_rows() -> None:
 
 
 def test_a_budget_beyond_the_search_ceiling_allows_the_ceiling() -> None:
-    from eddyline.privacy.budget import MAX_ALLOWANCE
+    from eddyline.privacy.accountant import MAX_ALLOWANCE
 
     assert allowance([LAPLACE], epsilon=1e9, delta=1e-6) == MAX_ALLOWANCE
 
@@ -176,7 +177,7 @@ def test_allowances_are_computed_up_front_not_on_the_first_event() -> None:
     """The accountant's search takes seconds; run at a worker's first event, it held the
     event loop that long. ``allowances()`` (called before the worker consumes) leaves
     nothing for ``process`` to compute."""
-    from eddyline.privacy import budget
+    from eddyline.privacy import accountant as budget
 
     privatizer = Privatizer(
         HmacPseudonymizer(b"k" * 32, key_id="k"),

@@ -111,7 +111,7 @@ def test_rolling_metrics_cover_the_last_ten_thousand_events() -> None:
 
     from eddyline.online_learning.learner import METRICS_WINDOW
     from eddyline.schemas.events import ModelEvent
-    from eddyline.streams.worker.privatizer import model_metrics_table
+    from eddyline.schemas.tables import model_metrics_table
 
     sim = TrafficSimulator(users=100, seed=3)
     model = OnlineModel.builtin("click")

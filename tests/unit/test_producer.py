@@ -20,7 +20,7 @@ def _dead_port() -> int:
 
 def test_constructing_a_producer_makes_no_network_call() -> None:
     p = EventProducer(kafka=KafkaSettings(bootstrap="127.0.0.1:1"), registry=CollectorRegistry())
-    assert p._producer is None
+    assert p._delivery._producer is None
     p.close()
 
 
@@ -98,7 +98,7 @@ def _offline_producer(tmp_path, **settings) -> EventProducer:
         kafka=kafka,
         registry=CollectorRegistry(),
     )
-    root = p._spool_root()
+    root = p._delivery.spool_root()
     root.mkdir(parents=True)
     (root / "partitions.json").write_text('{"events.interaction": 3}')
     return p
@@ -223,7 +223,8 @@ def test_emit_many_needs_time_zones_and_runs_custom_validators() -> None:
 def test_emit_many_fills_defaults_one_new_id_per_row() -> None:
     import pyarrow as pa
 
-    from eddyline.streams.sdk.producer import _checked, _with_defaults
+    from eddyline.streams.sdk.columns import checked as _checked
+    from eddyline.streams.sdk.columns import with_defaults as _with_defaults
 
     table = _checked(InteractionEvent, _with_defaults(InteractionEvent, pa.table(_columns(500))))
     ids = table["event_id"].to_pylist()
@@ -242,7 +243,8 @@ def test_buffered_events_become_the_columns_of_their_fields_ids_included() -> No
     from eddyline.schemas.events import BaseEvent
     from eddyline.schemas.registry import SchemaRegistry
     from eddyline.streams.kafka.topics import Topics
-    from eddyline.streams.sdk.producer import _Buffer, _plan_for
+    from eddyline.streams.sdk.columns import Buffer as _Buffer
+    from eddyline.streams.sdk.columns import plan_for as _plan_for
 
     class Reply(BaseEvent):
         event_name = "reply_test"
@@ -329,19 +331,19 @@ def test_an_envelope_kafka_will_not_take_is_spooled_not_lost(tmp_path) -> None:
     accepted events vanished, the exception reached ``emit``'s caller, and in the
     linger thread it killed the thread that sends every lingering buffer."""
     p = _offline_producer(tmp_path, batch_max_events=50, linger_ms=20)
-    p._client()
-    fake = p._producer = _RefusingClient()  # type: ignore[assignment]
-    p._offline = False
+    p._delivery.client()
+    fake = p._delivery._producer = _RefusingClient()  # type: ignore[assignment]
+    p._delivery._offline = False
     for i in range(120):  # two envelopes by count from emit, the rest by linger
         p.emit(_event(i))
     deadline = time.monotonic() + 5
     while p.spooled < 120 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert p.spooled == 120 and p.failed == 0  # every accepted event is kept on disk
-    assert p._thread is not None and p._thread.is_alive()
-    tries, envelopes = fake.calls, len(p._spool or [])
+    assert p._delivery._thread is not None and p._delivery._thread.is_alive()
+    tries, envelopes = fake.calls, len(p._delivery._spool or [])
     time.sleep(1.2)  # the drain retries from the spool, and keeps them there
-    assert fake.calls > tries and len(p._spool or []) == envelopes >= 3
+    assert fake.calls > tries and len(p._delivery._spool or []) == envelopes >= 3
     p.close(0.2)
 
 

@@ -14,7 +14,7 @@ from eddyline.online_learning.spec import LearnerSpec, LearnerSpecError, load_sp
 from eddyline.simulate import TrafficSimulator
 from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
 from eddyline.streams.kafka.topics import STREAMS
-from eddyline.streams.worker.app import Pipeline
+from eddyline.streams.worker.pipeline import Pipeline
 
 
 def _settings(tmp_path, learners: str = "click,satisfaction") -> WorkerSettings:
@@ -38,10 +38,10 @@ def test_every_spec_runs_and_a_checkpoint_of_the_same_spec_resumes(tmp_path) -> 
     ws = _settings(tmp_path)
     ModelStore(ws.state_dir / "models").save("click", _trained(load_spec("click")), {3: 41})
     p = Pipeline(ws, KafkaSettings(), STREAMS)
-    assert set(p.models) == {"click", "satisfaction"}
-    assert [m.name for m in p.models_of["feedback"]] == ["satisfaction"]
-    assert p.models["click"].seen == 500 and p.model_offsets["click"] == {3: 41}
-    assert p.models["satisfaction"].seen == 0 and p.model_offsets["satisfaction"] == {}
+    assert set(p.learn.models) == {"click", "satisfaction"}
+    assert [m.name for m in p.learn.models_of["feedback"]] == ["satisfaction"]
+    assert p.learn.models["click"].seen == 500 and p.learn.offsets["click"] == {3: 41}
+    assert p.learn.models["satisfaction"].seen == 0 and p.learn.offsets["satisfaction"] == {}
 
 
 def test_a_checkpoint_of_another_spec_or_an_unreadable_one_starts_fresh(tmp_path, caplog) -> None:
@@ -49,14 +49,14 @@ def test_a_checkpoint_of_another_spec_or_an_unreadable_one_starts_fresh(tmp_path
     store = ModelStore(ws.state_dir / "models")
     changed = LearnerSpec.model_validate({**load_spec("click").model_dump(), "metrics": ["brier"]})
     store.save("click", _trained(changed), {0: 9})
-    with caplog.at_level(logging.WARNING, "eddyline.worker"):
+    with caplog.at_level(logging.WARNING, "eddyline.learn"):
         p = Pipeline(ws, KafkaSettings(), STREAMS)
-    assert p.models["click"].seen == 0 and p.model_offsets["click"] == {}
+    assert p.learn.models["click"].seen == 0 and p.learn.offsets["click"] == {}
     assert "taken of another spec" in caplog.text
     store.path("click").write_bytes(b"not a pickle")
-    with caplog.at_level(logging.WARNING, "eddyline.worker"):
+    with caplog.at_level(logging.WARNING, "eddyline.learn"):
         p = Pipeline(ws, KafkaSettings(), STREAMS)
-    assert p.models["click"].seen == 0 and "checkpoint unreadable" in caplog.text
+    assert p.learn.models["click"].seen == 0 and "checkpoint unreadable" in caplog.text
 
 
 def test_a_spec_for_a_stream_the_worker_does_not_process_stops_it(tmp_path) -> None:

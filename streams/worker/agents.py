@@ -1,0 +1,284 @@
+"""The Faust agents: thin loops that move messages between Kafka and the stages.
+
+Each agent admits a message through its offset guard (``streams.worker.continuity``: Faust
+can skip offsets across a rebalance), hands it to its stage, sends what the stage made, and
+acks only what is safe: privatize after the budget save that covers it, lake after the Delta
+commit, learn after the model checkpoint. A crash anywhere replays, and every stage drops
+replays by raw offset. Each agent reports what it finished to ``p.progress``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from eddyline.schemas.deadletter import DeadLetter
+from eddyline.schemas.envelope import H_CONTENT_TYPE, H_SCHEMA
+from eddyline.schemas.events import DriftEvent, ModelEvent
+from eddyline.schemas.source import SourceRef
+from eddyline.streams.worker.batching import CommitBatcher, FlushPolicy
+from eddyline.streams.worker.continuity import OffsetGuard
+from eddyline.streams.worker.lake_stage import Prepared
+from eddyline.streams.worker.pipeline import Pipeline
+from eddyline.streams.worker.privatize import RawMessage
+from eddyline.streams.worker.state import noise_key, save_budget
+
+log = logging.getLogger("eddyline.worker")
+_JSON_HEADERS = [(H_CONTENT_TYPE, b"application/json")]
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What the agents share: the app, the pipeline, Faust's topics and tables, and how to
+    make an agent's offset guard (``guard(agent, stream, topics)``)."""
+
+    app: faust.App
+    p: Pipeline
+    out: dict[str, faust.TopicT]  # stream -> its private topic
+    deadletter: faust.TopicT
+    drift: faust.TopicT
+    models: faust.TopicT
+    budget: Any
+    noise: Any
+    guard: Any
+
+    async def admitted(self, agent: str, offsets: OffsetGuard, message: Any) -> bool:
+        """The guard's verdict; an admitted message is in the agent's hands until it
+        reports it finished."""
+        if not await offsets.admit(message):
+            return False
+        self.p.progress.received(agent, message.topic, message.partition, message.offset)
+        return True
+
+    def finished(self, agent: str, message: Any) -> None:
+        self.p.progress.advanced(agent, message.topic, message.partition, message.offset)
+
+    async def send_dead(self, letters: list[DeadLetter]) -> None:
+        for letter in letters:
+            await self.deadletter.send(value=letter.to_json(), headers=_JSON_HEADERS)
+
+    async def announce(self, drift: list[DriftEvent], changes: list[ModelEvent]) -> None:
+        for event in drift:
+            await self.drift.send(
+                key=event.model.encode(),
+                value=event.model_dump_json().encode(),
+                headers=[*_JSON_HEADERS, (H_SCHEMA, b"drift:1")],
+            )
+        for change in changes:
+            await self.models.send(
+                key=change.model.encode(),
+                value=change.model_dump_json().encode(),
+                headers=_JSON_HEADERS,
+            )
+
+
+def privatize_agent(w: Wiring, raw: faust.TopicT) -> None:
+    p, app = w.p, w.app
+
+    @app.agent(raw, name="eddyline.privatize")
+    async def privatize(stream: faust.StreamT[bytes]) -> None:
+        # Acks wait for the budget save that covers them, so Kafka's committed offset never
+        # runs ahead of the saved ledger; replays of what a save covers are skipped per user
+        # (by offset), so after a crash the ledger equals that of a run without one.
+        manual = stream.noack()  # type: ignore[attr-defined]  # on Stream, not StreamT
+        processed: list[Any] = []
+        generation = p.rebalances
+        offsets = w.guard("privatize", stream, [p.topics.raw(s) for s in p.streams])
+        stage = p.privatize
+        log.info(  # logged here: logging is set up by now
+            "budget allowances per user per %ss window: %s (the accountant took %.1fs)",
+            p.ws.budget_window_s,
+            ", ".join(
+                f"{k} {v if v < 2**62 else 'unlimited'}" for k, v in stage.allowances.items()
+            ),
+            stage.allowances_s,
+        )
+        p.data_path["privatize"] = stream.channel.queue  # type: ignore[attr-defined]
+        stage.noise.store = w.noise.data  # recovered by Faust for the partitions assigned
+        async for event in manual.events():
+            msg = event.message
+            if not await w.admitted("privatize", offsets, msg):
+                continue  # a skipped offset is being re-read: this comes again after it
+            name = p.stream_of[msg.topic]
+            # Held while ledgers change and while charging and sending: a save walks the
+            # ledgers and must never see a charge whose output is not sent yet. Cut short
+            # (a cancel at shutdown or rebalance), the partition's in-memory ledger is
+            # dropped, so a half-done charge is never saved; it reloads from the table.
+            async with p.budget_lock:
+                if generation != p.rebalances:
+                    generation = p.rebalances
+                    processed.clear()
+                    stage.forget_ledgers()
+                if (name, msg.partition) not in stage.ledgers_loaded:
+                    stage.load_ledger(w.budget.items(), name, msg.partition)
+                try:
+                    await _privatize_one(w, name, msg, event.value)
+                except BaseException:
+                    stage.forget_ledger(name, msg.partition)
+                    raise
+            processed.append(event)
+            w.finished("privatize", msg)
+            # Nothing above need suspend (sends only queue): give the loop a turn, so a
+            # backlog does not hold the fetch loop, the lake, the timers and /metrics.
+            await asyncio.sleep(0)
+            if stage.save_due(p.ws.checkpoint_every_s):
+                async with p.budget_lock:
+                    await save_budget(app, p, w.budget)
+                for done in processed:
+                    await manual.ack(done)
+                processed.clear()
+
+
+async def _privatize_one(w: Wiring, name: str, msg: Any, value: bytes | None) -> None:
+    src = SourceRef(msg.topic, msg.partition, msg.offset)
+    message = RawMessage(value, msg.headers, src, msg.timestamp or time.time())
+    key = await noise_key(w.app, w.p, w.noise, message)
+    result = w.p.privatize.process(message, key)
+    await w.send_dead(result.dead)
+    if result.private is not None:
+        value_out, headers = result.private
+        await w.out[name].send(value=value_out, partition=src.partition, headers=headers)
+
+
+def lake_agent(w: Wiring, private: faust.TopicT) -> None:
+    p, app, ws = w.p, w.app, w.p.ws
+
+    @app.agent(private, name="eddyline.lake")
+    async def lake(stream: faust.StreamT[bytes]) -> None:
+        # Envelopes gather while the previous commit runs; each commit acks what it holds
+        # (streams/worker/batching.py says when a batch is due).
+        manual = stream.noack()  # type: ignore[attr-defined]  # on Stream, not StreamT
+        offsets = w.guard("lake", stream, [p.topics.private(s) for s in p.streams])
+        p.data_path["lake"] = stream.channel.queue  # type: ignore[attr-defined]
+
+        async def commit(batch: list[tuple[Any, Prepared]]) -> None:
+            await p.lake.commit([prepared for _, prepared in batch])
+            for event, _ in batch:
+                await manual.ack(event)
+                w.finished("lake", event.message)
+
+        policy = FlushPolicy(
+            max_messages=ws.lake_max_messages,
+            max_rows=ws.lake_max_rows,
+            max_wait_s=ws.lake_max_wait_s,
+            idle_s=ws.lake_idle_s,
+            idle_min_rows=ws.lake_idle_min_rows,
+        )
+        batcher = CommitBatcher(commit, policy)
+        committer = asyncio.ensure_future(batcher.run())
+        try:
+            async for event in manual.events():
+                if committer.done():  # a commit raised: crash the agent, never drop
+                    committer.result()
+                if not await w.admitted("lake", offsets, event.message):
+                    continue
+                prepared = p.lake.prepare(event.value, event.message.headers, event.message.topic)
+                await batcher.add((event, prepared), prepared.rows.num_rows)
+        finally:
+            await _close_batcher(batcher, committer, ws.lake_close_timeout_s)
+
+
+async def _close_batcher(batcher: CommitBatcher[Any], committer: Any, timeout_s: float) -> None:
+    """At a graceful stop, commit what has gathered, after the commit in flight, so the next
+    owner has nothing to redo. Faust cancels the agent more than once while it stops: each
+    cancel is waited through, up to ``timeout_s``. Past it, what is pending is not acked, so
+    it is replayed (and dropped where it did land)."""
+    batcher.close()
+    deadline = time.monotonic() + timeout_s
+    while not committer.done() and (left := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([committer], timeout=left)
+    if not committer.done():
+        committer.cancel()
+        log.warning("lake: %d envelopes not committed at stop", batcher.pending)
+    elif not committer.cancelled() and committer.exception() is not None:
+        log.error("lake: the last commit failed at stop: %r", committer.exception())
+
+
+def table_agents(w: Wiring) -> None:
+    """One agent per JSON topic the worker also stores: dead letters, drift, model events."""
+    for topic, table in (
+        (w.deadletter, "deadletters"),
+        (w.drift, "drift_events"),
+        (w.models, "model_metrics"),
+    ):
+        _table_agent(w, topic, table)
+
+
+def _table_agent(w: Wiring, topic: faust.TopicT, table: str) -> None:
+    p, ws = w.p, w.p.ws
+
+    @w.app.agent(topic, name=f"eddyline.{table}")
+    async def agent(stream: faust.StreamT[bytes]) -> None:
+        offsets = w.guard(table, stream, [topic.get_topic_name()])
+        writer = p.writers[table]
+        async for batch in stream.noack_take(  # type: ignore[attr-defined]  # on Stream
+            ws.lake_max_messages, within=ws.lake_max_wait_s
+        ):
+            events = [ev for ev in batch if await w.admitted(table, offsets, ev.message)]
+            await writer.write(
+                [
+                    (ev.value, SourceRef(ev.message.topic, ev.message.partition, ev.message.offset))
+                    for ev in events
+                ]
+            )
+            for ev in events:
+                await stream.ack(ev)
+                w.finished(table, ev.message)
+
+
+def learn_agents(w: Wiring, raw_topic: Any) -> None:
+    """The learn agent of each stream with models: its private topic -> its models. One agent
+    per stream: its acks wait only for its own models' checkpoint."""
+    for name in sorted(w.p.learn.models_of):
+        _learn_agent(w, raw_topic(w.app, w.p.topics.private(name)), name)
+
+
+def _learn_agent(w: Wiring, topic: faust.TopicT, name: str) -> None:
+    p, agent_name = w.p, f"learn.{name}"
+
+    @w.app.agent(topic, name=f"eddyline.learn.{name}")
+    async def learn(stream: faust.StreamT[bytes]) -> None:
+        # Acks wait for the checkpoint that covers them: Kafka's committed offset never runs
+        # ahead of the models, so a restart resumes exactly where the checkpoint stopped.
+        manual = stream.noack()  # type: ignore[attr-defined]  # on Stream, not StreamT
+        unacked: list[Any] = []
+        for model in p.learn.models_of[name]:  # logged here: logging is set up by now
+            seen = f"resumed at {model.seen:,} events" if model.seen else "fresh"
+            log.info("model %s v%d over %s: %s", model.name, model.version, model.stream, seen)
+        offsets = w.guard(agent_name, stream, [p.topics.private(name)])
+        queue = stream.channel.queue  # type: ignore[attr-defined]
+        async for event in manual.events():
+            await _yield_to_data_path(p, queue)
+            if not await w.admitted(agent_name, offsets, event.message):
+                continue
+            unacked.append(event)
+            learned = await p.learn.learn(name, event.value, event.message.headers)
+            await w.announce(learned.drift, learned.changes)
+            w.finished(agent_name, event.message)
+            announced = await p.learn.maybe_checkpoint(name)
+            if announced:
+                for done in unacked:
+                    await manual.ack(done)
+                unacked.clear()
+                await w.announce([], announced)
+
+
+async def _yield_to_data_path(p: Pipeline, own: Any) -> None:
+    """Learning waits while the privatize or lake agent has messages queued, until its own
+    queue (``own``) holds ``learn_yield_below`` messages, or for 5 s at most: all agents
+    share one event loop, and with a backlog events reach Delta first while the models'
+    lag stays bounded by that queue (bench/RESULTS.md has the timelines)."""
+    give_up = time.monotonic() + 5.0  # never stuck behind a queue that stopped moving
+    while (
+        own.qsize() < p.ws.learn_yield_below
+        and any(q.qsize() for q in p.data_path.values())
+        and time.monotonic() < give_up
+    ):
+        await asyncio.sleep(0.002)

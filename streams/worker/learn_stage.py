@@ -1,0 +1,232 @@
+"""The learn stage: private envelopes in, models updated, drift and model events out.
+
+``LearnStage.learn`` feeds one private envelope to every online model of its stream (one per
+learner spec): each predicts, then learns, the rows whose consent allows learning, unless
+its checkpoint already covers the envelope's raw offset (a replay, or the restored past).
+Drift alarms become ``DriftEvent``s naming the raw offsets after the change and the Delta
+versions around it; registry versions are shadow-scored on the same rows
+(``online_learning.shadow``). ``maybe_checkpoint`` saves each model with the offsets it
+covers, every ``checkpoint_every_s``: the agent acks only what a checkpoint covers, so a
+restart resumes exactly where the checkpoint stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from eddyline.online_learning.checkpoint import ModelStore
+from eddyline.online_learning.detectors import Alarm
+from eddyline.online_learning.learner import OnlineModel
+from eddyline.online_learning.registry import ModelRegistry
+from eddyline.online_learning.shadow import ShadowEvaluator
+from eddyline.online_learning.spec import LearnerSpec, LearnerSpecError, load_specs
+from eddyline.privacy.consent import consented
+from eddyline.schemas.envelope import H_SOURCE, decode, header_map
+from eddyline.schemas.events import DriftEvent, ModelEvent
+from eddyline.schemas.source import SourceRef
+from eddyline.streams.kafka.settings import WorkerSettings
+from eddyline.streams.kafka.topics import Topics
+from eddyline.streams.worker.metrics import WorkerMetrics
+from eddyline.streams.worker.sink import DeltaSink
+
+log = logging.getLogger("eddyline.learn")
+
+
+@dataclass
+class Learned:
+    """What one private envelope led to."""
+
+    drift: list[DriftEvent] = field(default_factory=list)
+    changes: list[ModelEvent] = field(default_factory=list)  # registry moves (shadowing)
+
+
+class LearnStage:
+    """The online models of one worker, by stream (see the module docstring)."""
+
+    def __init__(
+        self,
+        ws: WorkerSettings,
+        streams: list[str],
+        metrics: WorkerMetrics,
+        sink: DeltaSink,
+        topics: Topics,
+    ) -> None:
+        self.ws, self.metrics, self.sink, self.topics = ws, metrics, sink, topics
+        self.store = ModelStore(ws.state_dir / "models")
+        self.models: dict[str, OnlineModel] = {}
+        # model -> raw partition -> last raw offset it has learned (from its checkpoint)
+        self.offsets: dict[str, dict[int, int]] = {}
+        for spec in load_specs(ws.learners):
+            if spec.stream not in streams:
+                raise LearnerSpecError(
+                    f"learner {spec.name!r} reads {spec.stream!r}, which this worker does not "
+                    f"process (streams: {', '.join(streams)})"
+                )
+            self.models[spec.name], self.offsets[spec.name] = self._restore(spec)
+            # from the checkpoint: a model whose checkpoint holds its whole stream learns
+            # nothing more and would otherwise show no count at all
+            metrics.model_seen.labels(spec.name).set(self.models[spec.name].seen)
+        self.models_of: dict[str, list[OnlineModel]] = defaultdict(list)
+        for model in self.models.values():
+            self.models_of[model.stream].append(model)
+        self._last_checkpoint = dict.fromkeys(self.models_of, time.monotonic())
+        # registry versions (retrained offline), scored on the live batches of their model
+        self.shadows: dict[str, ShadowEvaluator] = {}
+        for model in self.models.values():
+            if ws.shadow and model.spec.shadow:
+                registry = ModelRegistry(ws.registry_path or f"{ws.lake_path}/_registry")
+                self.shadows[model.name] = ShadowEvaluator(
+                    registry, model.name, window=ws.shadow_window, min_events=ws.shadow_min_events
+                )
+        # Per model, recent envelopes learned: (events seen before and after it, raw
+        # partition, raw offset); what a drift event's offsets come from.
+        self.learned: dict[str, deque[tuple[int, int, int, int]]] = {
+            name: deque(maxlen=50_000) for name in self.models
+        }
+
+    def _restore(self, spec: LearnerSpec) -> tuple[OnlineModel, dict[int, int]]:
+        """The model's last checkpoint if it was taken of this very spec; else a fresh model
+        (which learns from the committed offsets on, not from the start of the topic)."""
+        ws = self.ws
+        fresh = OnlineModel.from_spec(spec, warmup=ws.drift_warmup, cooldown=ws.drift_cooldown)
+        try:
+            restored = self.store.load(spec.name)
+        except Exception as exc:  # an unreadable checkpoint must not stop the worker
+            log.warning("model %s: checkpoint unreadable (%s); starting fresh", spec.name, exc)
+            return fresh, {}
+        if restored is None:
+            return fresh, {}
+        model = restored.model
+        if not isinstance(model, OnlineModel) or model.spec.fingerprint() != spec.fingerprint():
+            log.warning(
+                "model %s: the checkpoint was taken of another spec; starting fresh (bump "
+                "`version` in the spec when you change it)",
+                spec.name,
+            )
+            return fresh, {}
+        return model, restored.offsets
+
+    # -- learning -------------------------------------------------------------------------
+
+    async def learn(self, stream: str, value: bytes, headers: Any) -> Learned:
+        """One private envelope through every model of ``stream`` that has not learned it."""
+        h = header_map(headers)
+        src = SourceRef.parse(h[H_SOURCE])
+        out, table = Learned(), None
+        for model in self.models_of[stream]:
+            if src.offset <= self.offsets[model.name].get(src.partition, -1):
+                continue  # in the restored checkpoint, or a replay of a learned message
+            if table is None:
+                decoded = decode(value, h).table
+                assert decoded is not None
+                table = consented(decoded, "learn")
+            await self._learn_batch(model, table, src, out)
+        return out
+
+    async def _learn_batch(
+        self, model: OnlineModel, table: pa.Table, src: SourceRef, out: Learned
+    ) -> None:
+        try:
+            outcome = model.process(table)
+        except Exception:
+            log.exception("%s: learning failed on a batch of %d rows", model.name, table.num_rows)
+            return
+        self.offsets[model.name][src.partition] = src.offset
+        self.learned[model.name].append(
+            (model.seen - table.num_rows, model.seen, src.partition, src.offset)
+        )
+        self.metrics.learned.labels(model.name).inc(table.num_rows)
+        self.metrics.model_seen.labels(model.name).set(model.seen)
+        shadow = self.shadows.get(model.name)
+        if shadow is not None:
+            try:
+                out.changes += await asyncio.to_thread(shadow.observe, table)
+            except Exception:
+                log.exception("shadow evaluation of %s failed on a batch", model.name)
+        alarms = [("error_rate", None, a) for a in outcome.alarms] + outcome.watched
+        for signal, watched, alarm in alarms:
+            event = await asyncio.to_thread(self.drift_event, model, alarm, signal, watched)
+            out.drift.append(event)
+            self.metrics.drift_events.labels(model.name).inc()
+            what = watched or signal
+            log.warning("drift: %s %s %.3f -> %.3f", model.name, what, alarm.before, alarm.after)
+
+    def drift_event(
+        self,
+        model: OnlineModel,
+        alarm: Alarm,
+        signal: str = "error_rate",
+        watched: str | None = None,
+    ) -> DriftEvent:
+        """A drift event naming the offsets of the data after the change. ``signal``:
+        error_rate (concept drift), label_rate (prior drift) or feature (data drift, the
+        feature named by ``watched``, e.g. ``feature:position``)."""
+        start = alarm.change_index
+        after: dict[int, tuple[int, int]] = {}
+        for seen_before, seen_after, partition, offset in self.learned[model.name]:
+            # A message belongs to the "after" window if most of its rows do: envelopes hold
+            # thousands of events, and a cut a few values early must not pull in a whole
+            # pre-change envelope.
+            if (seen_before + seen_after) / 2 > start:
+                lo, hi = after.get(partition, (offset, offset))
+                after[partition] = (min(lo, offset), max(hi, offset))
+        key = ",".join(f"{p}:{lo}" for p, (lo, _) in sorted(after.items()))
+        raw = self.topics.raw(model.stream)
+        return DriftEvent(
+            idempotency_key=f"{model.name}:{model.version}:{watched or signal}:{key}",
+            model=model.name,
+            model_version=model.version,
+            stream=model.stream,
+            signal=signal,  # type: ignore[arg-type]  # one of DriftEvent's signals
+            feature=watched.split(":", 1)[1]
+            if watched and watched.startswith("feature:")
+            else None,
+            detector="adwin",
+            severity=alarm.severity,
+            stat_before=alarm.before,
+            stat_after=alarm.after,
+            events_seen=alarm.index,
+            offsets_after=after,
+            lake_version=self.sink.version(model.stream),
+            lake_version_before=self.sink.version_before(
+                model.stream, {(raw, p): lo for p, (lo, _) in after.items()}
+            ),
+        )
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    async def maybe_checkpoint(self, stream: str) -> list[ModelEvent]:
+        """Checkpoint the models of ``stream`` and their offsets if ``checkpoint_every_s``
+        has passed; the ``ModelEvent`` announcing each (none if it was not time yet)."""
+        if time.monotonic() - self._last_checkpoint[stream] < self.ws.checkpoint_every_s:
+            return []
+        self._last_checkpoint[stream] = time.monotonic()
+        announced = []
+        for live in self.models_of[stream]:
+            name = live.name
+            live.checkpoints += 1
+            # A consistent copy, taken on the event loop between batches; written in a thread.
+            model, offsets = copy.deepcopy(live), dict(self.offsets[name])
+            await asyncio.to_thread(self.store.save, name, model, offsets)
+            announced.append(
+                ModelEvent(
+                    model=name,
+                    model_version=model.version,
+                    checkpoint=model.checkpoints,
+                    events_seen=model.seen,
+                    offsets=offsets,
+                    error_rate=model.detector.estimate,
+                    metrics=model.rolling_metrics(),
+                )
+            )
+            for metric, value in announced[-1].metrics.items():
+                self.metrics.model_metric.labels(name, metric).set(value)
+        return announced

@@ -1,0 +1,82 @@
+"""The worker's state, built once from its settings: the stages, the sink, the metrics, and
+the bookkeeping the Faust agents share (offset guards, progress, queues, the budget lock).
+
+No broker is needed to build it (every client connects lazily), so unit tests drive the
+stages through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from eddyline.schemas.deadletter import deadletter_table
+from eddyline.schemas.events import TimeWindow
+from eddyline.schemas.tables import drift_table, model_metrics_table
+from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
+from eddyline.streams.kafka.topics import Topics, noise_keep_windows
+from eddyline.streams.worker.continuity import OffsetGuard
+from eddyline.streams.worker.lake_stage import LakeStage, TableWriter
+from eddyline.streams.worker.learn_stage import LearnStage
+from eddyline.streams.worker.metrics import WorkerMetrics
+from eddyline.streams.worker.privatize import PrivatizeStage
+from eddyline.streams.worker.privatizer import Privatizer, pseudonymizer_from_settings
+from eddyline.streams.worker.progress import PartitionProgress
+from eddyline.streams.worker.sink import DeltaSink
+
+
+class Pipeline:
+    """One worker's stages and shared state (see the module docstring)."""
+
+    def __init__(self, ws: WorkerSettings, ks: KafkaSettings, streams: list[str]) -> None:
+        self.ws, self.ks, self.streams = ws, ks, streams
+        self.topics = Topics(ks.namespace)
+        self.stream_of = {self.topics.raw(s): s for s in streams}
+        self.stream_of.update({self.topics.private(s): s for s in streams})
+        self.metrics = WorkerMetrics.create()
+        self.sink = DeltaSink(ws.lake_path)
+        self.privatize = PrivatizeStage(
+            _privatizer(ws), self.metrics, self.stream_of, keep_windows=_keep(ws)
+        )
+        self.lake = LakeStage(self.sink, self.metrics, self.stream_of)
+        self.learn = LearnStage(ws, streams, self.metrics, self.sink, self.topics)
+        self.writers = {
+            "deadletters": TableWriter(
+                self.lake, "deadletters", lambda v: deadletter_table([v], datetime.now(UTC))
+            ),
+            "drift_events": TableWriter(self.lake, "drift_events", lambda v: drift_table([v])),
+            "model_metrics": TableWriter(
+                self.lake, "model_metrics", lambda v: model_metrics_table([v])
+            ),
+        }
+        self.progress = PartitionProgress(ws.stall_after_s)
+        self.guards: dict[str, OffsetGuard] = {}  # per agent: offset continuity
+        self.queues: dict[str, Any] = {}  # per agent: the queue Faust hands it messages on
+        # The privatize and lake agents' queues: the learn agents wait while these hold
+        # messages (``learn_yield_below``).
+        self.data_path: dict[str, Any] = {}
+        # Held by the privatize agent per message (ledgers change, charges are sent) and by
+        # every save of the ledgers and the noise secrets: a save never sees a charge whose
+        # output is not sent yet.
+        self.budget_lock = asyncio.Lock()
+        self.rebalances = 0
+
+
+def _privatizer(ws: WorkerSettings) -> Privatizer:
+    return Privatizer(
+        pseudonymizer_from_settings(ws),
+        np.random.default_rng(ws.seed),  # None: seeded from the OS CSPRNG
+        max_bytes=ws.max_envelope_bytes,
+        max_rows=ws.max_envelope_rows,
+        budget=(ws.budget_epsilon, ws.budget_delta, ws.budget_window_s),
+        window=TimeWindow(
+            timedelta(seconds=ws.max_event_age_s), timedelta(seconds=ws.max_clock_skew_s)
+        ),
+    )
+
+
+def _keep(ws: WorkerSettings) -> int:
+    return noise_keep_windows(ws.budget_window_s)

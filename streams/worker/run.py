@@ -1,0 +1,58 @@
+"""Running a worker: create missing topics, build the app, run it until SIGTERM/SIGINT, and
+never outlive the app's crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+
+import faust
+
+from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
+from eddyline.streams.kafka.topics import STREAMS, ensure_topics
+from eddyline.streams.worker.app import build_app
+
+log = logging.getLogger("eddyline.worker")
+
+
+def run_worker(
+    ws: WorkerSettings | None = None, ks: KafkaSettings | None = None, loglevel: str = "info"
+) -> None:
+    """Create missing topics, then run one worker until SIGTERM/SIGINT."""
+    ws, ks = ws or WorkerSettings(), ks or KafkaSettings()
+    ensure_topics(ks, STREAMS)
+    app, _ = build_app(ws, ks)
+    _Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+class _Worker(faust.Worker):
+    """Faust's worker, which never outlives its app's crash.
+
+    A crashed app makes the worker stop (exit status 1), but that shutdown can hang: seen
+    after a timer crashed the app mid-rebalance, the consumer's final commit waited forever
+    on its thread, leaving a zombie that answered its web pages, consumed nothing and was
+    never restarted. Exactly-once needs no graceful stop, so after a grace period the
+    process exits hard, and its supervisor (or the next ``eddyline worker run``) takes over."""
+
+    crash_exit_grace_s = 30.0
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        watch = threading.Thread(target=self._exit_if_stuck_after_a_crash, daemon=True)
+        watch.start()  # a thread: the event loop may be the thing that is stuck
+
+    def _exit_if_stuck_after_a_crash(self) -> None:
+        while not self.app.crashed:
+            time.sleep(1.0)
+        time.sleep(self.crash_exit_grace_s)
+        log.critical(
+            "the app crashed (%r) and the worker did not stop within %.0fs: exiting",
+            self.app.crash_reason,
+            self.crash_exit_grace_s,
+        )
+        sys.stderr.flush()
+        os._exit(1)

@@ -1,0 +1,99 @@
+"""The worker's timers: saving idle ledgers, destroying noise secrets past replay, noticing
+skipped and stalled partitions, reporting lag.
+
+Faust crashes the whole app when a timer raises, so each one is wrapped (``survives``):
+a failure is logged and the timer runs again at its next tick.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import faust
+
+from eddyline.streams.worker.pipeline import Pipeline
+from eddyline.streams.worker.state import destroy_noise, save_budget
+
+log = logging.getLogger("eddyline.worker")
+
+
+def survives(timer: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """A timer whose failure is logged, not raised (seen: the lag report asked the position
+    of a partition a rebalance had just revoked, and the app crashed)."""
+
+    @functools.wraps(timer)
+    async def run() -> None:
+        try:
+            await timer()
+        except Exception:
+            log.exception("timer %s failed; it runs again at its next tick", timer.__name__)
+
+    return run
+
+
+def register(app: faust.App, p: Pipeline, budget: Any, noise: Any) -> None:
+    """Add the timers to ``app``."""
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]  # Faust leaves it untyped
+    @survives
+    async def save_idle_budget() -> None:
+        # An idle partition still gets its last charges saved (the agent saves on events).
+        if p.privatize.save_due(p.ws.checkpoint_every_s) and p.privatize.has_changes:
+            async with p.budget_lock:
+                await save_budget(app, p, budget)
+
+    @app.timer(interval=60.0)  # type: ignore[untyped-decorator]  # Faust leaves it untyped
+    @survives
+    async def destroy_noise_keys() -> None:
+        async with p.budget_lock:  # the privatize agent adds secrets under the same lock
+            await destroy_noise(p, noise)
+
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]  # Faust leaves it untyped
+    @survives
+    async def check_skipped() -> None:
+        # Partitions the consumer read past while their agent got nothing (continuity.py).
+        for offsets in list(p.guards.values()):
+            await offsets.check_stalled()
+
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]  # Faust leaves it untyped
+    @survives
+    async def report_lag() -> None:
+        consumer: Any = app.consumer  # the committed offsets are Faust's own
+        for tp in consumer.assignment():
+            try:
+                position, end = await consumer.position(tp), consumer.highwater(tp)
+            except Exception as exc:  # revoked since assignment() (a rebalance): skip it
+                log.debug("lag of %s: %r", tp, exc)
+                continue
+            if position is not None and end is not None:
+                p.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - position))
+            if end is not None:
+                _check_progress(p, tp, position, end, consumer._committed_offset.get(tp))
+
+    del save_idle_budget, destroy_noise_keys, check_skipped, report_lag
+
+
+def _check_progress(
+    p: Pipeline, tp: Any, position: int | None, end: int, committed: int | None
+) -> None:
+    stalled = p.progress.check(
+        tp.topic,
+        tp.partition,
+        end=end,
+        committed=committed,
+        position=position,
+        queued={agent: q.qsize() for agent, q in p.queues.items()},
+    )
+    for agent, seconds in stalled.items():
+        p.metrics.stalled.labels(agent, tp.topic, str(tp.partition)).set(seconds)
+        if seconds:
+            log.warning(
+                "%s: %s/%d has not advanced for %.0fs with messages waiting (see /status)",
+                agent,
+                tp.topic,
+                tp.partition,
+                seconds,
+            )

@@ -1,0 +1,108 @@
+"""The worker's web pages, on ``EDDYLINE_WEB_PORT``: ``/metrics`` (Prometheus),
+``/status`` (where each partition and agent stands: what to look at when a worker lags or
+stalls) and ``/predict/<model>`` (the online model's probability for the features in the
+query).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from eddyline.online_learning.spec import LearnerSpecError
+from eddyline.streams.worker.pipeline import Pipeline
+
+
+def register(app: faust.App, p: Pipeline) -> None:
+    """Add the pages to ``app``."""
+
+    @app.page("/predict/{model}")
+    async def predict(web: Any, request: Any, model: str) -> Any:
+        """``GET /predict/click?item_category=news&position=3&dwell_time_s=12``: the query
+        holds the model's features (its spec's columns)."""
+        started = time.perf_counter()
+        online = p.learn.models.get(model)
+        if online is None:
+            known = ", ".join(p.learn.models)
+            return web.json({"error": f"unknown model {model!r} (models: {known})"}, status=404)
+        try:
+            proba = online.predict_one(dict(request.query))
+        except LearnerSpecError as exc:
+            return web.json({"error": f"bad query: {exc}"}, status=400)
+        p.metrics.predict.observe(time.perf_counter() - started)
+        return web.json(
+            {
+                "model": online.name,
+                "model_version": online.version,
+                "events_seen": online.seen,
+                "probability": proba,
+            }
+        )
+
+    @app.page("/status")
+    async def status(web: Any, request: Any) -> Any:
+        return web.json(worker_status(app, p))
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        # aiohttp refuses a charset inside content_type, so the exposition type goes as a header.
+        return web.bytes(
+            generate_latest(p.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    del predict, status, metrics
+
+
+def worker_status(app: faust.App, p: Pipeline) -> dict[str, Any]:
+    """The consumer's flow state, agent queues and locks, as JSON-ready data (``/status``;
+    also logged when a worker is asked to dump its state with SIGUSR1)."""
+    consumer: Any = app.consumer  # the state below is Faust's own, not on ConsumerT
+
+    def tps(items: Any) -> list[str]:
+        return sorted(f"{tp.topic}/{tp.partition}" for tp in items or ())
+
+    queues: dict[str, list[int]] = {}
+    for name, agent in app.agents.items():
+        actors = getattr(agent, "_actors", ())
+        queues[name] = [a.stream.channel.queue.qsize() for a in actors]
+    return {
+        "fetch_state": _fetch_state(consumer),
+        "assigned": tps(consumer.assignment()),
+        "active": tps(consumer._active_partitions),  # Faust keeps these private
+        "paused": tps(consumer._paused_partitions),
+        "buffered": tps(consumer._buffered_partitions),
+        "flow_active": consumer.flow_active,
+        "flow_control_active": app.flow_control.is_active(),
+        "in_recovery": app.in_recovery,
+        "rebalancing": app.rebalancing,
+        "agent_queues": queues,
+        "budget_lock_held": p.budget_lock.locked(),
+        "rebalances": p.rebalances,
+        "ledgers_loaded": sorted(f"{s}/{n}" for s, n in p.privatize.ledgers_loaded),
+        "models_seen": {name: m.seen for name, m in p.learn.models.items()},
+        "stalled": p.progress.stalled(),
+        "offsets": {name: g.state() for name, g in p.guards.items()},
+    }
+
+
+def _fetch_state(consumer: Any) -> dict[str, Any]:
+    """aiokafka's view of each event topic partition (Faust's consumer thread keeps its own
+    paused set and positions): paused, position status, position, highwater."""
+    try:
+        assignment = consumer._thread._consumer._subscription.subscription.assignment
+        states = {tp: assignment.state_value(tp) for tp in assignment.tps}
+    except Exception as exc:  # diagnostics only: never fail the page
+        return {"error": repr(exc)}
+    return {
+        f"{tp.topic}/{tp.partition}": [
+            state.paused,
+            str(state._status),
+            state._position,
+            state.highwater,
+        ]
+        for tp, state in sorted(states.items())
+        if ".events." in tp.topic
+    }
