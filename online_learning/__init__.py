@@ -1,7 +1,11 @@
 """Online River models over privatised events, and the drift detectors that watch them.
 
-Uses ``schemas``; imports no Kafka client.
+Uses ``schemas``; imports no Kafka client. Needs the [worker] extra (River, polars, Delta).
 """
+
+from eddyline.schemas.errors import require_extra
+
+require_extra("worker", "eddyline.online_learning", "river", "polars", "deltalake")
 
 from eddyline.online_learning.checkpoint import Checkpoint, ModelStore
 from eddyline.online_learning.detectors import AdwinDetector, Alarm

@@ -1,7 +1,11 @@
 """Differential privacy at the boundary: mechanisms, pseudonyms, policies from annotations.
 
-Uses ``schemas``; imports no Kafka client.
+Uses ``schemas``; imports no Kafka client. Needs the [worker] extra (dp-accounting).
 """
+
+from eddyline.schemas.errors import require_extra
+
+require_extra("worker", "eddyline.privacy", "dp_accounting")
 
 from eddyline.privacy.estimators import (
     Estimate,

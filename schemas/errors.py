@@ -81,3 +81,13 @@ class MissingExtraError(EddylineError, ImportError):
     def __init__(self, extra: str, module: str) -> None:
         super().__init__(f"{module} needs the [{extra}] extra: pip install 'eddyline[{extra}]'")
         self.extra = extra
+
+
+def require_extra(extra: str, what: str, *modules: str) -> None:
+    """Raise :class:`MissingExtraError` naming the ``pip install`` to run unless every one of
+    ``modules`` imports (``what`` is the part of eddyline that needs them)."""
+    import importlib.util
+
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtraError(extra, what)

@@ -26,11 +26,11 @@ from eddyline.schemas.arrow import (
     new_uuid_column,
     unwrap_optional,
     uuid_column_of_ints,
-    validate_table,
 )
 from eddyline.schemas.envelope import Headers, encode_arrow
 from eddyline.schemas.errors import EventValidationError
 from eddyline.schemas.events import BaseEvent, FeedbackEvent
+from eddyline.schemas.validation import validate_table
 from eddyline.streams.kafka.topics import Topics
 
 

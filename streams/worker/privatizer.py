@@ -34,13 +34,14 @@ from eddyline.privacy.pseudonymize import (
     load_keyring,
     load_or_create_key,
 )
-from eddyline.schemas.arrow import SchemaMismatchError, arrow_schema, conform, validate_table
+from eddyline.schemas.arrow import SchemaMismatchError, arrow_schema, conform
 from eddyline.schemas.deadletter import DeadLetter, Reason, row_ranges
 from eddyline.schemas.envelope import Envelope, decode
 from eddyline.schemas.errors import EnvelopeError, UnknownSchemaError
 from eddyline.schemas.events import BaseEvent, TimeWindow
 from eddyline.schemas.registry import REGISTRY, SchemaRegistry
 from eddyline.schemas.source import SourceRef
+from eddyline.schemas.validation import validate_table
 from eddyline.streams.kafka.settings import WorkerSettings
 
 

@@ -7,11 +7,12 @@ import pytest
 from pydantic import ValidationError
 
 from eddyline.schemas.annotations import Noise, Pseudonymize
-from eddyline.schemas.arrow import arrow_schema, conform, validate_table
+from eddyline.schemas.arrow import arrow_schema, conform
 from eddyline.schemas.envelope import ARROW, JSON, decode, encode_arrow, encode_json
 from eddyline.schemas.errors import EnvelopeError, SchemaError, UnknownSchemaError
 from eddyline.schemas.events import BaseEvent, FeedbackEvent, InteractionEvent
 from eddyline.schemas.registry import REGISTRY
+from eddyline.schemas.validation import validate_table
 
 
 def _interaction(**kw: object) -> InteractionEvent:

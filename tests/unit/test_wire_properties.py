@@ -16,11 +16,12 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from pydantic import Field
 
-from eddyline.schemas.arrow import arrow_schema, validate_table
+from eddyline.schemas.arrow import arrow_schema
 from eddyline.schemas.envelope import decode, encode_arrow, encode_json
 from eddyline.schemas.errors import EventValidationError
 from eddyline.schemas.events import BaseEvent, FeedbackEvent, InteractionEvent, new_event_id
 from eddyline.schemas.registry import SchemaRegistry
+from eddyline.schemas.validation import validate_table
 from eddyline.streams.sdk.producer import EventProducer
 
 _NOW = datetime.now(UTC).replace(tzinfo=None)
@@ -212,8 +213,8 @@ def test_the_summary_fast_path_never_passes_a_batch_with_a_bad_row(rows: list[tu
     "look row by row"), column by column. Also checks validate_table against the masks."""
     import pyarrow.compute as pc
 
-    from eddyline.schemas.arrow import _bad_mask, _checkable, _clean, _rules_now
     from eddyline.schemas.events import TimeWindow
+    from eddyline.schemas.validation import _bad_mask, _checkable, _clean, _rules_now
 
     n = len(rows)
     good = {
@@ -264,7 +265,7 @@ class _Optional(BaseEvent):
 def test_the_summary_fast_path_on_optional_fields(choices: list, shares: list) -> None:
     import pyarrow.compute as pc
 
-    from eddyline.schemas.arrow import _bad_mask, _clean, _rules
+    from eddyline.schemas.validation import _bad_mask, _clean, _rules
 
     for rule in _rules(_Optional):
         if rule.name not in ("choice", "share"):

@@ -1,0 +1,47 @@
+"""The ``eddyline`` command: ``eddyline <noun> <verb>``. Data to stdout, messages to stderr,
+one-line errors (tracebacks with ``--debug``)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from eddyline.cli import data, kafka, models, privacy
+from eddyline.cli.common import DEBUG, app, err
+from eddyline.schemas.errors import EddylineError
+
+
+def _version(value: bool) -> None:
+    if value:
+        from eddyline import __version__
+
+        print(f"eddyline {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
+    ] = False,
+) -> None:
+    DEBUG["on"] = debug
+
+
+def main() -> None:
+    """Entry point: one-line errors unless --debug."""
+    try:
+        app()
+    except EddylineError as exc:
+        if DEBUG["on"] or "--debug" in sys.argv:
+            raise
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        sys.exit(1)
+
+
+__all__ = ["app", "data", "kafka", "main", "models", "privacy"]

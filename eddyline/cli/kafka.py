@@ -1,0 +1,107 @@
+"""``eddyline broker``, ``topics``, ``worker``, ``drift``, ``simulate``: Kafka and the worker."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from eddyline.cli.common import (
+    CPort,
+    Port,
+    app,
+    broker_app,
+    drift_app,
+    err,
+    topics_app,
+    worker_app,
+)
+from eddyline.streams.kafka.broker import KAFKA_VERSION, LocalBroker
+from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
+
+
+@broker_app.command("start")
+def broker_start(port: Port = 9092, controller_port: CPort = 9093) -> None:
+    """Fetch Kafka's jars (first run), format storage (first run), start, wait until ready."""
+    broker = LocalBroker(port=port, controller_port=controller_port)
+    with err.status(f"starting Kafka {KAFKA_VERSION} on {broker.bootstrap}..."):
+        broker.start()
+    err.print(
+        f"Kafka {KAFKA_VERSION} is up on {broker.bootstrap} (pid {broker.pid()}, "
+        f"log {broker.log_file})"
+    )
+
+
+@broker_app.command("stop")
+def broker_stop(port: Port = 9092) -> None:
+    """Stop the local broker."""
+    stopped = LocalBroker(port=port).stop()
+    err.print("stopped" if stopped else "no local broker was running")
+
+
+@broker_app.command("status")
+def broker_status(
+    port: Port = 9092, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """Whether the local broker runs and answers. Exit 1 if it does not answer."""
+    broker = LocalBroker(port=port)
+    state = {
+        "bootstrap": broker.bootstrap,
+        "pid": broker.pid(),
+        "answers": broker.answers(),
+        "version": KAFKA_VERSION,
+        "dir": str(broker.dir),
+    }
+    if as_json:
+        print(json.dumps(state))
+    else:
+        err.print(f"{'up' if state['answers'] else 'down'}: {state}")
+    raise typer.Exit(0 if state["answers"] else 1)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the eddyline topics that are missing (partitions from EDDYLINE_PARTITIONS)."""
+    from eddyline.streams.kafka.topics import STREAMS, ensure_topics
+
+    created = ensure_topics(KafkaSettings(), STREAMS)
+    err.print(f"created {len(created)} topics" + (f": {', '.join(created)}" if created else ""))
+
+
+@worker_app.command("run")
+def worker_run(loglevel: Annotated[str, typer.Option(help="Faust log level")] = "info") -> None:
+    """Run one worker (settings from EDDYLINE_* variables) until SIGTERM or Ctrl-C."""
+    from eddyline.streams.worker.run import run_worker
+
+    run_worker(WorkerSettings(), KafkaSettings(), loglevel=loglevel)
+
+
+@app.command("simulate")
+def simulate(
+    events: Annotated[int, typer.Option(help="interaction events to send")] = 20_000,
+    drift_at: Annotated[int, typer.Option(help="first drifted event (-1: no drift)")] = 10_000,
+    users: int = 1_000,
+    seed: int = 0,
+) -> None:
+    """Emit realistic interaction and feedback traffic with a concept drift."""
+    from eddyline.simulate import TrafficSimulator
+    from eddyline.streams.sdk.producer import EventProducer
+
+    sim = TrafficSimulator(users=users, seed=seed, drift_at=None if drift_at < 0 else drift_at)
+    with EventProducer() as producer:
+        for event in sim.interactions(events):
+            producer.emit(event)
+        for fb in sim.feedback(events // 20):
+            producer.emit(fb)
+    err.print(f"sent {events + events // 20:,} events ({producer.delivered:,} acknowledged)")
+
+
+@drift_app.command("tail")
+def drift_tail(group: Annotated[str, typer.Option(help="consumer group")] = "eddyline-cli") -> None:
+    """Print drift events as JSON lines as they arrive."""
+    from eddyline.consumers.drift import DriftSubscriber
+
+    with DriftSubscriber(group_id=group) as sub:
+        for event in sub:
+            print(event.model_dump_json(), flush=True)
