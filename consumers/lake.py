@@ -18,12 +18,27 @@ from typing import Any
 
 import pyarrow as pa
 
-from eddyline.schemas.errors import MissingExtraError
+from eddyline.schemas.errors import EddylineError, require_extra
 
-try:
-    from deltalake import DeltaTable
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise MissingExtraError("query", "eddyline.consumers.lake") from exc
+require_extra("query", "eddyline.consumers.lake", "deltalake", "duckdb", "polars")
+
+import duckdb  # noqa: E402  # after the check: its error names the extra to install
+from deltalake import DeltaTable  # noqa: E402
+from deltalake.exceptions import DeltaError  # noqa: E402
+from deltalake.exceptions import TableNotFoundError as _DeltaTableNotFound  # noqa: E402
+
+
+class LakeError(EddylineError, DeltaError):
+    """A table, or a version of it, cannot be read."""
+
+
+class TableNotFoundError(LakeError, _DeltaTableNotFound):
+    """No Delta table of that name under the lake's root."""
+
+
+class QueryError(EddylineError, duckdb.Error):
+    """DuckDB refused or failed the SQL (``Lake.sql``)."""
+
 
 AsOf = int | datetime | str | None  # a version, a timestamp, or an ISO 8601 string
 
@@ -46,9 +61,22 @@ class Lake:
 
     def table(self, name: str, *, as_of: AsOf = None) -> DeltaTable:
         """The Delta table of ``name``: latest, or as of a version number or a timestamp."""
-        dt = DeltaTable(f"{self.root}/{name}", storage_options=self.storage_options)
+        uri = f"{self.root}/{name}"
+        try:
+            dt = DeltaTable(uri, storage_options=self.storage_options)
+        except _DeltaTableNotFound:
+            known = ", ".join(self.tables()) or "none"
+            raise TableNotFoundError(
+                f"no table {name!r} under {self.root} (tables: {known})"
+            ) from None
         if as_of is not None:
-            dt.load_as_version(as_of)
+            try:
+                dt.load_as_version(as_of)
+            except (DeltaError, ValueError) as exc:
+                raise LakeError(
+                    f"table {name!r} has no version {as_of!r} (latest: {dt.version()}; "
+                    f"vacuumed versions cannot be read): {exc}"
+                ) from None
         return dt
 
     def read(
@@ -81,12 +109,14 @@ class Lake:
 
     def sql(self, query: str, *, as_of: AsOf = None) -> pa.Table:
         """DuckDB SQL where each table is a view named after it (``SELECT * FROM interaction``)."""
-        import duckdb
-
         con = duckdb.connect()
         for name in self.tables():
             con.register(name, self.table(name, as_of=as_of).to_pyarrow_dataset())
-        result: pa.Table = con.sql(query).to_arrow_table()
+        try:
+            result: pa.Table = con.sql(query).to_arrow_table()
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise QueryError(f"{first} (tables: {', '.join(self.tables()) or 'none'})") from None
         return result
 
     def history(self, name: str, limit: int | None = 20) -> list[dict[str, Any]]:

@@ -50,6 +50,7 @@ __all__ = [
     "InteractionEvent",
     "KafkaSettings",
     "Lake",
+    "LakeError",
     "MissingExtraError",
     "Noise",
     "Prediction",
@@ -58,18 +59,23 @@ __all__ = [
     "ProducerClosedError",
     "ProducerSettings",
     "Pseudonymize",
+    "QueryError",
     "RandomizedResponse",
     "Redact",
     "SchemaError",
     "SpoolFullError",
+    "TableNotFoundError",
     "TopicNotFoundError",
     "WorkerSettings",
 ]
 
 
-def __getattr__(name: str) -> object:
-    if name == "Lake":
-        from eddyline.consumers.lake import Lake
+_QUERY = ("Lake", "LakeError", "QueryError", "TableNotFoundError")  # the [query] extra
 
-        return Lake
+
+def __getattr__(name: str) -> object:
+    if name in _QUERY:
+        from eddyline.consumers import lake
+
+        return getattr(lake, name)
     raise AttributeError(name)

@@ -43,8 +43,8 @@ class Alarm:
 class AdwinDetector:
     """River's ADWIN with warm-up, cooldown and a direction filter."""
 
-    # Tuned with bench/drift.py: no false alarm and no missed change over 80 seeded streams,
-    # median delay 0.79x River's default ADWIN (delta=0.002, clock=32).
+    # Tuned with bench/drift.py against River's default ADWIN (delta=0.002, clock=32):
+    # faster, and quieter behind the warm-up and direction gates (bench/RESULTS.md).
     delta: float = 0.01
     clock: int = 2  # how often ADWIN checks for a cut: every `clock` values
     warmup: int = 1_000

@@ -36,18 +36,14 @@ Mechanism = (
 )
 # The largest allowance searched: a budget that allows more is treated as allowing this many
 # events per user per window (self-composing a loss distribution further costs memory).
-MAX_ALLOWANCE = (
-    1_000  # measured: composing 1,000-fold takes ~1 s and ~0.3 GB; 10,000-fold 10 s, 2.5 GB
-)
+MAX_ALLOWANCE = 1_000  # composing 10x further costs ~10x the seconds and the memory
 
 
 # dp-accounting's default grid for privacy loss values: the accountant's answers.
 FINE = 1e-4
 # A grid 10x coarser (a multiple of FINE) for the allowance search: composing on it is ~10x
 # faster, and since the pessimistic estimate rounds every loss up to its grid, its ε is never
-# below FINE's. Measured: the interaction policy's allowance took 8.2 s on FINE alone (run
-# lazily at a worker's first event, it stalled the event loop for that long); 2.4 s so,
-# of which 1.2 s are the two exact checks at the boundary.
+# below FINE's; FINE then decides the last step or two (bench/RESULTS.md has the timings).
 COARSE = 1e-3
 
 

@@ -1,19 +1,34 @@
 """The eddyline error tree.
 
-Every error eddyline raises on purpose derives from :class:`EddylineError`::
+Every error eddyline raises on purpose derives from :class:`EddylineError`; where one
+wraps a library's error it inherits from that error too, so either can be caught::
 
     EddylineError
     ├── SchemaError                  a model or annotation that cannot work (raised at definition)
     │   └── UnknownSchemaError       a schema id the registry does not know
+    ├── SchemaMismatchError          ValueError too: columns that are not the model's
     ├── EventValidationError         ValueError too: an event failed validation at ``emit``
     ├── EnvelopeError                a Kafka message that is not a valid envelope (has ``reason``)
     ├── BrokerError                  Kafka could not be reached or refused a request
     │   └── TopicNotFoundError       a topic the caller needs does not exist
     ├── ProducerClosedError          ``emit`` after ``close``
-    └── MissingExtraError            ImportError too: an optional extra is not installed
+    ├── SpoolFullError               Kafka away so long the SDK's spool is full
+    ├── MissingExtraError            ImportError too: an optional extra is not installed
+    ├── LearnerSpecError             a learner spec that cannot work
+    ├── LakeError                    DeltaError too: a table or version cannot be read
+    │   └── TableNotFoundError       deltalake's TableNotFoundError too
+    ├── QueryError                   duckdb's Error too: SQL over the lake failed
+    ├── RetrainBudgetError           retraining would pass the total ε
+    ├── NotEnoughDataError           too few rows after a change to retrain yet
+    └── PredictionError              a worker refused or could not answer a prediction
 
-This module sits in ``schemas`` (the bottom layer) so every package can raise these;
-``eddyline`` re-exports them.
+The classes live where they are raised (the tree names each module in ``__module__``:
+``eddyline.streams.sdk.spool``, ``eddyline.online_learning.spec``, ``eddyline.consumers.lake``,
+``eddyline.consumers.retrain``, ``eddyline.predict``); the rest are here. This module sits
+in ``schemas`` (the bottom layer) so every package can raise these;
+``eddyline`` re-exports the ones an app or a data scientist catches. The errors of the
+[query] extra are defined beside the library they wrap, so the base install never imports
+it.
 """
 
 from __future__ import annotations

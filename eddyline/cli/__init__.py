@@ -40,7 +40,7 @@ def main() -> None:
             raise
         from rich.markup import escape
 
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)  # one line
         sys.exit(1)
 
 

@@ -193,7 +193,7 @@ class LocalBroker:
                     "kafka.tools.StorageTool",
                     "format",
                     # one argument: a random id may begin with "-", which argparse would
-                    # take for an option (seen once in ~60 formats)
+                    # take for an option
                     f"--cluster-id={cluster_id}",
                     "-c",
                     str(props),

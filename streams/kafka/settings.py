@@ -64,11 +64,9 @@ class ProducerSettings(BaseSettings):
     batch_max_events: int = Field(default=5_000, ge=1)
     # Envelopes stay well under Kafka's 1 MiB default message.max.bytes.
     batch_max_bytes: int = Field(default=900_000, ge=1_024)
-    # The oldest buffered event waits at most this long. The worker's cost per envelope is
-    # ~7 ms fixed besides ~5 µs per event (bench/RESULTS.md), so short lingers at high rates
-    # make envelopes too small: at 50k events/s over 3 partitions, 50 ms gave ~1,300-event
-    # envelopes, a worker that fell behind and a p99 emit-to-Delta of 5-6 s; 100 ms gave
-    # 1.7-1.9 s; 200 ms 2.2-2.7 s (the wait itself starts to count).
+    # The oldest buffered event waits at most this long. The worker pays a fixed cost per
+    # envelope, so short lingers at high rates make envelopes too small and the worker falls
+    # behind; long ones add their own wait to every event (bench/RESULTS.md, "linger").
     linger_ms: int = Field(default=100, ge=0)
     # After this long without an acknowledgement an envelope goes to the spool.
     delivery_timeout_ms: int = Field(default=30_000, ge=1_000)

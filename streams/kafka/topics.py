@@ -111,8 +111,7 @@ def _wait_until_ready(
     """Until the broker's metadata shows every topic with a leader for each partition.
 
     The controller acknowledges a creation before the broker serves the topic: a producer
-    asking at once was told it does not exist (seen on a broker still loading thousands
-    of partitions at start-up: `make demo` failed)."""
+    asking at once can be told it does not exist (a broker loading many partitions)."""
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -3,10 +3,9 @@
 Faust can skip messages around a rebalance (also the first one, when a worker starts):
 messages fetched just before it are dropped as stale after it, while the consumer's read
 offset has already moved past them, so the seek to the committed offset does not bring
-them back (the same family as faust-streaming#216 and #221). Seen here: three raw
-messages never privatised by a worker that kept its partitions while a second one joined;
-the first private message of a partition never learned by a restarted worker; the last
-messages of partitions never delivered at all. Exactly-once cannot survive that: a later
+them back (the same family as faust-streaming#216 and #221): messages of a partition a
+worker kept while another joined, the first message of a partition after a restart, the
+last messages of a partition. Exactly-once cannot survive that: a later
 message's offset, once in a Delta commit, a budget save or a model checkpoint, makes the
 skipped one look done.
 

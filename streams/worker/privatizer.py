@@ -332,8 +332,8 @@ class Privatizer:
 def _first_error(exc: ValidationError, model: type[BaseEvent]) -> tuple[str | None, str]:
     """(the schema field at fault, or None; pydantic's error type) of a validation error.
 
-    A key the model does not know is not named: it is the sender's text (seen: an e-mail
-    address sent as a key)."""
+    A key the model does not know is not named: it is the sender's text (it may be an
+    e-mail address)."""
     first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
     loc = first["loc"]
     field = loc[0] if loc and isinstance(loc[0], str) and loc[0] in model.model_fields else None

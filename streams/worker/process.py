@@ -21,6 +21,7 @@ class WorkerProcess:
     env: dict[str, str]
     log_path: Path
     web_port: int
+    python: str = sys.executable  # another environment's interpreter, to run its install
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self, timeout: float = 60.0) -> WorkerProcess:
@@ -28,7 +29,7 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "eddyline", "worker", "run"],
+                [self.python, "-m", "eddyline", "worker", "run"],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -32,11 +32,11 @@ def run_worker(
 class _Worker(faust.Worker):
     """Faust's worker, which never outlives its app's crash.
 
-    A crashed app makes the worker stop (exit status 1), but that shutdown can hang: seen
-    after a timer crashed the app mid-rebalance, the consumer's final commit waited forever
-    on its thread, leaving a zombie that answered its web pages, consumed nothing and was
-    never restarted. Exactly-once needs no graceful stop, so after a grace period the
-    process exits hard, and its supervisor (or the next ``eddyline worker run``) takes over."""
+    A crashed app makes the worker stop (exit status 1), but that shutdown can hang (the
+    consumer's final commit waiting forever on its thread after a crash mid-rebalance),
+    leaving a zombie that answers its web pages, consumes nothing and is never restarted.
+    Exactly-once needs no graceful stop, so after a grace period the process exits hard,
+    and its supervisor (or the next ``eddyline worker run``) takes over."""
 
     crash_exit_grace_s = 30.0
 

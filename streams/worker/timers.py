@@ -21,8 +21,8 @@ log = logging.getLogger("eddyline.worker")
 
 
 def survives(timer: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
-    """A timer whose failure is logged, not raised (seen: the lag report asked the position
-    of a partition a rebalance had just revoked, and the app crashed)."""
+    """A timer whose failure is logged, not raised: asking the position of a partition a
+    rebalance has just revoked must not take the app down."""
 
     @functools.wraps(timer)
     async def run() -> None:

@@ -100,3 +100,23 @@ def test_every_folder_installs_under_eddyline() -> None:
     for folder in FOLDERS:
         link = ROOT / "eddyline" / folder
         assert link.is_symlink() and link.resolve() == ROOT / folder
+
+
+def test_every_error_a_user_can_catch_is_in_the_drawn_tree() -> None:
+    import importlib
+    import pkgutil
+
+    import eddyline
+    from eddyline.schemas import errors
+
+    for module in pkgutil.walk_packages(eddyline.__path__, "eddyline."):
+        if ".cli" not in module.name and not module.name.endswith("__main__"):
+            importlib.import_module(module.name)
+    found, todo = set(), [errors.EddylineError]
+    while todo:
+        cls = todo.pop()
+        found.add(cls.__name__)
+        todo += cls.__subclasses__()
+    tree = errors.__doc__ or ""
+    drawn = {name for name in found if f"── {name} " in tree} | {"EddylineError"}
+    assert found - drawn == set()
