@@ -12,12 +12,14 @@ Examples:
 
 from __future__ import annotations
 
+import math
 import os
 import random
+import time
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID, SafeUUID
@@ -60,6 +62,12 @@ class TimeWindow:
 
     max_age: timedelta = MAX_EVENT_AGE
     max_skew: timedelta = MAX_CLOCK_SKEW
+    _age_s: float = field(init=False, repr=False, compare=False)
+    _skew_s: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:  # in seconds, for the per-event check
+        object.__setattr__(self, "_age_s", self.max_age.total_seconds())
+        object.__setattr__(self, "_skew_s", self.max_skew.total_seconds())
 
     def bounds(self, now: datetime | None = None) -> tuple[datetime, datetime]:
         now = now or datetime.now(UTC)
@@ -78,21 +86,27 @@ def _micros(at: datetime) -> int:
 
 def _plausible_time(value: datetime, info: ValidationInfo) -> datetime:
     """``occurred_at`` must be a UTC time of years 1-9999 inside the accepted window
-    (``TimeWindow``; the worker passes its own as validation context ``time_window``)."""
+    (``TimeWindow``; the worker passes its own as validation context ``time_window``).
+    Compared as epoch seconds: every event built with a time pays for this check."""
     try:
-        utc = value.astimezone(UTC)
+        at = value.timestamp()
     except (OverflowError, ValueError):
-        raise ValueError("not a time of years 1-9999 in UTC") from None
-    window = (info.context or {}).get("time_window") or _DEFAULT_WINDOW
-    low, high = window.bounds()
-    if utc < low:
+        at = math.inf
+    context = info.context
+    window = context.get("time_window", _DEFAULT_WINDOW) if context else _DEFAULT_WINDOW
+    now = time.time()
+    if now - window._age_s <= at <= now + window._skew_s and _FIRST_S <= at < _AFTER_LAST_S:
+        return value
+    if not _FIRST_S <= at < _AFTER_LAST_S:
+        raise ValueError("not a time of years 1-9999 in UTC")
+    if at < now - window._age_s:
         raise ValueError(f"older than the accepted {window.max_age.days} days")
-    if utc > high:
-        hours = window.max_skew.total_seconds() / 3600
-        raise ValueError(f"more than {hours:g} h ahead of this machine's clock")
-    return value
+    hours = window._skew_s / 3600
+    raise ValueError(f"more than {hours:g} h ahead of this machine's clock")
 
 
+_FIRST_S = (datetime(1, 1, 1, tzinfo=UTC) - EPOCH).total_seconds()
+_AFTER_LAST_S = (datetime(9999, 12, 31, tzinfo=UTC) - EPOCH).total_seconds() + 86_400
 _DEFAULT_WINDOW = TimeWindow()
 
 
