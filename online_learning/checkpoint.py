@@ -21,7 +21,7 @@ import os
 import pickle
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,11 @@ from typing import Any
 @dataclass(frozen=True)
 class Checkpoint:
     model: Any
-    offsets: dict[int, int]  # private-topic partition -> last offset learned
+    offsets: dict[int, int]  # raw partition -> last raw offset learned
     saved_at: float
+    # raw partition -> the epoch (topic id) its offsets count in; checkpoints saved before
+    # epochs were recorded have none
+    epochs: dict[int, str] = field(default_factory=dict)
 
 
 class ModelStore:
@@ -42,11 +45,12 @@ class ModelStore:
     def path(self, name: str) -> Path:
         return self.root / f"{name}.ckpt"
 
-    def save(self, name: str, model: Any, offsets: dict[int, int]) -> None:
+    def save(
+        self, name: str, model: Any, offsets: dict[int, int], epochs: dict[int, str] | None = None
+    ) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        data = pickle.dumps(
-            Checkpoint(model, dict(offsets), time.time()), protocol=pickle.HIGHEST_PROTOCOL
-        )
+        checkpoint = Checkpoint(model, dict(offsets), time.time(), dict(epochs or {}))
+        data = pickle.dumps(checkpoint, protocol=pickle.HIGHEST_PROTOCOL)
         # A temp name of its own: two workers sharing a state folder must not rename each
         # other's half-written file.
         tmp = self.path(name).with_suffix(f".{os.getpid()}.{uuid.uuid4().hex}.tmp")
@@ -63,4 +67,6 @@ class ModelStore:
             return None
         checkpoint = pickle.loads(data)  # noqa: S301 - our own folder, written by save()
         assert isinstance(checkpoint, Checkpoint)
+        if "epochs" not in checkpoint.__dict__:  # saved before epochs were recorded
+            object.__setattr__(checkpoint, "epochs", {})
         return checkpoint

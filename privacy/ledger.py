@@ -51,6 +51,8 @@ class BudgetLedger:
         self._shard = np.full(0, -1, np.int64)  # slot -> save shard (-1: not computed yet)
         self._windows: dict[int, np.ndarray] = {}  # window index -> events charged per slot
         self.newest = -(2**62)  # the latest window charged: windows only move forward
+        # The epoch (topic id) the offsets count in: "" until the first message says it.
+        self.epoch = ""
 
     def __repr__(self) -> str:
         return f"BudgetLedger(allowance={self.allowance}, users={len(self._users)})"
@@ -122,6 +124,21 @@ class BudgetLedger:
         slots = self._slots(encoded.names)
         inverse = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         return self._charge_window(slots, inverse, window, offset)
+
+    def follow_epoch(self, epoch: str) -> bool:
+        """Offsets count within one incarnation of the raw topic. A message from a new one
+        (the topic was deleted and created again: offsets restart at 0) forgets every
+        user's last offset, which would make its rows look like replays, and keeps what
+        each user was charged: the budget is the user's, not the topic's. True if the epoch
+        changed (an unknown earlier epoch is adopted silently)."""
+        if not epoch or epoch == self.epoch:
+            return False
+        changed = bool(self.epoch)
+        if changed:
+            self._offset[:] = -1
+            self._changed[: len(self._users)] = True
+        self.epoch = epoch
+        return changed
 
     def window_of(self, epoch_s: float) -> int:
         """The index of the window that holds ``epoch_s`` (seconds since the epoch)."""
@@ -232,6 +249,7 @@ class BudgetLedger:
                     "users": [self._users[s] for s in slots.tolist()],
                     "offsets": self._offset[slots].tolist(),
                     "windows": {str(w): c[slots].tolist() for w, c in self._windows.items()},
+                    "epoch": self.epoch,
                 }
                 if len(slots)
                 else None
@@ -271,6 +289,7 @@ class BudgetLedger:
     def restore_shard(self, shard: dict[str, Any]) -> int:
         """Load a saved shard (either form, ``shard_columns``); how many users it held."""
         shard = shard_columns(shard)
+        self.epoch = self.epoch or shard.get("epoch", "")
         users = shard["users"]
         slots = self._slots(users)
         self._offset[slots] = np.asarray(shard["offsets"], np.int64)

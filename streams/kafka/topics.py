@@ -133,6 +133,23 @@ def _wait_until_ready(
         time.sleep(0.1)
 
 
+def topic_ids(settings: KafkaSettings, names: list[str], timeout: float = 10.0) -> dict[str, str]:
+    """Each existing topic's id (its incarnation: a topic deleted and created again under the
+    same name has a new id); topics that do not exist are left out."""
+    from confluent_kafka import TopicCollection
+
+    admin = AdminClient(settings.librdkafka())
+    futures = admin.describe_topics(TopicCollection(list(names)), request_timeout=timeout)
+    out = {}
+    for name, future in futures.items():
+        try:
+            out[name] = str(future.result(timeout).topic_id)
+        except KafkaException as exc:
+            if "UNKNOWN_TOPIC" not in str(exc):
+                raise BrokerError(f"cannot describe topic {name!r}: {exc}") from exc
+    return out
+
+
 def _scan(settings: KafkaSettings, topic: str, timeout: float) -> Iterator[Any]:
     """Every message now in ``topic`` (confluent-kafka ``Message``s), from the start to the
     high mark of each partition."""

@@ -56,6 +56,14 @@ class Wiring:
         self.p.progress.received(agent, message.topic, message.partition, message.offset)
         return True
 
+    async def source(self, message: Any) -> SourceRef:
+        """The message's position, with its topic's current id (asked again when the
+        partition's offsets went backwards: a replay, or a topic created again)."""
+        epochs = self.p.epochs
+        if epochs.regressed(message.topic, message.partition, message.offset):
+            await epochs.refresh([message.topic])
+        return epochs.source(message.topic, message.partition, message.offset)
+
     def finished(self, agent: str, message: Any) -> None:
         self.p.progress.advanced(agent, message.topic, message.partition, message.offset)
 
@@ -101,6 +109,7 @@ def privatize_agent(w: Wiring, raw: faust.TopicT) -> None:
         )
         p.data_path["privatize"] = stream.channel.queue  # type: ignore[attr-defined]
         stage.noise.store = w.noise.data  # recovered by Faust for the partitions assigned
+        await p.epochs.refresh(p.topics.raw(s) for s in p.streams)
         async for event in manual.events():
             msg = event.message
             if not await w.admitted("privatize", offsets, msg):
@@ -136,7 +145,7 @@ def privatize_agent(w: Wiring, raw: faust.TopicT) -> None:
 
 
 async def _privatize_one(w: Wiring, name: str, msg: Any, value: bytes | None) -> None:
-    src = SourceRef(msg.topic, msg.partition, msg.offset)
+    src = await w.source(msg)
     message = RawMessage(value, msg.headers, src, msg.timestamp or time.time())
     key = await noise_key(w.app, w.p, w.noise, message)
     result = w.p.privatize.process(message, key)
@@ -218,16 +227,12 @@ def _table_agent(w: Wiring, topic: faust.TopicT, table: str) -> None:
     async def agent(stream: faust.StreamT[bytes]) -> None:
         offsets = w.guard(table, stream, [topic.get_topic_name()])
         writer = p.writers[table]
+        await p.epochs.refresh([topic.get_topic_name()])
         async for batch in stream.noack_take(  # type: ignore[attr-defined]  # on Stream
             ws.lake_max_messages, within=ws.lake_max_wait_s
         ):
             events = [ev for ev in batch if await w.admitted(table, offsets, ev.message)]
-            await writer.write(
-                [
-                    (ev.value, SourceRef(ev.message.topic, ev.message.partition, ev.message.offset))
-                    for ev in events
-                ]
-            )
+            await writer.write([(ev.value, await w.source(ev.message)) for ev in events])
             for ev in events:
                 await stream.ack(ev)
                 w.finished(table, ev.message)

@@ -62,15 +62,18 @@ class LearnStage:
         self.ws, self.metrics, self.sink, self.topics = ws, metrics, sink, topics
         self.store = ModelStore(ws.state_dir / "models")
         self.models: dict[str, OnlineModel] = {}
-        # model -> raw partition -> last raw offset it has learned (from its checkpoint)
+        # model -> raw partition -> last raw offset it has learned (from its checkpoint), and
+        # the epoch (topic id) those offsets count in
         self.offsets: dict[str, dict[int, int]] = {}
+        self.epochs: dict[str, dict[int, str]] = {}
         for spec in load_specs(ws.learners):
             if spec.stream not in streams:
                 raise LearnerSpecError(
                     f"learner {spec.name!r} reads {spec.stream!r}, which this worker does not "
                     f"process (streams: {', '.join(streams)})"
                 )
-            self.models[spec.name], self.offsets[spec.name] = self._restore(spec)
+            model, self.offsets[spec.name], self.epochs[spec.name] = self._restore(spec)
+            self.models[spec.name] = model
             # from the checkpoint: a model whose checkpoint holds its whole stream learns
             # nothing more and would otherwise show no count at all
             metrics.model_seen.labels(spec.name).set(self.models[spec.name].seen)
@@ -87,12 +90,12 @@ class LearnStage:
                     registry, model.name, window=ws.shadow_window, min_events=ws.shadow_min_events
                 )
         # Per model, recent envelopes learned: (events seen before and after it, raw
-        # partition, raw offset); what a drift event's offsets come from.
-        self.learned: dict[str, deque[tuple[int, int, int, int]]] = {
+        # partition, raw offset, source key); what a drift event's offsets come from.
+        self.learned: dict[str, deque[tuple[int, int, int, int, str]]] = {
             name: deque(maxlen=50_000) for name in self.models
         }
 
-    def _restore(self, spec: LearnerSpec) -> tuple[OnlineModel, dict[int, int]]:
+    def _restore(self, spec: LearnerSpec) -> tuple[OnlineModel, dict[int, int], dict[int, str]]:
         """The model's last checkpoint if it was taken of this very spec; else a fresh model
         (which learns from the committed offsets on, not from the start of the topic)."""
         ws = self.ws
@@ -101,9 +104,9 @@ class LearnStage:
             restored = self.store.load(spec.name)
         except Exception as exc:  # an unreadable checkpoint must not stop the worker
             log.warning("model %s: checkpoint unreadable (%s); starting fresh", spec.name, exc)
-            return fresh, {}
+            return fresh, {}, {}
         if restored is None:
-            return fresh, {}
+            return fresh, {}, {}
         model = restored.model
         if not isinstance(model, OnlineModel) or model.spec.fingerprint() != spec.fingerprint():
             log.warning(
@@ -111,8 +114,8 @@ class LearnStage:
                 "`version` in the spec when you change it)",
                 spec.name,
             )
-            return fresh, {}
-        return model, restored.offsets
+            return fresh, {}, {}
+        return model, restored.offsets, restored.epochs
 
     # -- learning -------------------------------------------------------------------------
 
@@ -122,6 +125,7 @@ class LearnStage:
         src = SourceRef.parse(h[H_SOURCE])
         out, table = Learned(), None
         for model in self.models_of[stream]:
+            self._follow_epoch(model.name, src)
             if src.offset <= self.offsets[model.name].get(src.partition, -1):
                 continue  # in the restored checkpoint, or a replay of a learned message
             if table is None:
@@ -130,6 +134,26 @@ class LearnStage:
                 table = consented(decoded, "learn")
             await self._learn_batch(model, table, src, out)
         return out
+
+    def _follow_epoch(self, name: str, src: SourceRef) -> None:
+        """Offsets count within one incarnation of the raw topic: a new topic id (the topic
+        was deleted and created again) starts the partition's count afresh, where the old
+        offsets would make every new envelope look learned."""
+        known = self.epochs[name].get(src.partition)
+        if not src.epoch or known == src.epoch:
+            return
+        if known:  # not a checkpoint from before epochs were recorded
+            log.warning(
+                "model %s: %s/%d is a new topic (id %s, was %s); its offsets start afresh",
+                name,
+                src.topic,
+                src.partition,
+                src.epoch,
+                known,
+            )
+            self.metrics.epochs.labels("learn", src.topic).inc()
+            self.offsets[name].pop(src.partition, None)
+        self.epochs[name][src.partition] = src.epoch
 
     async def _learn_batch(
         self, model: OnlineModel, table: pa.Table, src: SourceRef, out: Learned
@@ -141,7 +165,7 @@ class LearnStage:
             return
         self.offsets[model.name][src.partition] = src.offset
         self.learned[model.name].append(
-            (model.seen - table.num_rows, model.seen, src.partition, src.offset)
+            (model.seen - table.num_rows, model.seen, src.partition, src.offset, src.key)
         )
         self.metrics.learned.labels(model.name).inc(table.num_rows)
         self.metrics.model_seen.labels(model.name).set(model.seen)
@@ -171,15 +195,16 @@ class LearnStage:
         feature named by ``watched``, e.g. ``feature:position``)."""
         start = alarm.change_index
         after: dict[int, tuple[int, int]] = {}
-        for seen_before, seen_after, partition, offset in self.learned[model.name]:
+        keys: dict[int, str] = {}
+        for seen_before, seen_after, partition, offset, key in self.learned[model.name]:
             # A message belongs to the "after" window if most of its rows do: envelopes hold
             # thousands of events, and a cut a few values early must not pull in a whole
             # pre-change envelope.
             if (seen_before + seen_after) / 2 > start:
                 lo, hi = after.get(partition, (offset, offset))
                 after[partition] = (min(lo, offset), max(hi, offset))
+                keys[partition] = key
         key = ",".join(f"{p}:{lo}" for p, (lo, _) in sorted(after.items()))
-        raw = self.topics.raw(model.stream)
         return DriftEvent(
             idempotency_key=f"{model.name}:{model.version}:{watched or signal}:{key}",
             model=model.name,
@@ -197,7 +222,7 @@ class LearnStage:
             offsets_after=after,
             lake_version=self.sink.version(model.stream),
             lake_version_before=self.sink.version_before(
-                model.stream, {(raw, p): lo for p, (lo, _) in after.items()}
+                model.stream, {keys[p]: lo for p, (lo, _) in after.items()}
             ),
         )
 
@@ -215,7 +240,8 @@ class LearnStage:
             live.checkpoints += 1
             # A consistent copy, taken on the event loop between batches; written in a thread.
             model, offsets = copy.deepcopy(live), dict(self.offsets[name])
-            await asyncio.to_thread(self.store.save, name, model, offsets)
+            epochs = dict(self.epochs[name])
+            await asyncio.to_thread(self.store.save, name, model, offsets, epochs)
             announced.append(
                 ModelEvent(
                     model=name,

@@ -22,6 +22,7 @@ class WorkerMetrics:
     budget_charged: Counter
     pii_masked: Counter
     rereads: Counter
+    epochs: Counter
     replayed: Counter
     delta_commit: Histogram
     envelope_rows: Histogram
@@ -69,6 +70,12 @@ class WorkerMetrics:
                 "offsets_reread",
                 "Messages the consumer skipped (seen across rebalances) and an agent re-read",
                 ["topic"],
+            ),
+            counter(
+                "source_epochs",
+                "A source topic seen under a new topic id (deleted and created again): the "
+                "stage's offsets for it start afresh instead of skipping its messages",
+                ["stage", "topic"],
             ),
             counter(
                 "events_replayed",

@@ -8,6 +8,7 @@ stages through it.
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,8 +18,9 @@ from eddyline.schemas.deadletter import deadletter_table
 from eddyline.schemas.events import TimeWindow
 from eddyline.schemas.tables import drift_table, model_metrics_table
 from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
-from eddyline.streams.kafka.topics import Topics, noise_keep_windows
+from eddyline.streams.kafka.topics import Topics, noise_keep_windows, topic_ids
 from eddyline.streams.worker.continuity import OffsetGuard
+from eddyline.streams.worker.epochs import TopicEpochs
 from eddyline.streams.worker.lake_stage import LakeStage, TableWriter
 from eddyline.streams.worker.learn_stage import LearnStage
 from eddyline.streams.worker.metrics import WorkerMetrics
@@ -63,6 +65,7 @@ class Pipeline:
         # output is not sent yet.
         self.budget_lock = asyncio.Lock()
         self.rebalances = 0
+        self.epochs = TopicEpochs(functools.partial(topic_ids, ks))
 
 
 def _privatizer(ws: WorkerSettings) -> Privatizer:

@@ -108,6 +108,15 @@ class PrivatizeStage:
                 self._seal(result, src, out)
             if first:
                 self._count(stream, result, out)
+            if result.new_epoch:
+                log.warning(
+                    "budget ledger %s/%d: %s is a new topic (id %s); its offsets start afresh",
+                    stream,
+                    src.partition,
+                    src.topic,
+                    src.epoch,
+                )
+                self.metrics.epochs.labels("privatize", src.topic).inc()
         except Exception as exc:  # a bug must not block the partition: dead-letter it
             log_failure("privatize", src, exc)
             out = Privatized(

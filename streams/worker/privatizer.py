@@ -57,6 +57,7 @@ class Outcome:
     over_budget: int = 0  # valid rows suppressed because their user's budget is spent
     replayed: int = 0  # rows charged by an earlier run (a replay after a crash): dropped
     coarsened: int = 0  # over-budget rows released with their protected fields nulled
+    new_epoch: bool = False  # the raw topic was recreated: the ledger's offsets started afresh
     masked: Counter[str] = _field(default_factory=Counter)  # sensitive strings scrubbed
 
 
@@ -180,6 +181,7 @@ class Privatizer:
         drop (or coarsen) what is over budget and what a replay already released."""
         now = self.clock()
         ledger = self.ledger(model, source.partition)
+        out.new_epoch = ledger.follow_epoch(source.epoch)
         users, encoded = self._budget_identity(raw, private, encodings, now)
         charge = ledger.charge(users, ledger.window_of(now), source.offset, encoded=encoded)
         out.over_budget, out.replayed = charge.over_budget, charge.replayed

@@ -1,9 +1,10 @@
 """The Delta sink: private batches appended exactly once per source message.
 
 Each commit records, as Delta app transactions, the last raw-topic offset it covers for
-every source partition (``app_id = "<raw topic>/<partition>"``). Before writing, the sink
-drops what a committed transaction already covers, so a batch replayed after a crash or
-rebalance is never written twice.
+every source partition (``app_id = "<raw topic>/<partition>@<topic id>"``: offsets count
+within one incarnation of a topic, ``schemas.source``). Before writing, the sink drops what
+a committed transaction already covers, so a batch replayed after a crash or rebalance is
+never written twice, and a recreated topic (a new topic id) starts a new count.
 """
 
 from __future__ import annotations
@@ -21,10 +22,6 @@ from eddyline.schemas.source import SourceRef
 from eddyline.streams.worker.upkeep import TableUpkeep, UpkeepPolicy, file_count
 
 log = logging.getLogger("eddyline.lake")
-
-
-def _app_id(topic: str, partition: int) -> str:
-    return f"{topic}/{partition}"
 
 
 class DeltaSink:
@@ -54,8 +51,9 @@ class DeltaSink:
             )
             self._upkeeper.start()
         self._tables: dict[str, DeltaTable] = {}
-        # Per table, recent (version, source offsets committed up to and including it).
-        self._history: dict[str, deque[tuple[int, dict[tuple[str, int], int]]]] = {}
+        # Per table, recent (version, source offsets committed up to and including it), by
+        # source key (``SourceRef.key``).
+        self._history: dict[str, deque[tuple[int, dict[str, int]]]] = {}
         self._lock = threading.Lock()
 
     def uri(self, table: str) -> str:
@@ -73,10 +71,10 @@ class DeltaSink:
             dt.update_incremental()
         return dt
 
-    def committed(self, table: str, source_topic: str, partition: int) -> int:
-        """The last raw offset of ``source_topic/partition`` already in ``table`` (-1: none)."""
+    def committed(self, table: str, source: SourceRef) -> int:
+        """The last raw offset of ``source``'s partition (and epoch) in ``table`` (-1: none)."""
         with self._lock:
-            return _committed(self._table(table), source_topic, partition)
+            return _committed(self._table(table), source.key)
 
     def version(self, table: str) -> int | None:
         """The table's current Delta version, or None if it does not exist yet."""
@@ -84,13 +82,13 @@ class DeltaSink:
             dt = self._table(table)
             return None if dt is None else dt.version()
 
-    def _remember(self, table: str, version: int, last: dict[tuple[str, int], int]) -> None:
+    def _remember(self, table: str, version: int, last: dict[str, int]) -> None:
         history = self._history.setdefault(table, deque(maxlen=10_000))
         offsets = dict(history[-1][1]) if history else {}
         offsets.update(last)
         history.append((version, offsets))
 
-    def version_before(self, table: str, starts: dict[tuple[str, int], int]) -> int | None:
+    def version_before(self, table: str, starts: dict[str, int]) -> int | None:
         """The newest version (committed by this sink) holding nothing at or past ``starts``:
         time travel to it reads only data from before those source offsets."""
         with self._lock:
@@ -120,7 +118,7 @@ class DeltaSink:
                 return 0
             data = pa.concat_tables(fresh, promote_options="default")
             data = data.append_column("event_date", pc.cast(data["occurred_at"], pa.date32()))
-            txns = [Transaction(_app_id(t, p), off) for (t, p), off in last.items()]
+            txns = [Transaction(key, off) for key, off in last.items()]
             write_deltalake(
                 dt if dt is not None else self.uri(table),
                 data,
@@ -176,24 +174,24 @@ class DeltaSink:
             log.exception("upkeep of %s failed; it will run again later", table)
 
 
-def _committed(dt: DeltaTable | None, topic: str, partition: int) -> int:
+def _committed(dt: DeltaTable | None, key: str) -> int:
     if dt is None:
         return -1
-    version = dt.transaction_version(_app_id(topic, partition))
+    version = dt.transaction_version(key)
     return -1 if version is None else version
 
 
 def _uncommitted(
     dt: DeltaTable | None, batches: Sequence[tuple[pa.Table, SourceRef]]
-) -> tuple[list[pa.Table], dict[tuple[str, int], int]]:
+) -> tuple[list[pa.Table], dict[str, int]]:
     """The batches past each partition's committed offset, and the new last offsets."""
     fresh: list[pa.Table] = []
-    last: dict[tuple[str, int], int] = {}
-    done: dict[tuple[str, int], int] = {}
+    last: dict[str, int] = {}
+    done: dict[str, int] = {}
     for batch, src in batches:
-        key = (src.topic, src.partition)
+        key = src.key
         if key not in done:
-            done[key] = _committed(dt, *key)
+            done[key] = _committed(dt, key)
         if src.offset <= max(done[key], last.get(key, -1)):
             continue  # already in Delta: a replay after a crash or rebalance
         fresh.append(batch)

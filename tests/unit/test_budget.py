@@ -370,3 +370,20 @@ def test_events_dated_across_a_key_rotation_share_one_allowance() -> None:
         pids |= set(out.private["user_pid"].to_pylist())
     assert len(pids) == 2  # stored under each event's key: two pseudonyms
     assert released == 10  # but one allowance: 6, then 4 of 6
+
+
+def test_a_recreated_topic_restarts_the_offsets_but_not_the_budget() -> None:
+    """A raw topic deleted and created again restarts at offset 0: with the old offsets its
+    rows looked like replays and were dropped; the users' spending must stay."""
+    ledger = BudgetLedger(allowance=3)
+    assert not ledger.follow_epoch("A")  # the first epoch is adopted
+    ledger.charge(pa.array(["a", "a"]), W0, offset=500)
+    assert ledger.charge(pa.array(["a"]), W0, offset=0).replayed == 1  # same topic: a replay
+    assert ledger.follow_epoch("B")  # created again
+    fresh = ledger.charge(pa.array(["a", "a", "b"]), W0, offset=0)
+    assert fresh.allowed.tolist() == [True, False, True]  # a: 2 spent, 1 left; not replays
+    assert fresh.replayed == 0 and ledger.spent("a", W0) == 3
+    shards = ledger.shards({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, lambda u: 0)
+    restored = BudgetLedger(allowance=3)
+    restored.restore_shard(shards[0])  # type: ignore[arg-type]
+    assert restored.epoch == "B" and restored.last_offset == {"a": 0, "b": 0}

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 from eddyline.schemas.events import InteractionEvent
 from eddyline.simulate import TrafficSimulator
-from eddyline.streams.sdk.producer import _checked, _with_defaults  # the SDK's own columnar checks
+from eddyline.streams.sdk.columns import checked as _checked  # the SDK's own columnar checks
+from eddyline.streams.sdk.columns import with_defaults as _with_defaults
 
 FIELDS = ("user_id", "occurred_at", "app_id", "item_id", "item_category", "action")
 

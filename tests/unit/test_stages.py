@@ -153,3 +153,28 @@ def test_the_table_writers_store_dead_letters(p: Pipeline, tmp_path: Path) -> No
         1,
         9,
     )
+
+
+def test_every_stage_counts_a_recreated_topic_afresh(p: Pipeline, tmp_path: Path) -> None:
+    """The raw topic deleted and created again: offsets restart at 0 under a new topic id.
+    Privatize, lake and learn must take its messages, not skip them as done."""
+
+    def raw(offset: int, epoch: str, seed: int) -> RawMessage:
+        message = _raw(300, offset, seed)
+        src = SourceRef(RAW, 0, offset, epoch)
+        return RawMessage(message.value, message.headers, src, message.timestamp)
+
+    private_topic = "events.interaction.private"
+    for message in (raw(900, "A", 1), raw(0, "B", 2)):
+        out = p.privatize.process(message, noise_key=b"n" * 32)
+        assert out.private is not None and out.rows == 300, message.source
+        value, headers = out.private
+        asyncio.run(p.lake.commit([p.lake.prepare(value, headers, private_topic)]))
+        asyncio.run(p.learn.learn("interaction", value, headers))
+    from deltalake import DeltaTable
+
+    assert DeltaTable(str(tmp_path / "lake" / "interaction")).count() == 600
+    assert p.learn.models["click"].seen == 600
+    epochs = "eddyline_worker_source_epochs_total"
+    assert _sample(p, epochs, stage="privatize", topic=RAW) == 1
+    assert _sample(p, epochs, stage="learn", topic=RAW) == 1
