@@ -137,6 +137,7 @@ DEADLETTER_SCHEMA = pa.schema(
         ("source_topic", pa.string()),
         ("source_partition", pa.int64()),
         ("source_offset", pa.int64()),
+        ("source_epoch", pa.string()),  # the topic's id (schemas.source)
         ("rows", pa.string()),
         ("truncated", pa.bool_()),
         ("count", pa.int64()),
@@ -161,6 +162,7 @@ def deadletter_table(letters: Sequence[bytes], at: datetime) -> pa.Table:
                 "source_topic": src.get("topic"),
                 "source_partition": src.get("partition"),
                 "source_offset": src.get("offset"),
+                "source_epoch": src.get("epoch") or None,
                 "rows": d.get("rows") or "",
                 "truncated": bool(d.get("truncated")),
                 "count": d.get("count", 1),

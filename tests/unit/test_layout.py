@@ -82,7 +82,11 @@ def test_nothing_imports_a_generic_top_level_name() -> None:
     places = [*ROOT.glob("*.md"), *(ROOT / "docs").glob("*.md")]
     for folder in (*FOLDERS, "eddyline", "tests", "bench"):
         places += _sources(folder)
-    offenders = [str(p.relative_to(ROOT)) for p in places if GENERIC.search(p.read_text())]
+    # test_wheel.py writes an app whose own packages are named schemas and streams: the point
+    app = ROOT / "tests" / "integration" / "test_wheel.py"
+    offenders = [
+        str(p.relative_to(ROOT)) for p in places if p != app and GENERIC.search(p.read_text())
+    ]
     assert offenders == []
 
 

@@ -125,7 +125,7 @@ def test_the_canonical_uuid_fast_path_agrees_with_the_regex(values: list[str], s
     no, the regex decides. Checked on sliced arrays too (a non-zero Arrow offset)."""
     import pyarrow.compute as pc
 
-    from eddyline.schemas.arrow import _UUID_RE, _canonical_uuids
+    from eddyline.schemas.validation import _UUID_RE, _canonical_uuids
 
     column = pa.chunked_array([pa.array(values, pa.string()).slice(min(skip, len(values) - 1))])
     by_regex = pc.all(pc.match_substring_regex(column, _UUID_RE)).as_py()
@@ -148,7 +148,8 @@ def test_uuid_columns_hold_what_str_gives(values: list[uuid.UUID | None]) -> Non
 
 
 def test_new_ids_are_distinct_version_4_uuids_in_canonical_form() -> None:
-    from eddyline.schemas.arrow import _canonical_uuids, new_uuid_column
+    from eddyline.schemas.arrow import new_uuid_column
+    from eddyline.schemas.validation import _canonical_uuids
 
     made = [new_event_id() for _ in range(1_000)]
     bulk = new_uuid_column(1_000)
