@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, KafkaError, Producer
 from pydantic import ValidationError
 
 from eddyline.schemas.events import DriftEvent
+from eddyline.streams.kafka.clients import ClientErrors, metadata
 from eddyline.streams.kafka.settings import KafkaSettings
 from eddyline.streams.kafka.topics import Topics
 
@@ -85,19 +86,25 @@ class DriftSubscriber:
         self._reset = "earliest" if from_beginning else "latest"
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self._errors = ClientErrors()
 
     def _client(self) -> Consumer:
         if self._consumer is None:
-            self._consumer = Consumer(
+            consumer = Consumer(
                 self.kafka.librdkafka(
                     {
                         "group.id": self.group_id,
                         "auto.offset.reset": self._reset,
                         "enable.auto.commit": False,
+                        "error_cb": self._errors,
                     }
                 )
             )
-            self._consumer.subscribe([self.topic])
+            # Kafka answers, and takes our credentials, before we wait on it: a wrong
+            # password or CA is one clear error now, not silence.
+            metadata(consumer, self._errors, self.kafka.bootstrap, 30.0, self.topic)
+            consumer.subscribe([self.topic])
+            self._consumer = consumer
         return self._consumer
 
     def wanted(self, event: DriftEvent) -> bool:
@@ -115,6 +122,7 @@ class DriftSubscriber:
         consumer = self._client()
         while (left := deadline - time.monotonic()) > 0:
             msg = consumer.poll(left)
+            self._errors.raise_if_fatal(self.kafka.bootstrap)
             if msg is None:
                 return None
             error = msg.error()

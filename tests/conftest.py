@@ -6,12 +6,16 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from eddyline.streams.kafka.broker import LocalBroker, free_port
 from eddyline.streams.kafka.settings import KafkaSettings
 from eddyline.streams.kafka.topics import STREAMS, ensure_topics
+
+if TYPE_CHECKING:
+    from eddyline.streams.kafka.cluster import LocalCluster
 
 
 @pytest.fixture(autouse=True)
@@ -60,3 +64,54 @@ def worker_env(kafka: KafkaSettings, tmp_path: Path) -> dict[str, str]:
         "EDDYLINE_MAX_ENVELOPE_ROWS": "20000",
         "EDDYLINE_CHECKPOINT_EVERY_S": "1",
     }
+
+
+@pytest.fixture(scope="session")
+def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    """A broker clients reach over SASL_SSL only (SCRAM-SHA-512), with a certificate from a
+    CA made for this session (trustme), and two users: ``admin`` (the broker's own) and
+    ``eddyline``."""
+    import secrets
+
+    import trustme
+    from cryptography.hazmat.primitives import serialization
+
+    from eddyline.streams.kafka.broker import SaslSsl
+
+    root = tmp_path_factory.mktemp("secure-broker")
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), password=None)
+    pkcs8 = key.private_bytes(  # Kafka reads PEM keys in PKCS#8
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    keystore, truststore = root / "broker.pem", root / "ca.pem"
+    keystore.write_bytes(pkcs8 + b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    ca.cert_pem.write_to_path(str(truststore))
+    users = {"admin": secrets.token_hex(12), "eddyline": secrets.token_hex(12)}
+    broker = LocalBroker(
+        port=free_port(),
+        controller_port=free_port(),
+        root=root / "broker",
+        security=SaslSsl(keystore, truststore, users),
+    )
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """Three local Kafka nodes in one KRaft cluster (replication 3, min.insync.replicas 2)."""
+    from eddyline.streams.kafka.cluster import LocalCluster
+
+    cluster = LocalCluster(3, root=tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -3,6 +3,7 @@ one-line errors (tracebacks with ``--debug``)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Annotated
 
@@ -29,12 +30,18 @@ def _root(
     ] = False,
 ) -> None:
     DEBUG["on"] = debug
+    # A command turns what stops it into its one-line error; librdkafka's lines about it
+    # (a refused password, a broker away) show with --debug. A worker logs them itself.
+    logging.getLogger("eddyline.kafka").setLevel(logging.DEBUG if debug else logging.CRITICAL)
 
 
 def main() -> None:
     """Entry point: one-line errors unless --debug."""
     try:
         app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
     except EddylineError as exc:
         if DEBUG["on"] or "--debug" in sys.argv:
             raise

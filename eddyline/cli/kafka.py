@@ -18,46 +18,58 @@ from eddyline.cli.common import (
     worker_app,
 )
 from eddyline.streams.kafka.broker import KAFKA_VERSION, LocalBroker
-from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
+from eddyline.streams.kafka.cluster import LocalCluster
+from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings, eddyline_home
+
+Nodes = Annotated[int, typer.Option(help="nodes (3: a replicated cluster that survives one)")]
+
+
+def _local(port: int, controller_port: int, nodes: int) -> LocalBroker | LocalCluster:
+    """One node on ``port``, or a cluster whose node i listens on port + 2(i-1) (controller
+    port + 2(i-1) too), under ~/.eddyline/cluster-<port>."""
+    if nodes == 1 and not (eddyline_home() / f"cluster-{port}").exists():
+        return LocalBroker(port=port, controller_port=controller_port)
+    ports = [(port + 2 * i, controller_port + 2 * i) for i in range(max(nodes, 1))]
+    return LocalCluster(len(ports), root=eddyline_home() / f"cluster-{port}", ports=ports)
 
 
 @broker_app.command("start")
-def broker_start(port: Port = 9092, controller_port: CPort = 9093) -> None:
+def broker_start(port: Port = 9092, controller_port: CPort = 9093, nodes: Nodes = 1) -> None:
     """Fetch Kafka's jars (first run), format storage (first run), start, wait until ready."""
-    broker = LocalBroker(port=port, controller_port=controller_port)
-    with err.status(f"starting Kafka {KAFKA_VERSION} on {broker.bootstrap}..."):
-        broker.start()
-    err.print(
-        f"Kafka {KAFKA_VERSION} is up on {broker.bootstrap} (pid {broker.pid()}, "
-        f"log {broker.log_file})"
-    )
+    local = _local(port, controller_port, nodes)
+    with err.status(f"starting Kafka {KAFKA_VERSION} on {local.bootstrap}..."):
+        local.start()
+    where = f"log {local.log_file}" if isinstance(local, LocalBroker) else f"in {local.root}"
+    err.print(f"Kafka {KAFKA_VERSION} is up on {local.bootstrap} ({where})")
+    print(local.bootstrap)  # for EDDYLINE_BOOTSTRAP
 
 
 @broker_app.command("stop")
-def broker_stop(port: Port = 9092) -> None:
-    """Stop the local broker."""
-    stopped = LocalBroker(port=port).stop()
+def broker_stop(port: Port = 9092, nodes: Nodes = 1) -> None:
+    """Stop the local broker (or cluster)."""
+    local = _local(port, port + 1, nodes)
+    stopped = local.stop()
     err.print("stopped" if stopped else "no local broker was running")
 
 
 @broker_app.command("status")
 def broker_status(
-    port: Port = 9092, as_json: Annotated[bool, typer.Option("--json")] = False
+    port: Port = 9092, nodes: Nodes = 1, as_json: Annotated[bool, typer.Option("--json")] = False
 ) -> None:
-    """Whether the local broker runs and answers. Exit 1 if it does not answer."""
-    broker = LocalBroker(port=port)
-    state = {
-        "bootstrap": broker.bootstrap,
-        "pid": broker.pid(),
-        "answers": broker.answers(),
-        "version": KAFKA_VERSION,
-        "dir": str(broker.dir),
-    }
+    """Whether the local broker (every node) runs and answers. Exit 1 if one does not."""
+    local = _local(port, port + 1, nodes)
+    brokers = [local] if isinstance(local, LocalBroker) else local.brokers
+    nodes_state = [
+        {"bootstrap": b.bootstrap, "pid": b.pid(), "answers": b.answers(), "dir": str(b.dir)}
+        for b in brokers
+    ]
+    state = {"bootstrap": local.bootstrap, "nodes": nodes_state, "version": KAFKA_VERSION}
+    up = all(n["answers"] for n in nodes_state)
     if as_json:
         print(json.dumps(state))
     else:
-        err.print(f"{'up' if state['answers'] else 'down'}: {state}")
-    raise typer.Exit(0 if state["answers"] else 1)
+        err.print(f"{'up' if up else 'down'}: {state}")
+    raise typer.Exit(0 if up else 1)
 
 
 @topics_app.command("create")

@@ -30,12 +30,17 @@ class KafkaSettings(BaseSettings):
     # A prefix for every topic name, so several deployments (or tests) share one cluster.
     namespace: str = ""
     partitions: int = Field(default=3, ge=1)
-    replication: int = Field(default=1, ge=1)
+    # Copies of each partition of the topics eddyline creates; unset: as many as the
+    # cluster has brokers, up to 3 (streams/kafka/topics.py).
+    replication: int | None = Field(default=None, ge=1)
     extra_config: dict[str, Any] = Field(default_factory=dict)
 
     def librdkafka(self, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A fresh librdkafka config: ``defaults``, then security, then ``extra_config``."""
-        conf: dict[str, Any] = dict(defaults or {})
+        """A fresh librdkafka config: ``defaults``, then security, then ``extra_config``.
+        Its log lines go to the ``eddyline.kafka`` logger, one of a kind a minute."""
+        from eddyline.streams.kafka.logs import kafka_logger
+
+        conf: dict[str, Any] = {"logger": kafka_logger(), **(defaults or {})}
         conf["bootstrap.servers"] = self.bootstrap
         conf["security.protocol"] = self.security_protocol
         if self.sasl_mechanism:

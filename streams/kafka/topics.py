@@ -16,6 +16,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # exported at runtime, missing from the stubs' __all__
 
 from eddyline.schemas.errors import BrokerError
+from eddyline.streams.kafka.clients import ClientErrors, metadata
 from eddyline.streams.kafka.settings import KafkaSettings
 
 # The built-in event streams: one raw and one private topic, and one Delta table, each.
@@ -79,19 +80,22 @@ class Topics:
 
 
 def ensure_topics(settings: KafkaSettings, streams: list[str], timeout: float = 30.0) -> list[str]:
-    """Create whichever eddyline topics are missing; return the names created."""
+    """Create whichever eddyline topics are missing; return the names created.
+
+    Replication: ``settings.replication``, else as many copies as the cluster has brokers,
+    up to 3 (with ``min.insync.replicas`` 2 from 3 copies: a write survives one broker)."""
     topics = Topics(settings.namespace)
-    admin = AdminClient(settings.librdkafka())
-    try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
-    except KafkaException as exc:
-        raise BrokerError(f"cannot reach Kafka at {settings.bootstrap}: {exc}") from exc
+    admin, errors = admin_client(settings)
+    meta = metadata(admin, errors, settings.bootstrap, timeout)
+    existing, copies = set(meta.topics), replication_for(settings, len(meta.brokers))
     wanted = []
     for name in topics.all(streams):
         if name in existing:
             continue
         config = dict(RAW_TOPIC_CONFIG) if name in map(topics.raw, streams) else {}
-        wanted.append(NewTopic(name, settings.partitions, settings.replication, config=config))
+        if copies >= 3:
+            config["min.insync.replicas"] = "2"
+        wanted.append(NewTopic(name, settings.partitions, copies, config=config))
     if not wanted:
         return []
     for name, future in admin.create_topics(wanted, operation_timeout=timeout).items():
@@ -103,6 +107,27 @@ def ensure_topics(settings: KafkaSettings, streams: list[str], timeout: float = 
     created = [t.topic for t in wanted]
     _wait_until_ready(admin, created, settings.partitions, timeout)
     return created
+
+
+def admin_client(settings: KafkaSettings) -> tuple[AdminClient, ClientErrors]:
+    """An admin client and the errors it met that no retry can fix."""
+    errors = ClientErrors()
+    return AdminClient(settings.librdkafka({"error_cb": errors})), errors
+
+
+def replication_for(settings: KafkaSettings, brokers: int) -> int:
+    """How many copies of each partition: the setting, else min(brokers, 3)."""
+    return settings.replication or min(max(brokers, 1), 3)
+
+
+def cluster_replication(settings: KafkaSettings, timeout: float = 30.0) -> KafkaSettings:
+    """``settings`` with ``replication`` chosen from the cluster if it was not set (what
+    the worker passes to Faust for the topics it creates itself)."""
+    if settings.replication:
+        return settings
+    admin, errors = admin_client(settings)
+    brokers = len(metadata(admin, errors, settings.bootstrap, timeout).brokers)
+    return settings.model_copy(update={"replication": replication_for(settings, brokers)})
 
 
 def _wait_until_ready(
@@ -138,7 +163,7 @@ def topic_ids(settings: KafkaSettings, names: list[str], timeout: float = 10.0) 
     same name has a new id); topics that do not exist are left out."""
     from confluent_kafka import TopicCollection
 
-    admin = AdminClient(settings.librdkafka())
+    admin, _ = admin_client(settings)
     futures = admin.describe_topics(TopicCollection(list(names)), request_timeout=timeout)
     out = {}
     for name, future in futures.items():

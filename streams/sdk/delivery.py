@@ -8,8 +8,8 @@ partition wait in the spool (per-user order). An envelope not acknowledged withi
 serves librdkafka's delivery reports, sends the spool oldest first once Kafka answers, and
 replaces a client that a fatal error made unusable (backing off 1 s doubling to 60 s).
 
-The engine knows nothing of events: ``EventProducer`` hands it ``Outgoing`` envelopes. Its
-librdkafka client comes from ``client_factory`` (a fake one in the unit tests).
+The engine knows nothing of events (``EventProducer`` hands it ``Outgoing`` envelopes);
+its librdkafka client comes from ``client_factory`` (a fake one in the unit tests).
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from eddyline.schemas.envelope import KafkaHeaders
+from eddyline.streams.kafka.clients import ClientErrors, is_fatal
 from eddyline.streams.kafka.settings import KafkaSettings, ProducerSettings
 from eddyline.streams.sdk.metrics import ProducerMetrics
-from eddyline.streams.sdk.outgoing import DeliveryReport, Outgoing
+from eddyline.streams.sdk.outgoing import ClientStats, DeliveryReport, Outgoing
 from eddyline.streams.sdk.partitions import PartitionCounts
 from eddyline.streams.sdk.spool import Spool, SpoolFullError
 
@@ -55,8 +56,8 @@ _RETRY_LATER = {
 
 
 class Delivery:
-    """Delivers ``Outgoing`` envelopes (see the module docstring). Shares the producer's
-    lock: the caller of ``route`` holds it."""
+    """Delivers ``Outgoing`` envelopes; shares the producer's lock (``route``'s caller
+    holds it)."""
 
     def __init__(
         self,
@@ -87,6 +88,8 @@ class Delivery:
         self._restart_backoff = _RESTART_BACKOFF_S
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._errors = ClientErrors()  # errors no retry fixes (credentials, TLS)
+        self._stats = ClientStats(metrics)
         self.partitions = PartitionCounts(
             self.spool_root, settings.metadata_timeout_s, kafka.bootstrap
         )
@@ -117,6 +120,8 @@ class Delivery:
                 **_PRODUCER_DEFAULTS,
                 "delivery.timeout.ms": self.settings.delivery_timeout_ms,
                 "error_cb": self._on_error,
+                "statistics.interval.ms": 5_000,  # brokers up and retries, as metrics
+                "stats_cb": self._stats.update,
             }
         )
         return self._client_factory(conf)
@@ -128,11 +133,11 @@ class Delivery:
 
     def next_seq(self) -> int:
         self._seq += 1
-        return self._seq - 1
+        return self._seq - 1  # spool order
 
     def partition_count(self, topic: str) -> int:
         """How many partitions ``topic`` has (``streams.sdk.partitions``)."""
-        return self.partitions.count(topic, self.client())
+        return self.partitions.count(topic, self.client(), self._errors)
 
     # -- admission and routing (the caller holds the lock) ---------------------------------
 
@@ -221,7 +226,7 @@ class Delivery:
                 self.delivered += env.count
                 self._metrics.delivered.labels(env.stream).inc(env.count)
                 self._metrics.delivery_latency.observe(latency)
-            elif (fatal := _is_fatal(err)) or err.retriable() or err.code() in _RETRY_LATER:
+            elif (fatal := is_fatal(err)) or err.retriable() or err.code() in _RETRY_LATER:
                 if fatal:
                     self._fatal = err  # the background thread replaces the client
                 else:
@@ -255,14 +260,15 @@ class Delivery:
             self._spool.remove(env.seq)
 
     def _on_error(self, err: KafkaError) -> None:
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+        self._errors(err)
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:  # one broker away: librdkafka fails over
             self._offline = True
-        elif _is_fatal(err):
+        elif is_fatal(err):
             self._fatal = err
 
     def _note_fatal(self, exc: KafkaException) -> None:
         err = exc.args[0] if exc.args else None
-        if isinstance(err, KafkaError) and _is_fatal(err):
+        if isinstance(err, KafkaError) and is_fatal(err):
             self._fatal = err
 
     # -- the background thread ------------------------------------------------------------
@@ -347,8 +353,7 @@ class Delivery:
     # -- flushing and closing -------------------------------------------------------------
 
     def wait(self, deadline: float) -> int:
-        """Serve reports and drain until nothing is pending or ``deadline`` (monotonic);
-        what is still pending."""
+        """Serve reports and drain until nothing is pending or ``deadline``; what is left."""
         while True:
             producer = self._producer
             if producer is not None:
@@ -391,8 +396,3 @@ def _take_back(producer: Any, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while len(producer) and time.monotonic() < deadline:
         producer.flush(min(0.5, max(0.0, deadline - time.monotonic())))
-
-
-def _is_fatal(err: KafkaError) -> bool:
-    """Whether ``err`` leaves librdkafka's producer unusable (only a new one can send)."""
-    return bool(err.fatal()) or err.code() == KafkaError._FATAL

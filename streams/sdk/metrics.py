@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 _BY_REGISTRY: dict[int, ProducerMetrics] = {}
 
@@ -18,6 +18,8 @@ class ProducerMetrics:
     batch_events: Histogram
     delivery_latency: Histogram
     client_restarts: Counter
+    brokers_up: Gauge
+    kafka_retries: Counter
 
     @classmethod
     def on(cls, registry: CollectorRegistry | None = None) -> ProducerMetrics:
@@ -52,6 +54,16 @@ class ProducerMetrics:
             Counter(
                 "eddyline_sdk_client_restarts",
                 "Kafka clients replaced after a fatal error (what they held resent from the spool)",
+                registry=reg,
+            ),
+            Gauge(
+                "eddyline_sdk_kafka_brokers_up",
+                "Brokers the SDK's Kafka client is connected to (librdkafka's statistics)",
+                registry=reg,
+            ),
+            Counter(
+                "eddyline_sdk_kafka_retries",
+                "Produce requests librdkafka sent again (a leader moved, a broker went away)",
                 registry=reg,
             ),
         )

@@ -14,9 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaException
-
-from eddyline.schemas.errors import BrokerError, TopicNotFoundError
+from eddyline.schemas.errors import TopicNotFoundError
+from eddyline.streams.kafka.clients import ClientErrors, metadata
 
 
 class PartitionCounts:
@@ -30,17 +29,11 @@ class PartitionCounts:
         """Read what an earlier producer on the same spool folder learnt."""
         self.known.update(self._read())
 
-    def count(self, topic: str, client: Any) -> int:
+    def count(self, topic: str, client: Any, errors: ClientErrors) -> int:
         """``topic``'s partition count; Kafka is asked (through ``client``) only once."""
         if topic in self.known:
             return self.known[topic]
-        try:
-            md = client.list_topics(topic, timeout=self._timeout)
-        except KafkaException as exc:
-            raise BrokerError(
-                f"cannot reach Kafka at {self._bootstrap} to learn the partitions of "
-                f"{topic!r}: {exc}"
-            ) from exc
+        md = metadata(client, errors, self._bootstrap, self._timeout, topic)
         meta = md.topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
             raise TopicNotFoundError(topic)

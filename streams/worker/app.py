@@ -14,6 +14,7 @@ processes in the same consumer group.
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import faust
@@ -97,6 +98,7 @@ def _faust_app(ws: WorkerSettings, ks: KafkaSettings) -> faust.App:
     return faust.App(
         f"{ks.namespace}.{ws.app_id}" if ks.namespace else ws.app_id,
         broker=[f"kafka://{host}" for host in ks.bootstrap.split(",")],
+        broker_credentials=credentials(ks),
         store="memory://",
         datadir=str(ws.state_dir / "faust"),  # else "<app id>-data" in the working directory
         autodiscover=False,
@@ -108,7 +110,7 @@ def _faust_app(ws: WorkerSettings, ks: KafkaSettings) -> faust.App:
         # de-duplicated. Waiting would hang shutdown whenever an agent holds unacked events.
         stream_wait_empty=False,
         topic_partitions=ks.partitions,
-        topic_replication_factor=ks.replication,
+        topic_replication_factor=ks.replication or 1,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
         broker_session_timeout=ws.session_timeout_s,
@@ -117,6 +119,24 @@ def _faust_app(ws: WorkerSettings, ks: KafkaSettings) -> faust.App:
         # Envelopes are ~100-500 kB: Faust's 1 MiB default fetches only a few per round trip.
         consumer_max_fetch_size=16 * 1024 * 1024,
     )
+
+
+def credentials(ks: KafkaSettings) -> faust.types.auth.CredentialsT | None:
+    """The worker's Kafka credentials (Faust's, for aiokafka) from the same settings the
+    librdkafka clients read: SASL (PLAIN, SCRAM-SHA-256/512) over TLS or not, or TLS alone."""
+    protocol = ks.security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context(cafile=ks.ssl_ca_location) if "SSL" in protocol else None
+    if protocol.startswith("SASL"):
+        password = ks.sasl_password.get_secret_value() if ks.sasl_password else None
+        return faust.SASLCredentials(
+            username=ks.sasl_username,
+            password=password,
+            ssl_context=context,
+            mechanism=ks.sasl_mechanism or "PLAIN",
+        )
+    return faust.SSLCredentials(context)
 
 
 def _guards(app: faust.App, p: Pipeline) -> Any:

@@ -30,6 +30,9 @@ class WorkerMetrics:
     predict: Histogram
     lag: Gauge
     stalled: Gauge
+    brokers: Gauge
+    under_replicated: Gauge
+    offline: Gauge
     model_seen: Gauge
     model_metric: Gauge
     files: Gauge
@@ -105,6 +108,21 @@ class WorkerMetrics:
                 "How long messages have waited on a partition while the agent's finished "
                 "offset stood still (0: it is moving; see /status)",
                 ["agent", "topic", "partition"],
+                registry=reg,
+            ),
+            Gauge(
+                "eddyline_worker_kafka_brokers",
+                "Brokers in the cluster's metadata (a broker down drops out within seconds)",
+                registry=reg,
+            ),
+            Gauge(
+                "eddyline_worker_under_replicated_partitions",
+                "Partitions of the worker's topics with fewer in-sync replicas than replicas",
+                registry=reg,
+            ),
+            Gauge(
+                "eddyline_worker_offline_partitions",
+                "Partitions of the worker's topics without a leader (not writable)",
                 registry=reg,
             ),
             Gauge(

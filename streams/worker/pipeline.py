@@ -17,6 +17,7 @@ import numpy as np
 from eddyline.schemas.deadletter import deadletter_table
 from eddyline.schemas.events import TimeWindow
 from eddyline.schemas.tables import drift_table, model_metrics_table
+from eddyline.streams.kafka.health import HealthProbe
 from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
 from eddyline.streams.kafka.topics import Topics, noise_keep_windows, topic_ids
 from eddyline.streams.worker.continuity import OffsetGuard
@@ -66,6 +67,7 @@ class Pipeline:
         self.budget_lock = asyncio.Lock()
         self.rebalances = 0
         self.epochs = TopicEpochs(functools.partial(topic_ids, ks))
+        self.health = HealthProbe(ks)
 
 
 def _privatizer(ws: WorkerSettings) -> Privatizer:

@@ -12,8 +12,9 @@ import time
 
 import faust
 
+from eddyline.streams.kafka.logs import quieten_handlers
 from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
-from eddyline.streams.kafka.topics import STREAMS, ensure_topics
+from eddyline.streams.kafka.topics import STREAMS, cluster_replication, ensure_topics
 from eddyline.streams.worker.app import build_app
 
 log = logging.getLogger("eddyline.worker")
@@ -24,6 +25,7 @@ def run_worker(
 ) -> None:
     """Create missing topics, then run one worker until SIGTERM/SIGINT."""
     ws, ks = ws or WorkerSettings(), ks or KafkaSettings()
+    ks = cluster_replication(ks)  # Faust creates its changelogs with it
     ensure_topics(ks, STREAMS)
     app, _ = build_app(ws, ks)
     _Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
@@ -42,6 +44,8 @@ class _Worker(faust.Worker):
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
+        quieten_handlers()  # Faust has set up logging: aiokafka's retries, one line a minute
+        logging.getLogger("eddyline.kafka").setLevel(logging.WARNING)  # librdkafka's too
         watch = threading.Thread(target=self._exit_if_stuck_after_a_crash, daemon=True)
         watch.start()  # a thread: the event loop may be the thing that is stuck
 

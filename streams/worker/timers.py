@@ -7,6 +7,7 @@ a failure is logged and the timer runs again at its next tick.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -73,7 +74,15 @@ def register(app: faust.App, p: Pipeline, budget: Any, noise: Any) -> None:
             if end is not None:
                 _check_progress(p, tp, position, end, consumer._committed_offset.get(tp))
 
-    del save_idle_budget, destroy_noise_keys, check_skipped, report_lag
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]  # Faust leaves it untyped
+    @survives
+    async def report_cluster() -> None:
+        health = await asyncio.to_thread(p.health.read, p.topics.all(p.streams))
+        p.metrics.brokers.set(health.brokers)
+        p.metrics.under_replicated.set(health.under_replicated)
+        p.metrics.offline.set(health.offline)
+
+    del save_idle_budget, destroy_noise_keys, check_skipped, report_lag, report_cluster
 
 
 def _check_progress(
