@@ -17,7 +17,37 @@ def _compose() -> dict:
 
 
 def test_services_are_kafka_worker_and_prometheus() -> None:
-    assert set(_compose()["services"]) == {"kafka", "worker", "prometheus"}
+    services = _compose()["services"]
+    assert set(services) == {"kafka", "kafka-2", "kafka-3", "worker", "prometheus"}
+    assert {n for n, s in services.items() if "profiles" in s} == {"kafka-2", "kafka-3"}
+
+
+def _env_file() -> dict[str, str]:
+    lines = (ROOT / "deploy" / "cluster.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_the_cluster_profile_makes_three_brokers_that_survive_one() -> None:
+    services, env = _compose()["services"], _env_file()
+    nodes = {services[n]["environment"]["KAFKA_NODE_ID"] for n in ("kafka", "kafka-2", "kafka-3")}
+    assert nodes == {1, 2, 3}
+    assert env["EDDYLINE_KAFKA_VOTERS"].count("@") == 3
+    assert (env["EDDYLINE_KAFKA_REPLICAS"], env["EDDYLINE_KAFKA_MIN_ISR"]) == ("3", "2")
+    assert (
+        "${EDDYLINE_KAFKA_VOTERS"
+        in services["kafka"]["environment"]["KAFKA_CONTROLLER_QUORUM_VOTERS"]
+    )
+    assert env["EDDYLINE_KAFKA_BOOTSTRAP"].count(":29092") == 3
+
+
+def test_kafka_keeps_its_data_and_the_worker_restarts_and_reports_health() -> None:
+    services = _compose()["services"]
+    for name in ("kafka", "kafka-2", "kafka-3"):
+        assert services[name]["volumes"][0].endswith(":/var/lib/kafka/data")
+        assert services[name]["environment"]["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
+    worker = services["worker"]
+    assert worker["restart"] == "unless-stopped"
+    assert "/status" in " ".join(worker["healthcheck"]["test"])
 
 
 def test_kafka_is_the_version_the_local_broker_runs_in_kraft_mode() -> None:
@@ -32,7 +62,7 @@ def test_worker_serves_metrics_where_prometheus_scrapes() -> None:
     port = services["worker"]["environment"]["EDDYLINE_WEB_PORT"]
     assert port == WorkerSettings().web_port
     assert f"{port}:{port}" in services["worker"]["ports"]
-    assert services["worker"]["environment"]["EDDYLINE_BOOTSTRAP"] == "kafka:29092"
+    assert services["worker"]["environment"]["EDDYLINE_BOOTSTRAP"].endswith(":-kafka:29092}")
     scrape = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
     assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == [f"worker:{port}"]
     mount = services["prometheus"]["volumes"][0].split(":")[0]
