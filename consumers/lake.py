@@ -90,7 +90,16 @@ class Lake:
         """The table as Arrow. ``filters`` are deltalake DNF filters, e.g.
         ``[("event_date", "=", date(2026, 11, 29)), ("action", "in", ["click", "purchase"])]``:
         partition filters prune files before anything is read."""
-        return self.table(name, as_of=as_of).to_pyarrow_table(columns=columns, filters=filters)
+        dt = self.table(name, as_of=as_of)
+        try:
+            return dt.to_pyarrow_table(columns=columns, filters=filters)
+        except (OSError, DeltaError) as exc:
+            if as_of is None:
+                raise
+            raise LakeError(
+                f"table {name!r} as of {as_of!r}: its files are gone (vacuumed: a forget with "
+                f"--vacuum-now, retention, or the hourly vacuum past the file retention): {exc}"
+            ) from None
 
     def pandas(self, name: str, **kwargs: Any) -> Any:
         """The table as a pandas DataFrame (same arguments as ``read``; needs pandas)."""

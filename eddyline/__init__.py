@@ -47,6 +47,7 @@ __all__ = [
     "EventProducer",
     "EventValidationError",
     "FeedbackEvent",
+    "Governance",
     "InteractionEvent",
     "KafkaSettings",
     "Lake",
@@ -78,4 +79,8 @@ def __getattr__(name: str) -> object:
         from eddyline.consumers import lake
 
         return getattr(lake, name)
+    if name == "Governance":  # forget, withdraw consent: the [worker] extra
+        from eddyline.streams.worker.governance import Governance
+
+        return Governance
     raise AttributeError(name)

@@ -15,7 +15,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
@@ -139,6 +139,19 @@ class BudgetLedger:
             self._changed[: len(self._users)] = True
         self.epoch = epoch
         return changed
+
+    def forget_users(self, users: Iterable[str]) -> int:
+        """Forget these users (a forget request): what they were charged and their offsets.
+        They count as changed, so the next save rewrites their shards without them."""
+        slots = [self._slot[u] for u in users if u in self._slot]
+        if not slots:
+            return 0
+        index = np.asarray(slots, np.int64)
+        for counts in self._windows.values():
+            counts[index] = 0
+        self._offset[index] = -1
+        self._changed[index] = True
+        return len(slots)
 
     def window_of(self, epoch_s: float) -> int:
         """The index of the window that holds ``epoch_s`` (seconds since the epoch)."""

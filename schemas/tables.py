@@ -90,3 +90,27 @@ def model_metrics_table(events: list[bytes]) -> pa.Table:
             }
         )
     return pa.Table.from_pylist(rows, schema=MODEL_METRICS_SCHEMA)
+
+
+GOVERNANCE_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("subject", pa.string()),  # HMAC of the raw id (privacy/governance.py), never the id
+        ("action", pa.string()),  # forget, withdraw_store, withdraw_learn, retention
+        ("tables", pa.string()),  # JSON: table -> {"version_before", "version_after", "rows"}
+        ("rows_removed", pa.int64()),
+        ("requested_at", pa.timestamp("us", tz="UTC")),
+        ("done_at", pa.timestamp("us", tz="UTC")),
+        ("requested_by", pa.string()),
+        # when the removed rows' files are gone from storage too (vacuum), at the latest
+        ("removed_from_storage_by", pa.timestamp("us", tz="UTC")),
+        ("detail", pa.string()),
+    ]
+)
+
+
+def governance_row(**fields: object) -> pa.Table:
+    """One row of the ``governance_log`` table."""
+    return pa.Table.from_pylist(
+        [{name: fields.get(name) for name in GOVERNANCE_SCHEMA.names}], schema=GOVERNANCE_SCHEMA
+    )

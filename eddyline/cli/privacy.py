@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from eddyline.cli.common import budget_app, err, keys_app, out
+from eddyline.cli.common import app, budget_app, err, keys_app, out
 from eddyline.schemas.errors import EddylineError
 from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
 
@@ -104,3 +105,42 @@ def keys_add(
     except ValueError as exc:
         raise EddylineError(str(exc)) from None
     err.print(f"added key {key_id!r} from {at.isoformat()} to {ws.pseudonym_keyring}")
+
+
+@app.command("forget")
+def forget(
+    user: Annotated[str, typer.Argument(help="the app's user id to forget")],
+    scope: Annotated[
+        str, typer.Option(help="forget (everything), store or learn (withdraw that consent)")
+    ] = "forget",
+    request_id: Annotated[str | None, typer.Option(help="default: one per user and scope")] = None,
+    vacuum_now: Annotated[
+        bool, typer.Option(help="remove the old files now (older versions become unreadable)")
+    ] = False,
+    settle_s: Annotated[float, typer.Option(help="wait for every worker to have it")] = 10.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Forget a user (GDPR art. 17), or withdraw their consent for storage or learning.
+
+    Idempotent and resumable: run it again after a crash, with the same arguments, to finish
+    (docs/governance.md). Needs the workers' EDDYLINE_* settings (keys, lake, Kafka)."""
+    from eddyline.streams.worker.governance import Governance
+
+    if scope not in ("forget", "store", "learn"):
+        raise EddylineError(f"--scope {scope!r}: one of forget, store, learn")
+    gov = Governance(WorkerSettings(), KafkaSettings(), settle_s=settle_s)
+    with err.status(f"{scope}: suppressing, deleting, logging..."):
+        row = gov.forget(
+            user,
+            scope=scope,  # type: ignore[arg-type]  # checked above
+            request_id=request_id,
+            requested_by=os.environ.get("USER", "cli"),
+            vacuum_now=vacuum_now,
+        )
+    if as_json:
+        print(json.dumps(row, default=str))
+        return
+    err.print(
+        f"{row['action']} {row['request_id']}: {row['rows_removed']} rows removed "
+        f"({row['tables']}); files gone by {row['removed_from_storage_by']}"
+    )

@@ -134,6 +134,10 @@ class WorkerSettings(BaseSettings):
     # A partition whose messages wait while an agent's finished offset stands still this
     # long is reported stalled (/status, eddyline_worker_partition_stalled_seconds).
     stall_after_s: float = Field(default=30.0, gt=0)
+    # Rows of the event tables are deleted this many days after their event_date (0: kept);
+    # retention overrides it per table, e.g. EDDYLINE_RETENTION='{"feedback": 30}'.
+    retention_days: int = Field(default=0, ge=0)
+    retention: dict[str, int] = Field(default_factory=dict)
     # Larger envelopes are dead-lettered (envelope.too_large), never decoded.
     max_envelope_bytes: int = Field(default=8 * 1024 * 1024, ge=1_024)
     max_envelope_rows: int = Field(default=100_000, ge=1)

@@ -74,9 +74,21 @@ class Topics:
         """Drift events a subscriber's handler kept failing on (with the error)."""
         return self._name("signals.drift.deadletter")
 
+    @property
+    def suppressed(self) -> str:
+        """Subjects forgotten or whose consent was withdrawn (compacted; every worker reads
+        all of it): what the stages withhold (privacy/governance.py)."""
+        return self._name("governance.suppressed")
+
+    @property
+    def requests(self) -> str:
+        """Governance requests a backend sends (forget, withdraw consent); a worker acts."""
+        return self._name("governance.requests")
+
     def all(self, streams: list[str]) -> list[str]:
         names = [self.raw(s) for s in streams] + [self.private(s) for s in streams]
-        return [*names, self.deadletter, self.drift, self.models, self.drift_deadletter]
+        signals = [self.deadletter, self.drift, self.models, self.drift_deadletter]
+        return [*names, *signals, self.suppressed, self.requests]
 
 
 def ensure_topics(settings: KafkaSettings, streams: list[str], timeout: float = 30.0) -> list[str]:
@@ -92,7 +104,10 @@ def ensure_topics(settings: KafkaSettings, streams: list[str], timeout: float = 
     for name in topics.all(streams):
         if name in existing:
             continue
-        config = dict(RAW_TOPIC_CONFIG) if name in map(topics.raw, streams) else {}
+        raw_ids = [*map(topics.raw, streams), topics.requests]  # personal data: short-lived
+        config = dict(RAW_TOPIC_CONFIG) if name in raw_ids else {}
+        if name == topics.suppressed:
+            config["cleanup.policy"] = "compact"  # the latest entry of each subject
         if copies >= 3:
             config["min.insync.replicas"] = "2"
         wanted.append(NewTopic(name, settings.partitions, copies, config=config))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from eddyline.streams.worker.batching import CommitBatcher, FlushPolicy
 from eddyline.streams.worker.continuity import OffsetGuard
 from eddyline.streams.worker.lake_stage import Prepared
 from eddyline.streams.worker.pipeline import Pipeline
-from eddyline.streams.worker.privatize import RawMessage
+from eddyline.streams.worker.privatize import RawMessage, log_failure
 from eddyline.streams.worker.state import noise_key, save_budget
 
 log = logging.getLogger("eddyline.worker")
@@ -110,6 +111,7 @@ def privatize_agent(w: Wiring, raw: faust.TopicT) -> None:
         p.data_path["privatize"] = stream.channel.queue  # type: ignore[attr-defined]
         stage.noise.store = w.noise.data  # recovered by Faust for the partitions assigned
         await p.epochs.refresh(p.topics.raw(s) for s in p.streams)
+        await asyncio.to_thread(p.feed.start)  # who is forgotten, before any event
         async for event in manual.events():
             msg = event.message
             if not await w.admitted("privatize", offsets, msg):
@@ -287,3 +289,33 @@ async def _yield_to_data_path(p: Pipeline, own: Any) -> None:
         and time.monotonic() < give_up
     ):
         await asyncio.sleep(0.002)
+
+
+def governance_agent(w: Wiring, requests: faust.TopicT) -> None:
+    """Runs the governance requests a backend sends (forget, withdraw consent), one at a
+    time, retrying until each is done: they are obligations, never dropped."""
+    p = w.p
+
+    @w.app.agent(requests, name="eddyline.governance")
+    async def governance(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.noack():  # type: ignore[attr-defined]  # on Stream
+            request = json.loads(event.value)
+            delay = 1.0
+            while True:
+                try:
+                    await asyncio.to_thread(
+                        p.governance.forget,
+                        request["user_id"],
+                        scope=request.get("scope", "forget"),
+                        request_id=request.get("request_id"),
+                        requested_by=request.get("requested_by", "kafka"),
+                    )
+                    break
+                except Exception as exc:  # the request holds a raw id: never in the log
+                    src = SourceRef(
+                        event.message.topic, event.message.partition, event.message.offset
+                    )
+                    log_failure("governance request", src, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 300.0)
+            await stream.ack(event)

@@ -25,6 +25,7 @@ from eddyline.streams.kafka.transport import kafka_transport
 from eddyline.streams.worker import timers, web
 from eddyline.streams.worker.agents import (
     Wiring,
+    governance_agent,
     lake_agent,
     learn_agents,
     privatize_agent,
@@ -80,6 +81,7 @@ def build_app(
     lake_agent(w, raw_topic(app, *[p.topics.private(s) for s in p.streams]))
     learn_agents(w, raw_topic)
     table_agents(w)
+    governance_agent(w, raw_topic(app, p.topics.requests))
     timers.register(app, p, budget, noise)
     web.register(app, p)
 

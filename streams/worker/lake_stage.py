@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from eddyline.privacy.consent import consented
+from eddyline.privacy.governance import Suppression
 from eddyline.schemas.envelope import H_SOURCE, decode, header_map
 from eddyline.schemas.source import SourceRef
 from eddyline.streams.worker.metrics import WorkerMetrics
@@ -41,8 +43,15 @@ class Prepared:
 class LakeStage:
     """Commits private batches (and the worker's other tables) to Delta."""
 
-    def __init__(self, sink: DeltaSink, metrics: WorkerMetrics, stream_of: dict[str, str]) -> None:
+    def __init__(
+        self,
+        sink: DeltaSink,
+        metrics: WorkerMetrics,
+        stream_of: dict[str, str],
+        suppression: Suppression | None = None,
+    ) -> None:
         self.sink, self.metrics, self.stream_of = sink, metrics, stream_of
+        self.suppression = suppression or Suppression()
 
     def prepare(self, value: bytes, headers: Any, topic: str) -> Prepared:
         """A private envelope's rows that may be stored (``consent_store``)."""
@@ -56,8 +65,13 @@ class LakeStage:
     async def commit(self, batch: Sequence[Prepared]) -> None:
         """Write ``batch``, one Delta commit per table, retrying until each lands."""
         by_table: dict[str, list[tuple[pa.Table, SourceRef]]] = defaultdict(list)
+        withheld = self.suppression.pids("store")  # as of now: a request may have come since
         for item in batch:
-            by_table[item.table].append((item.rows, item.source))
+            rows = without_pids(item.rows, withheld)
+            if rows.num_rows < item.rows.num_rows:
+                dropped = item.rows.num_rows - rows.num_rows
+                self.metrics.suppressed.labels(item.table, "forgotten_store").inc(dropped)
+            by_table[item.table].append((rows, item.source))
         for table, batches in by_table.items():
             await self._commit(table, batches)
 
@@ -94,3 +108,11 @@ class TableWriter:
 
     async def write(self, messages: Sequence[tuple[bytes, SourceRef]]) -> None:
         await self.lake.commit([Prepared(self.table, self.rows(v), src) for v, src in messages])
+
+
+def without_pids(rows: pa.Table, pids: frozenset[str]) -> pa.Table:
+    """``rows`` without those of these pseudonyms (a forget or a storage withdrawal)."""
+    if not pids or "user_pid" not in rows.column_names or not rows.num_rows:
+        return rows
+    mask = pc.is_in(rows["user_pid"], value_set=pa.array(sorted(pids), pa.string()))
+    return rows if not pc.any(mask).as_py() else rows.filter(pc.invert(mask))

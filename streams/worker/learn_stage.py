@@ -29,11 +29,13 @@ from eddyline.online_learning.registry import ModelRegistry
 from eddyline.online_learning.shadow import ShadowEvaluator
 from eddyline.online_learning.spec import LearnerSpec, LearnerSpecError, load_specs
 from eddyline.privacy.consent import consented
+from eddyline.privacy.governance import Suppression
 from eddyline.schemas.envelope import H_SOURCE, decode, header_map
 from eddyline.schemas.events import DriftEvent, ModelEvent
 from eddyline.schemas.source import SourceRef
 from eddyline.streams.kafka.settings import WorkerSettings
 from eddyline.streams.kafka.topics import Topics
+from eddyline.streams.worker.lake_stage import without_pids
 from eddyline.streams.worker.metrics import WorkerMetrics
 from eddyline.streams.worker.sink import DeltaSink
 
@@ -58,8 +60,10 @@ class LearnStage:
         metrics: WorkerMetrics,
         sink: DeltaSink,
         topics: Topics,
+        suppression: Suppression | None = None,
     ) -> None:
         self.ws, self.metrics, self.sink, self.topics = ws, metrics, sink, topics
+        self.suppression = suppression or Suppression()
         self.store = ModelStore(ws.state_dir / "models")
         self.models: dict[str, OnlineModel] = {}
         # model -> raw partition -> last raw offset it has learned (from its checkpoint), and
@@ -131,7 +135,7 @@ class LearnStage:
             if table is None:
                 decoded = decode(value, h).table
                 assert decoded is not None
-                table = consented(decoded, "learn")
+                table = without_pids(consented(decoded, "learn"), self.suppression.pids("learn"))
             await self._learn_batch(model, table, src, out)
         return out
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from eddyline.privacy.governance import Suppression
 from eddyline.schemas.deadletter import deadletter_table
 from eddyline.schemas.events import TimeWindow
 from eddyline.schemas.tables import drift_table, model_metrics_table
@@ -22,6 +23,7 @@ from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
 from eddyline.streams.kafka.topics import Topics, noise_keep_windows, topic_ids
 from eddyline.streams.worker.continuity import OffsetGuard
 from eddyline.streams.worker.epochs import TopicEpochs
+from eddyline.streams.worker.governance import Governance, SuppressionFeed
 from eddyline.streams.worker.lake_stage import LakeStage, TableWriter
 from eddyline.streams.worker.learn_stage import LearnStage
 from eddyline.streams.worker.metrics import WorkerMetrics
@@ -29,6 +31,7 @@ from eddyline.streams.worker.privatize import PrivatizeStage
 from eddyline.streams.worker.privatizer import Privatizer, pseudonymizer_from_settings
 from eddyline.streams.worker.progress import PartitionProgress
 from eddyline.streams.worker.sink import DeltaSink
+from eddyline.streams.worker.upkeep import UpkeepPolicy
 
 
 class Pipeline:
@@ -40,12 +43,21 @@ class Pipeline:
         self.stream_of = {self.topics.raw(s): s for s in streams}
         self.stream_of.update({self.topics.private(s): s for s in streams})
         self.metrics = WorkerMetrics.create()
-        self.sink = DeltaSink(ws.lake_path)
-        self.privatize = PrivatizeStage(
-            _privatizer(ws), self.metrics, self.stream_of, keep_windows=_keep(ws)
+        self.sink = DeltaSink(
+            ws.lake_path,
+            upkeep=UpkeepPolicy(retention_days=ws.retention_days),
+            retention=ws.retention,
         )
-        self.lake = LakeStage(self.sink, self.metrics, self.stream_of)
-        self.learn = LearnStage(ws, streams, self.metrics, self.sink, self.topics)
+        # Who was forgotten or withdrew consent: followed from Kafka (governance.py), read
+        # by every stage.
+        self.suppression = Suppression()
+        self.feed = SuppressionFeed(ks, self.suppression)
+        self.governance = Governance(ws, ks)
+        self.privatize = PrivatizeStage(
+            _privatizer(ws, self.suppression), self.metrics, self.stream_of, keep_windows=_keep(ws)
+        )
+        self.lake = LakeStage(self.sink, self.metrics, self.stream_of, self.suppression)
+        self.learn = LearnStage(ws, streams, self.metrics, self.sink, self.topics, self.suppression)
         self.writers = {
             "deadletters": TableWriter(
                 self.lake, "deadletters", lambda v: deadletter_table([v], datetime.now(UTC))
@@ -70,7 +82,7 @@ class Pipeline:
         self.health = HealthProbe(ks)
 
 
-def _privatizer(ws: WorkerSettings) -> Privatizer:
+def _privatizer(ws: WorkerSettings, suppression: Suppression) -> Privatizer:
     return Privatizer(
         pseudonymizer_from_settings(ws),
         np.random.default_rng(ws.seed),  # None: seeded from the OS CSPRNG
@@ -80,6 +92,7 @@ def _privatizer(ws: WorkerSettings) -> Privatizer:
         window=TimeWindow(
             timedelta(seconds=ws.max_event_age_s), timedelta(seconds=ws.max_clock_skew_s)
         ),
+        suppression=suppression,
     )
 
 

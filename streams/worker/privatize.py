@@ -152,6 +152,7 @@ class PrivatizeStage:
         m.events_in.labels(stream).inc(result.received)
         m.envelope_rows.observe(result.received)
         m.suppressed.labels(stream, "consent").inc(result.suppressed)
+        m.suppressed.labels(stream, "forgotten").inc(result.forgotten)
         m.suppressed.labels(stream, "budget").inc(result.over_budget)
         m.suppressed.labels(stream, "budget_coarsened").inc(result.coarsened)
         m.replayed.labels(stream).inc(result.replayed)

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from eddyline.privacy.accountant import allowance
 from eddyline.privacy.consent import allowing_any
+from eddyline.privacy.governance import Suppression
 from eddyline.privacy.ledger import BudgetLedger
 from eddyline.privacy.policy import PrivacyPolicy
 from eddyline.privacy.pseudonymize import (
@@ -57,6 +58,7 @@ class Outcome:
     over_budget: int = 0  # valid rows suppressed because their user's budget is spent
     replayed: int = 0  # rows charged by an earlier run (a replay after a crash): dropped
     coarsened: int = 0  # over-budget rows released with their protected fields nulled
+    forgotten: int = 0  # valid rows of a forgotten user: dropped before anything else
     new_epoch: bool = False  # the raw topic was recreated: the ledger's offsets started afresh
     masked: Counter[str] = _field(default_factory=Counter)  # sensitive strings scrubbed
 
@@ -93,12 +95,15 @@ class Privatizer:
         budget: tuple[float, float, int] = (100.0, 1e-6, 86_400),
         window: TimeWindow | None = None,
         clock: Callable[[], float] = time.time,
+        suppression: Suppression | None = None,
     ) -> None:
         self.budget = budget  # (epsilon, delta, window seconds) per user per stream
         # (event name, raw partition) -> its budget ledger; saved by the worker (streams/app.py)
         self.ledgers: dict[tuple[str, int], BudgetLedger] = {}
         self.window = window or TimeWindow()
         self.clock = clock
+        self.suppression = suppression or Suppression()
+        self._forgot = 0  # the suppression version the ledgers have forgotten
         self._saved: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self.max_bytes, self.max_rows = max_bytes, max_rows
         self._pseudonymizer = pseudonymizer
@@ -125,6 +130,7 @@ class Privatizer:
 
         ``noise_key``: the secret that seeds this message's noise (``privacy.noise``);
         without one, the shared generator (a replay is then noised afresh)."""
+        self.forget_users()  # the ledgers forget whoever was forgotten since the last message
         try:
             env = self._envelope(value, headers)
             model = self._model(env, stream)
@@ -158,6 +164,7 @@ class Privatizer:
                     row_ranges(v.rows.to_numpy().tolist()),
                 )
             )
+        good = self._drop_forgotten(good, out)
         kept = allowing_any(good)
         out.suppressed = good.num_rows - kept.num_rows
         rng = self._rng if noise_key is None else noise_rng(noise_key, source)
@@ -167,6 +174,26 @@ class Privatizer:
             private = self._charge(model, kept, private, encodings, source, out)
         out.private = private
         return out
+
+    def _drop_forgotten(self, table: pa.Table, out: Outcome) -> pa.Table:
+        """A forgotten user's rows go before anything else is done with them."""
+        if self.suppression.empty or not table.num_rows:
+            return table
+        users = Encoding.of(table["user_id"])
+        flags = self.suppression.forgotten(self._pseudonymizer, users.names)
+        if not any(flags):
+            return table
+        forgotten = pa.array(flags).take(users.indices)
+        out.forgotten = pc.sum(forgotten).as_py()
+        return table.filter(pc.invert(forgotten))
+
+    def forget_users(self) -> int:
+        """Forget, in every ledger, the users of the forget requests not yet applied."""
+        if self.suppression.version == self._forgot:
+            return 0
+        self._forgot = self.suppression.version
+        pids = self.suppression.pids("privatize")
+        return sum(ledger.forget_users(pids) for ledger in self.ledgers.values())
 
     def _charge(
         self,
@@ -239,6 +266,7 @@ class Privatizer:
             found = BudgetLedger(self.allowance(model), self.budget[2])
             for shard in self._saved.pop((model.event_name, partition), []):
                 found.restore_shard(shard)
+            found.forget_users(self.suppression.pids("privatize"))
             self.ledgers[(model.event_name, partition)] = found
         return found
 

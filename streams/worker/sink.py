@@ -9,16 +9,21 @@ never written twice, and a recreated topic (a new topic id) starts a new count.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import threading
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from eddyline.schemas.source import SourceRef
+from eddyline.schemas.tables import governance_row
 from eddyline.streams.worker.upkeep import TableUpkeep, UpkeepPolicy, file_count
 
 log = logging.getLogger("eddyline.lake")
@@ -33,10 +38,15 @@ class DeltaSink:
         storage_options: dict[str, str] | None = None,
         upkeep: UpkeepPolicy | None = None,
         background_upkeep: bool = True,
+        retention: dict[str, int] | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.root = root.rstrip("/")
         self.storage_options = storage_options
         self.upkeep_policy = upkeep or UpkeepPolicy()
+        # table -> days its rows are kept (else the policy's retention_days)
+        self.retention = dict(retention or {})
+        self._wall_clock = wall_clock  # what retention measures age by (tests simulate it)
         self.upkeep: dict[str, TableUpkeep] = {}
         # Upkeep (compaction, checkpoints, vacuum) runs in its own thread on its own table
         # handles, beside the appends (Delta's optimistic concurrency lets a compaction
@@ -141,6 +151,12 @@ class DeltaSink:
                     self._wake.notify()
             return int(data.num_rows)
 
+    def _new_upkeep(self, table: str) -> TableUpkeep:
+        days = self.retention.get(table, self.upkeep_policy.retention_days)
+        policy = dataclasses.replace(self.upkeep_policy, retention_days=days)
+        log_row = _log_retention(self.root, table)
+        return TableUpkeep(policy, wall_clock=self._wall_clock, on_retention=log_row)
+
     def upkeep_idle(self, timeout: float = 60.0) -> bool:
         """Wait until background upkeep has seen every commit so far; False on timeout."""
         with self._wake:
@@ -167,11 +183,35 @@ class DeltaSink:
                 self._wake.notify_all()
 
     def _run_upkeep(self, table: str, dt: DeltaTable, commits: int) -> None:
-        upkeep = self.upkeep.setdefault(table, TableUpkeep(self.upkeep_policy))
+        upkeep = self.upkeep.get(table)
+        if upkeep is None:
+            upkeep = self.upkeep[table] = self._new_upkeep(table)
         try:
             upkeep.after_commit(dt, commits)
         except Exception:  # upkeep is best effort: the data is committed already
             log.exception("upkeep of %s failed; it will run again later", table)
+
+
+def _log_retention(root: str, table: str) -> Callable[[int, int, date], None]:
+    """What a retention delete leaves in the ``governance_log`` table."""
+
+    def log_row(version: int, rows: int, cutoff: date) -> None:
+        now = datetime.now(UTC)
+        tables = {table: {"version_after": version, "rows": rows}}
+        row = governance_row(
+            request_id=f"retention-{table}-{version}",
+            action="retention",
+            tables=json.dumps(tables),
+            rows_removed=rows,
+            requested_at=now,
+            done_at=now,
+            requested_by="worker",
+            detail=f"rows with event_date before {cutoff.isoformat()}; versions before "
+            f"{version} still hold them until vacuum (a model's lineage may name them)",
+        )
+        write_deltalake(f"{root}/governance_log", row, mode="append")
+
+    return log_row
 
 
 def _committed(dt: DeltaTable | None, key: str) -> int:
