@@ -63,8 +63,13 @@ def broker_status(
         {"bootstrap": b.bootstrap, "pid": b.pid(), "answers": b.answers(), "dir": str(b.dir)}
         for b in brokers
     ]
-    state = {"bootstrap": local.bootstrap, "nodes": nodes_state, "version": KAFKA_VERSION}
     up = all(n["answers"] for n in nodes_state)
+    state = {
+        "bootstrap": local.bootstrap,
+        "answers": up,
+        "nodes": nodes_state,
+        "version": KAFKA_VERSION,
+    }
     if as_json:
         print(json.dumps(state))
     else:

@@ -178,3 +178,32 @@ def test_every_stage_counts_a_recreated_topic_afresh(p: Pipeline, tmp_path: Path
     epochs = "eddyline_worker_source_epochs_total"
     assert _sample(p, epochs, stage="privatize", topic=RAW) == 1
     assert _sample(p, epochs, stage="learn", topic=RAW) == 1
+
+
+@pytest.mark.parametrize(("scope", "stored", "learned"), [("store", 0, 100), ("learn", 100, 0)])
+def test_a_withdrawn_consent_stops_storing_or_learning_at_once(
+    p: Pipeline, tmp_path: Path, scope: str, stored: int, learned: int
+) -> None:
+    """All 100 rows belong to one user (within the budget), who withdrew one consent after
+    they were privatised: the stage of that consent drops them, the other keeps them."""
+    from eddyline.privacy.governance import Subject
+
+    message = _raw(100, offset=3)
+    rows = decode(message.value, message.headers).table
+    assert rows is not None
+    one_user = rows.set_column(
+        rows.schema.get_field_index("user_id"), "user_id", pa.array(["u"] * 100)
+    )
+    value, headers = encode_arrow(one_user, "interaction:1")
+    out = p.privatize.process(RawMessage(value, headers, message.source, 1e9), b"n" * 32)
+    assert out.private is not None and out.rows == 100
+    pseudonymizer = p.privatize.privatizer._pseudonymizer
+    p.suppression.add(Subject.of("u", pseudonymizer, scope=scope, request_id="r"))  # type: ignore[arg-type]
+    private = p.lake.prepare(*out.private, "events.interaction.private")
+    asyncio.run(p.lake.commit([private]))
+    asyncio.run(p.learn.learn("interaction", *out.private))
+    from deltalake import DeltaTable
+
+    uri = tmp_path / "lake" / "interaction"
+    assert (DeltaTable(str(uri)).count() if uri.exists() else 0) == stored
+    assert p.learn.models["click"].seen == learned
