@@ -101,11 +101,12 @@ class BudgetLedger:
         self,
         users: pa.Array | pa.ChunkedArray,
         window: int,
-        offset: int | None = None,
+        offset: int | np.ndarray | None = None,
         encoded: Encoding | None = None,
     ) -> Charge:
-        """Charge a batch in order (the rows of the message at raw ``offset``, if given) to
-        ``window`` (``window_of``: the index of the window the worker's clock is in).
+        """Charge a batch in order (the rows of the message at raw ``offset``, if given; or
+        rows of many messages, ``offset`` then holding each row's, ascending) to ``window``
+        (``window_of``: the index of the window the worker's clock is in).
 
         The window is the receiver's, never a time the sender chose: with the events' own
         ``occurred_at`` a client could date each batch into a window of its choice, each
@@ -114,8 +115,10 @@ class BudgetLedger:
 
         Rows within budget are allowed; the rest are suppressed and not charged; rows of a
         user whose last offset is ``offset`` or later are replays, neither allowed nor
-        charged. ``encoded``: ``users`` as the pseudonymizer encoded them, which saves
-        encoding them again."""
+        charged: a row is a replay when its user's last offset is at or past the row's, so a
+        batch cut differently on a replay (the intake groups messages by what one fetch
+        returned) is still charged once per row. ``encoded``: ``users`` as the
+        pseudonymizer encoded them, which saves encoding them again."""
         n = len(users)
         if n == 0:
             return Charge(np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
@@ -158,24 +161,33 @@ class BudgetLedger:
         return int(epoch_s // self.window_s)
 
     def _charge_window(
-        self, slots: np.ndarray, inverse: np.ndarray, window: int, offset: int | None
+        self, slots: np.ndarray, inverse: np.ndarray, window: int, offset: int | np.ndarray | None
     ) -> Charge:
         """Charge rows whose users are ``slots[inverse]`` (``slots`` distinct) in ``window``."""
         counts = self._window(window)
         prior = counts[slots]
         k = len(slots)
-        fresh = np.ones(k, dtype=bool) if offset is None else self._offset[slots] < offset
-        sizes = np.bincount(inverse, minlength=k)
-        if (prior + sizes <= self.allowance).all():  # nobody reaches the limit: no ranks
-            allowed = fresh[inverse]
+        if offset is None:
+            fresh = np.ones(len(inverse), dtype=bool)
+        elif np.ndim(offset) == 0:
+            fresh = (self._offset[slots] < offset)[inverse]
         else:
-            allowed = fresh[inverse] & (prior[inverse] + _ranks(inverse, sizes) < self.allowance)
+            fresh = self._offset[slots][inverse] < offset
+        sizes = np.bincount(inverse[fresh], minlength=k)
+        if (prior + sizes <= self.allowance).all():  # nobody reaches the limit: no ranks
+            allowed = fresh
+        else:
+            allowed = fresh.copy()
+            rows = inverse[fresh]
+            allowed[fresh] = prior[rows] + _ranks(rows, sizes) < self.allowance
         counts[slots] += np.bincount(inverse, weights=allowed, minlength=k).astype(np.int64)
-        touched = slots[fresh]
-        if offset is not None:
+        touched = slots[sizes > 0]
+        if offset is not None and np.ndim(offset) == 0:
             self._offset[touched] = offset
+        elif offset is not None:  # rows ascend: a user's last fresh row holds their last offset
+            np.maximum.at(self._offset, slots[inverse[fresh]], np.asarray(offset)[fresh])
         self._changed[touched] = True
-        return Charge(allowed, fresh[inverse] & ~allowed)
+        return Charge(allowed, fresh & ~allowed)
 
     def _slots(self, names: list[str]) -> np.ndarray:
         """The slots of distinct ``names``: one C-level dict look-up each (map, fromiter)."""

@@ -22,13 +22,18 @@ import numpy as np
 import pyarrow as pa
 from dp_accounting.pld import privacy_loss_distribution as pldlib
 
+from eddyline.privacy.draws import Draws, as_draws, exponential, integers
+
+#: What a mechanism draws its randomness from: a numpy generator, or draws by row.
+Randomness = np.random.Generator | Draws
+
 
 class Mechanism(Protocol):
     """A randomised map from true values to released values with a privacy cost."""
 
     epsilon: float
 
-    def apply(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray: ...
+    def apply(self, values: np.ndarray, rng: Randomness) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -62,16 +67,15 @@ class _GridMechanism:
         return out
 
 
-def _discrete_laplace(parameter: float, size: int, rng: np.random.Generator) -> np.ndarray:
-    """P(k) ∝ exp(-parameter |k|) on the integers: the difference of two geometric draws.
+def _discrete_laplace(parameter: float, draws: Draws) -> np.ndarray:
+    """One draw per row of P(k) ∝ exp(-parameter |k|) on the integers: the difference of two
+    geometric draws.
 
     floor(E / a) with E standard exponential is geometric on {0, 1, ...} with success
-    probability 1 - e^-a (numpy's own geometric sampler inverts the same way, but is ~4x
-    slower than its ziggurat exponential); the difference of two is discrete Laplace.
+    probability 1 - e^-a; the difference of two is discrete Laplace.
     """
-    e = rng.standard_exponential((2, size))
-    g = np.floor(e / parameter)
-    out: np.ndarray = (g[0] - g[1]).astype(np.int64)
+    g = np.floor(exponential(draws, 2) / parameter)
+    out: np.ndarray = (g[:, 0] - g[:, 1]).astype(np.int64)
     return out
 
 
@@ -96,9 +100,10 @@ class LaplaceMechanism(_GridMechanism):
         """The discrete Laplace parameter a, per grid step."""
         return self.epsilon / self.steps
 
-    def apply(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def apply(self, values: np.ndarray, rng: Randomness) -> np.ndarray:
         snapped = self._snap(values)
-        return self._release(snapped, _discrete_laplace(self.parameter, snapped.size, rng))
+        draws = as_draws(rng, snapped.size)
+        return self._release(snapped, _discrete_laplace(self.parameter, draws))
 
 
 @functools.lru_cache(maxsize=64)
@@ -152,23 +157,24 @@ class GaussianMechanism(_GridMechanism):
         """The noise's standard deviation in value units."""
         return self.sigma * self.grid
 
-    def apply(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def apply(self, values: np.ndarray, rng: Randomness) -> np.ndarray:
         snapped = self._snap(values)
-        return self._release(snapped, discrete_gaussian(self.sigma, snapped.size, rng))
+        return self._release(snapped, discrete_gaussian(self.sigma, as_draws(rng, snapped.size)))
 
 
-def discrete_gaussian(sigma: float, size: int, rng: np.random.Generator) -> np.ndarray:
-    """``size`` draws of N_Z(0, σ²), P(k) ∝ exp(-k² / 2σ²), by rejection from discrete Laplace."""
+def discrete_gaussian(sigma: float, draws: Draws) -> np.ndarray:
+    """One draw per row of N_Z(0, σ²), P(k) ∝ exp(-k² / 2σ²), by rejection from discrete
+    Laplace: each row retries until its proposal is accepted (~0.7 of proposals are, for a
+    large σ), reading its own next draws."""
     t = math.floor(sigma) + 1
-    out = np.empty(size, dtype=np.int64)
-    filled = 0
-    while filled < size:
-        want = max(64, int((size - filled) * 1.6))  # acceptance is ~0.7 for a large sigma
-        y = _discrete_laplace(1.0 / t, want, rng)
-        keep = rng.random(want) < np.exp(-((np.abs(y) - sigma**2 / t) ** 2) / (2 * sigma**2))
-        got = y[keep][: size - filled]
-        out[filled : filled + len(got)] = got
-        filled += len(got)
+    out = np.empty(draws.n, dtype=np.int64)
+    pending = np.arange(draws.n)
+    while len(pending):
+        attempt = draws.rows(pending)
+        y = _discrete_laplace(1.0 / t, attempt)
+        keep = attempt.random() < np.exp(-((np.abs(y) - sigma**2 / t) ** 2) / (2 * sigma**2))
+        out[pending[keep]] = y[keep]
+        pending = pending[~keep]
     return out
 
 
@@ -188,12 +194,13 @@ class RandomizedResponseMechanism:
         k = len(self.categories)
         return float(np.exp(self.epsilon) / (np.exp(self.epsilon) + k - 1))
 
-    def apply(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def apply(self, values: np.ndarray, rng: Randomness) -> np.ndarray:
         """``values`` are indices into ``categories``; returns reported indices."""
         k = len(self.categories)
-        keep = rng.random(values.shape) < self.keep_probability
+        draws = as_draws(rng, len(values))
+        keep = draws.random() < self.keep_probability
         # A uniform draw over the k - 1 other categories: shift by 1..k-1, modulo k.
-        other = (values + rng.integers(1, k, size=values.shape)) % k
+        other = (values + integers(draws, 1, k)) % k
         return np.where(keep, values, other)
 
 
@@ -216,14 +223,15 @@ class UnaryEncodingMechanism:
     def q(self) -> float:
         return float(1.0 / (math.exp(self.epsilon) + 1.0))
 
-    def bits(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def bits(self, values: np.ndarray, rng: Randomness) -> np.ndarray:
         """``values`` are indices into ``categories``; an (n, k) boolean matrix of reports."""
         n, k = len(values), len(self.categories)
-        out = rng.random((n, k)) < self.q
-        out[np.arange(n), values] = rng.random(n) < self.p
+        draws = as_draws(rng, n)
+        out: np.ndarray = draws.random(k) < self.q
+        out[np.arange(n), values] = draws.random() < self.p
         return out
 
-    def apply(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def apply(self, values: np.ndarray, rng: Randomness) -> np.ndarray:
         return self.bits(values, rng)
 
     def to_arrow(self, bits: np.ndarray) -> pa.ListArray:

@@ -1,9 +1,10 @@
 """Noise secrets: replay-stable noise from a secret used for nothing else, then destroyed.
 
-Every raw message's noise is drawn from a generator seeded by HMAC(noise secret, the
-message's source position). A message privatised again after a crash or a rebalance is
-therefore noised exactly as the first time, so no reader of the private topic ever sees two
-noisings of one event to average.
+Every row's noise is drawn from a pseudorandom function of the noise secret and the row's
+identity: its raw topic, partition and offset, and its index in that message
+(``privacy.draws.KeyedDraws``). A row privatised again after a crash or a rebalance, alone
+or in a batch cut differently, is therefore noised exactly as the first time, so no reader
+of the private topic ever sees two noisings of one event to average.
 
 The secret is not derived from anything else: it is 32 random bytes from the OS CSPRNG,
 one per (stream, raw partition, window), made by the worker that owns the partition when it
@@ -40,8 +41,8 @@ from dataclasses import dataclass
 class NoiseKeys:
     """The noise secrets one worker holds, by ``"<stream>/<partition>/<window>"``.
 
-    ``store`` maps names to hex secrets (the worker's Faust table, recovered from its
-    changelog when a partition is assigned)."""
+    ``store`` maps names to hex secrets (read from the noise topic when a partition is
+    assigned: ``streams.worker.state``)."""
 
     window_s: int
     keep_windows: int

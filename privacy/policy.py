@@ -9,14 +9,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from eddyline.privacy.draws import as_draws
 from eddyline.privacy.mechanisms import (
     GaussianMechanism,
     LaplaceMechanism,
     RandomizedResponseMechanism,
+    Randomness,
     UnaryEncodingMechanism,
 )
 from eddyline.privacy.pseudonymize import Encoding, HmacPseudonymizer
@@ -87,19 +88,27 @@ class PrivacyPolicy:
         self,
         table: pa.Table,
         pseudonymizer: HmacPseudonymizer,
-        rng: np.random.Generator,
+        rng: Randomness,
         found: Counter[str] | None = None,
         encodings: dict[str, Encoding] | None = None,
     ) -> pa.Table:
         """The privatised batch: pseudonyms (+ key id), redactions dropped, numbers noised,
         categories randomised, kept free text scrubbed (what was masked counted in ``found``;
-        each pseudonym column's encoding, when there is one, in ``encodings``)."""
+        each pseudonym column's encoding, when there is one, in ``encodings``).
+
+        ``rng``: a generator, or draws by row (``privacy.draws``); each field draws from its
+        own stream, numbered by its place in the model, so one field's draws never depend
+        on another's."""
         out = table.drop_columns(list(self.redacted))
+        draws = as_draws(rng, table.num_rows)
+        stream = {name: i for i, name in enumerate(self.model.model_fields)}
         for name, mech in self.noised:
             col = out[name]
             # A null stays null (an optional field left out): only given values are noised.
             values = pc.fill_null(col, mech.lower) if col.null_count else col
-            noised = pa.array(mech.apply(values.to_numpy(), rng), pa.float64())
+            noised = pa.array(
+                mech.apply(values.to_numpy(), draws.stream(stream[name])), pa.float64()
+            )
             idx = out.schema.get_field_index(name)
             out = out.set_column(idx, name, _with_nulls_of(col, noised))
         for name, cat in self.randomized:
@@ -107,11 +116,12 @@ class PrivacyPolicy:
             cats = pa.array(cat.categories)
             idx = pc.fill_null(pc.index_in(col, value_set=cats), 0)
             values = idx.to_numpy(zero_copy_only=False)
+            own = draws.stream(stream[name])
             reported: pa.Array | pa.ChunkedArray
             if isinstance(cat, UnaryEncodingMechanism):
-                reported = cat.to_arrow(cat.bits(values, rng))
+                reported = cat.to_arrow(cat.bits(values, own))
             else:
-                reported = pc.take(cats, pa.array(cat.apply(values, rng)))
+                reported = pc.take(cats, pa.array(cat.apply(values, own)))
             out = out.set_column(
                 out.schema.get_field_index(name), name, _with_nulls_of(col, reported)
             )

@@ -112,8 +112,14 @@ class WorkerSettings(BaseSettings):
     lake_close_timeout_s: float = Field(default=15.0, ge=0)
     # The learn agents wait while the privatize or lake agent has messages queued, until
     # this many private messages wait to be learned (0: never wait): with a backlog,
-    # events reach Delta first, and the models' lag stays bounded (streams/app.py).
+    # events reach Delta first, and the models' lag stays bounded (streams/worker/agents.py).
     learn_yield_below: int = Field(default=1_000, ge=0)
+    # The intake (streams/worker/intake.py) reads the raw topics up to this many messages
+    # at a time, waiting at most intake_max_wait_s for them; a run of JSON messages
+    # privatised as one batch holds at most intake_max_run of them.
+    intake_max_messages: int = Field(default=20_000, ge=1)
+    intake_max_wait_s: float = Field(default=0.1, gt=0)
+    intake_max_run: int = Field(default=10_000, ge=1)
     # Online models: built-in learner spec names and/or paths to YAML specs, comma-separated
     # (online_learning/spec.py, docs/learning.md).
     learners: str = "click,satisfaction"

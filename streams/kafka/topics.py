@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,9 +190,11 @@ def topic_ids(settings: KafkaSettings, names: list[str], timeout: float = 10.0) 
     return out
 
 
-def _scan(settings: KafkaSettings, topic: str, timeout: float) -> Iterator[Any]:
+def _scan(
+    settings: KafkaSettings, topic: str, timeout: float, partitions: Iterable[int] | None = None
+) -> Iterator[Any]:
     """Every message now in ``topic`` (confluent-kafka ``Message``s), from the start to the
-    high mark of each partition."""
+    high mark of each partition (of ``partitions`` only, if given)."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer(
@@ -202,9 +204,11 @@ def _scan(settings: KafkaSettings, topic: str, timeout: float) -> Iterator[Any]:
         meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
         if meta.error is not None:
             return
+        wanted = set(meta.partitions) if partitions is None else set(partitions)
         ends = {
             p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
             for p in meta.partitions
+            if p in wanted
         }
         consumer.assign([TopicPartition(topic, p, 0) for p, end in ends.items() if end > 0])
         pending = {p for p, end in ends.items() if end > 0}
@@ -235,10 +239,16 @@ def read_all(
     return out
 
 
-def read_latest(settings: KafkaSettings, topic: str, timeout: float = 10.0) -> dict[bytes, bytes]:
-    """The latest value of each key in a compacted (changelog) topic; deleted keys left out."""
+def read_latest(
+    settings: KafkaSettings,
+    topic: str,
+    timeout: float = 10.0,
+    partitions: Iterable[int] | None = None,
+) -> dict[bytes, bytes]:
+    """The latest value of each key in a compacted (changelog) topic (in ``partitions``
+    only, if given); deleted keys left out."""
     out: dict[bytes, bytes] = {}
-    for msg in _scan(settings, topic, timeout):
+    for msg in _scan(settings, topic, timeout, partitions):
         key, value = msg.key() or b"", msg.value()
         if value is None:
             out.pop(key, None)

@@ -2,9 +2,10 @@
 
 Each agent admits a message through its offset guard (``streams.worker.continuity``: Faust
 can skip offsets across a rebalance), hands it to its stage, sends what the stage made, and
-acks only what is safe: privatize after the budget save that covers it, lake after the Delta
-commit, learn after the model checkpoint. A crash anywhere replays, and every stage drops
-replays by raw offset. Each agent reports what it finished to ``p.progress``.
+acks only what is safe: lake after the Delta commit, learn after the model checkpoint. A
+crash anywhere replays, and every stage drops replays by raw offset. Each agent reports what
+it finished to ``p.progress``. The raw topics are not read here but by the intake
+(``streams.worker.intake``), in batches, on its own thread.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ from eddyline.streams.worker.batching import CommitBatcher, FlushPolicy
 from eddyline.streams.worker.continuity import OffsetGuard
 from eddyline.streams.worker.lake_stage import Prepared
 from eddyline.streams.worker.pipeline import Pipeline
-from eddyline.streams.worker.privatize import RawMessage, log_failure
-from eddyline.streams.worker.state import noise_key, save_budget
+from eddyline.streams.worker.privatize import log_failure
 
 log = logging.getLogger("eddyline.worker")
 _JSON_HEADERS = [(H_CONTENT_TYPE, b"application/json")]
@@ -45,8 +45,6 @@ class Wiring:
     deadletter: faust.TopicT
     drift: faust.TopicT
     models: faust.TopicT
-    budget: Any
-    noise: Any
     guard: Any
 
     async def admitted(self, agent: str, offsets: OffsetGuard, message: Any) -> bool:
@@ -85,76 +83,6 @@ class Wiring:
                 value=change.model_dump_json().encode(),
                 headers=_JSON_HEADERS,
             )
-
-
-def privatize_agent(w: Wiring, raw: faust.TopicT) -> None:
-    p, app = w.p, w.app
-
-    @app.agent(raw, name="eddyline.privatize")
-    async def privatize(stream: faust.StreamT[bytes]) -> None:
-        # Acks wait for the budget save that covers them, so Kafka's committed offset never
-        # runs ahead of the saved ledger; replays of what a save covers are skipped per user
-        # (by offset), so after a crash the ledger equals that of a run without one.
-        manual = stream.noack()  # type: ignore[attr-defined]  # on Stream, not StreamT
-        processed: list[Any] = []
-        generation = p.rebalances
-        offsets = w.guard("privatize", stream, [p.topics.raw(s) for s in p.streams])
-        stage = p.privatize
-        log.info(  # logged here: logging is set up by now
-            "budget allowances per user per %ss window: %s (the accountant took %.1fs)",
-            p.ws.budget_window_s,
-            ", ".join(
-                f"{k} {v if v < 2**62 else 'unlimited'}" for k, v in stage.allowances.items()
-            ),
-            stage.allowances_s,
-        )
-        p.data_path["privatize"] = stream.channel.queue  # type: ignore[attr-defined]
-        stage.noise.store = w.noise.data  # recovered by Faust for the partitions assigned
-        await p.epochs.refresh(p.topics.raw(s) for s in p.streams)
-        await asyncio.to_thread(p.feed.start)  # who is forgotten, before any event
-        async for event in manual.events():
-            msg = event.message
-            if not await w.admitted("privatize", offsets, msg):
-                continue  # a skipped offset is being re-read: this comes again after it
-            name = p.stream_of[msg.topic]
-            # Held while ledgers change and while charging and sending: a save walks the
-            # ledgers and must never see a charge whose output is not sent yet. Cut short
-            # (a cancel at shutdown or rebalance), the partition's in-memory ledger is
-            # dropped, so a half-done charge is never saved; it reloads from the table.
-            async with p.budget_lock:
-                if generation != p.rebalances:
-                    generation = p.rebalances
-                    processed.clear()
-                    stage.forget_ledgers()
-                if (name, msg.partition) not in stage.ledgers_loaded:
-                    stage.load_ledger(w.budget.items(), name, msg.partition)
-                try:
-                    await _privatize_one(w, name, msg, event.value)
-                except BaseException:
-                    stage.forget_ledger(name, msg.partition)
-                    raise
-            processed.append(event)
-            w.finished("privatize", msg)
-            # Nothing above need suspend (sends only queue): give the loop a turn, so a
-            # backlog does not hold the fetch loop, the lake, the timers and /metrics.
-            await asyncio.sleep(0)
-            if stage.save_due(p.ws.checkpoint_every_s):
-                async with p.budget_lock:
-                    await save_budget(app, p, w.budget)
-                for done in processed:
-                    await manual.ack(done)
-                processed.clear()
-
-
-async def _privatize_one(w: Wiring, name: str, msg: Any, value: bytes | None) -> None:
-    src = await w.source(msg)
-    message = RawMessage(value, msg.headers, src, msg.timestamp or time.time())
-    key = await noise_key(w.app, w.p, w.noise, message)
-    result = w.p.privatize.process(message, key)
-    await w.send_dead(result.dead)
-    if result.private is not None:
-        value_out, headers = result.private
-        await w.out[name].send(value=value_out, partition=src.partition, headers=headers)
 
 
 def lake_agent(w: Wiring, private: faust.TopicT) -> None:
@@ -278,7 +206,7 @@ def _learn_agent(w: Wiring, topic: faust.TopicT, name: str) -> None:
 
 
 async def _yield_to_data_path(p: Pipeline, own: Any) -> None:
-    """Learning waits while the privatize or lake agent has messages queued, until its own
+    """Learning waits while the intake or the lake agent has messages waiting, until its own
     queue (``own``) holds ``learn_yield_below`` messages, or for 5 s at most: all agents
     share one event loop, and with a backlog events reach Delta first while the models'
     lag stays bounded by that queue (bench/RESULTS.md has the timelines)."""

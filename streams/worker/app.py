@@ -1,19 +1,23 @@
 """The Faust worker's wiring: the app, its topics and tables, the agents, timers and pages.
 
-* ``privatize``: raw ``events.<stream>`` -> the privacy stage -> ``events.<stream>.private``
-  (same partition; the raw position in a header); bad input -> ``events.deadletter``.
+* the intake (not a Faust agent: ``streams.worker.intake``, its own consumer and thread):
+  raw ``events.<stream>`` -> the privacy stage, in batches -> ``events.<stream>.private``
+  (same partition; the raw offsets in a header); bad input -> ``events.deadletter``.
 * ``lake``: private topics -> Delta, exactly once; acks after the commit.
 * ``learn.<stream>``: private events -> that stream's online models; drift ->
   ``signals.drift``; checkpoints -> ``signals.models``.
 * ``deadletters``, ``drift_events``, ``model_metrics``: those topics -> their Delta tables.
 
 The logic lives in the stages (``privatize``, ``lake_stage``, ``learn_stage``); the loops
-that feed them in ``agents``. One process is one asyncio loop; scale out with more
+that feed them in ``intake`` and ``agents``. One process is one asyncio loop; scale out with more
 processes in the same consumer group.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import ssl
 from typing import Any
 
@@ -28,13 +32,13 @@ from eddyline.streams.worker.agents import (
     governance_agent,
     lake_agent,
     learn_agents,
-    privatize_agent,
     table_agents,
 )
-from eddyline.streams.worker.budget_state import TABLE as BUDGET_TABLE
 from eddyline.streams.worker.continuity import KafkaProbe, OffsetGuard, Seeker
+from eddyline.streams.worker.intake import Intake
 from eddyline.streams.worker.pipeline import Pipeline
-from eddyline.streams.worker.state import NOISE_TABLE, NOISE_TOPIC_CONFIG
+
+log = logging.getLogger("eddyline.worker")
 
 
 def raw_topic(app: faust.App, *names: str) -> faust.TopicT:
@@ -52,20 +56,6 @@ def build_app(
     p = Pipeline(ws, ks, streams or STREAMS)
     app = _faust_app(ws, ks)
     app.transport = kafka_transport(app, ws.fetch_max_wait_ms)  # before any topic
-    budget = app.Table(
-        BUDGET_TABLE,
-        default=None,
-        partitions=ks.partitions,  # keys and values travel as JSON (Faust's default)
-        help="Per-user privacy budget: events charged per window, last raw offset",
-    )
-    # The noise secrets (privacy/noise.py): read by workers only, never by `budget show`.
-    noise = app.Table(
-        NOISE_TABLE,
-        default=None,
-        partitions=ks.partitions,
-        extra_topic_configs=NOISE_TOPIC_CONFIG,
-        help="Noise secrets per raw partition and window, destroyed when past replay",
-    )
     w = Wiring(
         app,
         p,
@@ -73,26 +63,39 @@ def build_app(
         deadletter=raw_topic(app, p.topics.deadletter),
         drift=raw_topic(app, p.topics.drift),
         models=raw_topic(app, p.topics.models),
-        budget=budget,
-        noise=noise,
         guard=_guards(app, p),
     )
-    privatize_agent(w, raw_topic(app, *[p.topics.raw(s) for s in p.streams]))
+    _intake(app, p)
     lake_agent(w, raw_topic(app, *[p.topics.private(s) for s in p.streams]))
     learn_agents(w, raw_topic)
     table_agents(w)
     governance_agent(w, raw_topic(app, p.topics.requests))
-    timers.register(app, p, budget, noise)
+    timers.register(app, p)
     web.register(app, p)
-
-    @app.on_rebalance_complete.connect
-    def on_rebalance(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        # Faust re-seeks every partition to its committed offset: whatever was charged
-        # since the last save is replayed, so the ledgers reload from the table.
-        p.rebalances += 1
-
-    del on_rebalance
     return app, p
+
+
+def _intake(app: faust.App, p: Pipeline) -> None:
+    """Run the intake beside the agents: started with the app, stopped (saved, committed,
+    out of its group) with it; if it fails, the worker crashes rather than stall."""
+
+    @app.task  # type: ignore[untyped-decorator]  # Faust leaves it untyped
+    async def intake() -> None:
+        p.intake = Intake(p)
+        p.data_path["privatize"] = p.intake
+        p.intake.start()
+        try:
+            while p.intake.alive:
+                await asyncio.sleep(0.5)
+            if p.intake.failed is not None:
+                await app.crash(p.intake.failed)
+        finally:
+            stopping = asyncio.ensure_future(asyncio.to_thread(p.intake.stop))
+            while not stopping.done():  # Faust cancels more than once while it stops
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([stopping])
+
+    del intake
 
 
 def _faust_app(ws: WorkerSettings, ks: KafkaSettings) -> faust.App:

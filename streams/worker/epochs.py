@@ -43,8 +43,11 @@ class TopicEpochs:
 
     async def refresh(self, topics: Iterable[str]) -> None:
         """Ask Kafka for these topics' ids now (in a thread: a metadata round trip)."""
-        names = sorted(set(topics))
-        found = await asyncio.to_thread(self._lookup, names)
+        await asyncio.to_thread(self.refresh_now, topics)
+
+    def refresh_now(self, topics: Iterable[str]) -> None:
+        """Ask Kafka for these topics' ids, blocking (the intake's thread)."""
+        found = self._lookup(sorted(set(topics)))
         for name, topic_id in found.items():
             old = self._ids.get(name)
             if old is not None and old != topic_id:

@@ -32,7 +32,7 @@ from eddyline.privacy.consent import consented
 from eddyline.privacy.governance import Suppression
 from eddyline.schemas.envelope import H_SOURCE, decode, header_map
 from eddyline.schemas.events import DriftEvent, ModelEvent
-from eddyline.schemas.source import SourceRef
+from eddyline.schemas.source import SourceRef, rows_after
 from eddyline.streams.kafka.settings import WorkerSettings
 from eddyline.streams.kafka.topics import Topics
 from eddyline.streams.worker.lake_stage import without_pids
@@ -94,8 +94,9 @@ class LearnStage:
                     registry, model.name, window=ws.shadow_window, min_events=ws.shadow_min_events
                 )
         # Per model, recent envelopes learned: (events seen before and after it, raw
-        # partition, raw offset, source key); what a drift event's offsets come from.
-        self.learned: dict[str, deque[tuple[int, int, int, int, str]]] = {
+        # partition, first and last raw offset, source key); what a drift event's offsets
+        # come from.
+        self.learned: dict[str, deque[tuple[int, int, int, int, int, str]]] = {
             name: deque(maxlen=50_000) for name in self.models
         }
 
@@ -130,13 +131,16 @@ class LearnStage:
         out, table = Learned(), None
         for model in self.models_of[stream]:
             self._follow_epoch(model.name, src)
-            if src.offset <= self.offsets[model.name].get(src.partition, -1):
+            done = self.offsets[model.name].get(src.partition, -1)
+            if src.offset <= done:
                 continue  # in the restored checkpoint, or a replay of a learned message
             if table is None:
                 decoded = decode(value, h).table
                 assert decoded is not None
                 table = without_pids(consented(decoded, "learn"), self.suppression.pids("learn"))
-            await self._learn_batch(model, table, src, out)
+            rows = rows_after(table, src, done)
+            assert rows is not None
+            await self._learn_batch(model, rows, src, out)
         return out
 
     def _follow_epoch(self, name: str, src: SourceRef) -> None:
@@ -169,7 +173,7 @@ class LearnStage:
             return
         self.offsets[model.name][src.partition] = src.offset
         self.learned[model.name].append(
-            (model.seen - table.num_rows, model.seen, src.partition, src.offset, src.key)
+            (model.seen - table.num_rows, model.seen, src.partition, src.start, src.offset, src.key)
         )
         self.metrics.learned.labels(model.name).inc(table.num_rows)
         self.metrics.model_seen.labels(model.name).set(model.seen)
@@ -200,13 +204,13 @@ class LearnStage:
         start = alarm.change_index
         after: dict[int, tuple[int, int]] = {}
         keys: dict[int, str] = {}
-        for seen_before, seen_after, partition, offset, key in self.learned[model.name]:
+        for seen_before, seen_after, partition, first, last, key in self.learned[model.name]:
             # A message belongs to the "after" window if most of its rows do: envelopes hold
             # thousands of events, and a cut a few values early must not pull in a whole
             # pre-change envelope.
             if (seen_before + seen_after) / 2 > start:
-                lo, hi = after.get(partition, (offset, offset))
-                after[partition] = (min(lo, offset), max(hi, offset))
+                lo, hi = after.get(partition, (first, last))
+                after[partition] = (min(lo, first), max(hi, last))
                 keys[partition] = key
         key = ",".join(f"{p}:{lo}" for p, (lo, _) in sorted(after.items()))
         return DriftEvent(

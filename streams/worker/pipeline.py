@@ -1,5 +1,5 @@
 """The worker's state, built once from its settings: the stages, the sink, the metrics, and
-the bookkeeping the Faust agents share (offset guards, progress, queues, the budget lock).
+the bookkeeping the intake and the Faust agents share (offset guards, progress, queues).
 
 No broker is needed to build it (every client connects lazily), so unit tests drive the
 stages through it.
@@ -7,7 +7,6 @@ stages through it.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -70,14 +69,10 @@ class Pipeline:
         self.progress = PartitionProgress(ws.stall_after_s)
         self.guards: dict[str, OffsetGuard] = {}  # per agent: offset continuity
         self.queues: dict[str, Any] = {}  # per agent: the queue Faust hands it messages on
-        # The privatize and lake agents' queues: the learn agents wait while these hold
-        # messages (``learn_yield_below``).
+        # What waits for the intake and the lake agent (anything with ``qsize``): the
+        # learn agents wait while these hold messages (``learn_yield_below``).
         self.data_path: dict[str, Any] = {}
-        # Held by the privatize agent per message (ledgers change, charges are sent) and by
-        # every save of the ledgers and the noise secrets: a save never sees a charge whose
-        # output is not sent yet.
-        self.budget_lock = asyncio.Lock()
-        self.rebalances = 0
+        self.intake: Any = None  # the running Intake (streams.worker.intake), once started
         self.epochs = TopicEpochs(functools.partial(topic_ids, ks))
         self.health = HealthProbe(ks)
 

@@ -7,10 +7,12 @@ holds can make it raise: whatever fails becomes a dead letter (``internal.error`
 partition moves on. It counts each raw message's rows once per process, however often a
 crash or a rebalance makes the worker read it again.
 
+``process_json`` takes a run of single-event JSON messages of one partition at once and
+makes one private envelope of them (``schemas.json_batch``).
+
 The stage also keeps, per raw partition, the budget ledgers (loaded from and saved to the
-worker's ``budget`` table: ``load_ledger``, ``dirty_shards``) and the noise secrets
-(``noise``: ``privacy.noise``). The Faust agent (``streams.worker.agents``) only moves bytes
-and holds the lock that keeps saves and charges apart.
+budget topic: ``load_ledger``, ``dirty_shards``) and the noise secrets (``noise``:
+``privacy.noise``). The intake (``streams.worker.intake``) moves the bytes, on one thread.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,7 @@ from eddyline.privacy.ledger import shard_columns
 from eddyline.privacy.noise import NoiseKeys
 from eddyline.schemas.deadletter import DeadLetter, Reason
 from eddyline.schemas.envelope import H_SOURCE, Headers, encode_arrow
+from eddyline.schemas.json_batch import JsonRun
 from eddyline.schemas.source import SourceRef
 from eddyline.streams.worker.budget_state import shard_key, shard_of
 from eddyline.streams.worker.metrics import WorkerMetrics
@@ -76,11 +79,6 @@ class PrivatizeStage:
         self.max_private_bytes = max_private_bytes
         # Per raw partition, the highest offset whose rows the metrics counted.
         self._counted: dict[tuple[str, int], int] = {}
-        # Raw partitions whose ledgers were loaded from the budget table since the last
-        # rebalance (which drops every in-memory ledger: Faust re-seeks to the committed
-        # offsets, so whatever was charged since the last save is replayed).
-        self.ledgers_loaded: set[tuple[str, int]] = set()
-        self.last_save = time.monotonic()  # of the ledgers (``streams.worker.state``)
         started = time.monotonic()  # the accountant's search, before consuming (seconds)
         self.allowances = privatizer.allowances()
         self.allowances_s = time.monotonic() - started
@@ -96,13 +94,31 @@ class PrivatizeStage:
     def process(self, message: RawMessage, noise_key: bytes) -> Privatized:
         """One raw message through the privacy stage; never raises for its content."""
         src = message.source
+        return self._take(
+            src,
+            lambda stream: self.privatizer.process(
+                message.value,
+                message.headers,
+                src,
+                stream,
+                noise_key=noise_key,
+                timestamp=message.timestamp,
+            ),
+        )
+
+    def process_json(self, run: JsonRun, noise_key: bytes) -> Privatized:
+        """A run of single-event JSON messages of one partition, as one batch."""
+        return self._take(
+            run.source,
+            lambda stream: self.privatizer.process_json(run, stream, noise_key=noise_key),
+        )
+
+    def _take(self, src: SourceRef, privatise: Callable[[str], Outcome]) -> Privatized:
         stream = self.stream_of[src.topic]
         first = src.offset > self._counted.get((src.topic, src.partition), -1)
         out = Privatized(stream)
         try:
-            result = self.privatizer.process(
-                message.value, message.headers, src, stream, noise_key=noise_key
-            )
+            result = privatise(stream)
             out.dead = list(result.dead)
             if result.private is not None and result.private.num_rows:
                 self._seal(result, src, out)
@@ -170,20 +186,13 @@ class PrivatizeStage:
         prefix = f"{stream}/{partition}/"
         shards = [shard for key, shard in saved if key.startswith(prefix) and shard]
         self.privatizer.restore(stream, partition, shards)
-        self.ledgers_loaded.add((stream, partition))
         users = sum(len(shard_columns(s)["users"]) for s in shards)
         log.info("budget ledger %s/%d: %d users restored", stream, partition, users)
         return users
 
     def forget_ledger(self, stream: str, partition: int) -> None:
-        """Drop a partition's in-memory ledger; its next event reloads it from the table."""
+        """Drop a partition's in-memory ledger (it was revoked or lost)."""
         self.privatizer.ledgers.pop((stream, partition), None)
-        self.ledgers_loaded.discard((stream, partition))
-
-    def forget_ledgers(self) -> None:
-        """After a rebalance: every ledger reloads from the table on its next event."""
-        self.privatizer.ledgers.clear()
-        self.ledgers_loaded.clear()
 
     def dirty_shards(self) -> list[tuple[str, int, dict[str, Any] | None]]:
         """The saved shards to rewrite, as (table key, raw partition, columns or None): every
@@ -196,13 +205,6 @@ class PrivatizeStage:
             for shard, columns in ledger.shards(dirty, shard_of).items():
                 out.append((shard_key(stream, partition, shard), partition, columns))
         return out
-
-    def save_due(self, every_s: float) -> bool:
-        return time.monotonic() - self.last_save >= every_s
-
-    @property
-    def has_changes(self) -> bool:
-        return any(ledger.has_changes for ledger in self.privatizer.ledgers.values())
 
 
 def log_failure(stage: str, src: SourceRef, exc: BaseException) -> None:

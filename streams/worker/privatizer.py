@@ -1,7 +1,12 @@
-"""The privacy stage as a pure function: raw Kafka message in, private Arrow batch out.
+"""The privacy stage as a pure function: raw Kafka messages in, a private Arrow batch out.
 
-No broker needed: hand ``Privatizer.process`` a message value and headers, get back the
-private table and the dead letters. The Faust agent in ``streams.app`` only moves bytes.
+No broker needed: hand ``Privatizer.process`` one message's value and headers (an Arrow
+envelope, or one JSON event), or ``Privatizer.process_json`` a run of single-event JSON
+messages, and get back the private table and the dead letters. Every row of either travels
+with its identity (raw offset, index in its message) until its noise is drawn
+(``privacy.draws``: the same event is noised the same however the batches are cut) and its
+budget is charged (``streams.worker.budgets``). The intake (``streams.worker.intake``) only
+moves bytes.
 
 Nothing the sender chose reaches a dead letter or a log line: a dead letter names schema
 fields, reason codes, type names, counts and row indices (``schemas.deadletter``).
@@ -9,22 +14,19 @@ fields, reason codes, type names, counts and row indices (``schemas.deadletter``
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field as _field
 from typing import Any
-from uuid import UUID
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import ValidationError
 
-from eddyline.privacy.accountant import allowance
 from eddyline.privacy.consent import allowing_any
+from eddyline.privacy.draws import KeyedDraws
 from eddyline.privacy.governance import Suppression
 from eddyline.privacy.ledger import BudgetLedger
 from eddyline.privacy.policy import PrivacyPolicy
@@ -35,15 +37,17 @@ from eddyline.privacy.pseudonymize import (
     load_keyring,
     load_or_create_key,
 )
-from eddyline.schemas.arrow import SchemaMismatchError, arrow_schema, conform
+from eddyline.schemas.arrow import SchemaMismatchError, conform
 from eddyline.schemas.deadletter import DeadLetter, Reason, row_ranges
 from eddyline.schemas.envelope import Envelope, decode
 from eddyline.schemas.errors import EnvelopeError, UnknownSchemaError
 from eddyline.schemas.events import BaseEvent, TimeWindow
+from eddyline.schemas.json_batch import JsonRun, event_id_at, read_json_events
 from eddyline.schemas.registry import REGISTRY, SchemaRegistry
-from eddyline.schemas.source import SourceRef
-from eddyline.schemas.validation import validate_table
+from eddyline.schemas.source import OFFSET_COLUMN, SourceRef
+from eddyline.schemas.validation import RowViolation, validate_table
 from eddyline.streams.kafka.settings import WorkerSettings
+from eddyline.streams.worker.budgets import Budgets
 
 
 @dataclass
@@ -51,7 +55,7 @@ class Outcome:
     """What the privacy stage made of one message."""
 
     schema_id: str | None = None
-    private: pa.Table | None = None
+    private: pa.Table | None = None  # the rows that crossed (None: none did)
     dead: list[DeadLetter] = _field(default_factory=list)
     received: int = 0  # rows that decoded, valid or not
     suppressed: int = 0  # valid rows whose consent allows neither storage nor learning
@@ -63,11 +67,7 @@ class Outcome:
     masked: Counter[str] = _field(default_factory=Counter)  # sensitive strings scrubbed
 
 
-def noise_rng(noise_key: bytes, source: SourceRef) -> np.random.Generator:
-    """The generator of one message's noise: seeded by HMAC(noise key, its position), so a
-    replay of the message is noised exactly as the first time (``privacy.noise``)."""
-    seed = hmac.digest(noise_key, source.header(), "sha256")
-    return np.random.Generator(np.random.PCG64(int.from_bytes(seed, "big")))
+_OFFSETS, _INDICES = "__eddyline_offset", "__eddyline_index"  # each row's identity, in flight
 
 
 class Privatizer:
@@ -98,18 +98,17 @@ class Privatizer:
         suppression: Suppression | None = None,
     ) -> None:
         self.budget = budget  # (epsilon, delta, window seconds) per user per stream
-        # (event name, raw partition) -> its budget ledger; saved by the worker (streams/app.py)
-        self.ledgers: dict[tuple[str, int], BudgetLedger] = {}
         self.window = window or TimeWindow()
         self.clock = clock
         self.suppression = suppression or Suppression()
-        self._forgot = 0  # the suppression version the ledgers have forgotten
-        self._saved: dict[tuple[str, int], list[dict[str, Any]]] = {}
         self.max_bytes, self.max_rows = max_bytes, max_rows
         self._pseudonymizer = pseudonymizer
         self._rng = rng
         self._registry = registry
         self._policies: dict[type[BaseEvent], PrivacyPolicy] = {}
+        self.budgets = Budgets(
+            pseudonymizer, self.policy, registry, budget, clock, self.suppression
+        )
 
     def policy(self, model: type[BaseEvent]) -> PrivacyPolicy:
         found = self._policies.get(model)
@@ -125,17 +124,24 @@ class Privatizer:
         stream: str,
         *,
         noise_key: bytes | None = None,
+        timestamp: float | None = None,
     ) -> Outcome:
-        """Never raises for bad input: every problem becomes a dead letter.
+        """One raw message; never raises for bad input: every problem becomes a dead letter.
 
-        ``noise_key``: the secret that seeds this message's noise (``privacy.noise``);
-        without one, the shared generator (a replay is then noised afresh)."""
+        ``noise_key``: the secret the noise is drawn with, by row (``privacy.draws``);
+        without one, the shared generator (a replay is then noised afresh).
+        ``timestamp``: the message's Kafka timestamp (seconds; default: now), the
+        ``occurred_at`` of a JSON event sent without one."""
         self.forget_users()  # the ledgers forget whoever was forgotten since the last message
         try:
             env = self._envelope(value, headers)
-            model = self._model(env, stream)
+            model = self._model(env.schema_id, stream)
         except EnvelopeError as exc:
             return Outcome(dead=[DeadLetter(Reason(exc.reason), exc.detail, source)])
+        if env.json_event is not None:
+            at = self.clock() if timestamp is None else timestamp
+            run = JsonRun([value], np.array([source.offset]), np.array([at]), None, source)
+            return self._json(run, model, noise_key)
         out = Outcome(schema_id=model.schema_id())
         table = self._table(env, model, source, out)
         if table is None:
@@ -152,28 +158,114 @@ class Privatizer:
                 )
             )
             return out
-        good, violations = validate_table(model, table, window=self.window)
-        for v in violations:
-            out.dead.append(
-                DeadLetter(
-                    Reason.ROW_INVALID,
-                    f"{v.field}: {v.reason}",
-                    source,
-                    out.schema_id,
-                    v.field,
-                    row_ranges(v.rows.to_numpy().tolist()),
-                )
+        offsets = np.full(table.num_rows, source.offset, np.int64)
+        return self._rows(model, table, offsets, np.arange(table.num_rows), source, out, noise_key)
+
+    def process_json(self, run: JsonRun, stream: str, *, noise_key: bytes | None = None) -> Outcome:
+        """A run of single-event JSON messages as one batch: one table, one budget charge,
+        one private batch (holding each row's raw offset when it covers more than one
+        message); each bad message is dead-lettered at its own position."""
+        self.forget_users()
+        try:
+            model = self._model(run.schema_id, stream)
+        except EnvelopeError as exc:
+            return Outcome(
+                dead=[
+                    DeadLetter(Reason(exc.reason), exc.detail, run.at(int(o)))
+                    for o in run.offsets.tolist()
+                ]
             )
+        return self._json(run, model, noise_key)
+
+    def _json(self, run: JsonRun, model: type[BaseEvent], noise_key: bytes | None) -> Outcome:
+        out = Outcome(schema_id=model.schema_id())
+        offsets = run.offsets
+        read = read_json_events(
+            model,
+            run.values,
+            times=run.timestamps,
+            ids=lambda i: event_id_at(run.source, int(offsets[i])),
+            window=self.window,
+        )
+        for f in read.failures:
+            rows = "0" if f.reason == Reason.ROW_INVALID else ""
+            src = run.at(int(offsets[f.message]))
+            out.dead.append(DeadLetter(f.reason, f.detail, src, out.schema_id, f.field, rows))
+            out.received += f.reason == Reason.ROW_INVALID  # it decoded, and broke a rule
+        table = read.table
+        out.received += table.num_rows
+        if not table.num_rows:
+            return out
+        row_offsets = offsets[read.messages]
+        zeros = np.zeros(table.num_rows, np.int64)
+        return self._rows(model, table, row_offsets, zeros, run.source, out, noise_key, run=run)
+
+    def _rows(
+        self,
+        model: type[BaseEvent],
+        table: pa.Table,
+        offsets: np.ndarray,
+        indices: np.ndarray,
+        source: SourceRef,
+        out: Outcome,
+        noise_key: bytes | None,
+        run: JsonRun | None = None,
+    ) -> Outcome:
+        """The rows of one message (or of a JSON run) through validation, consent, the
+        policy and the budget. Each row carries its identity (raw offset, index in its
+        message) until its noise is drawn and its charge is made."""
+        table = table.append_column(_OFFSETS, pa.array(offsets, pa.int64()))
+        table = table.append_column(_INDICES, pa.array(indices, pa.int64()))
+        good, violations = validate_table(model, table, window=self.window)
+        out.dead += self._violations(violations, table, source, out, run)
         good = self._drop_forgotten(good, out)
         kept = allowing_any(good)
         out.suppressed = good.num_rows - kept.num_rows
-        rng = self._rng if noise_key is None else noise_rng(noise_key, source)
+        row_offsets = kept[_OFFSETS].to_numpy()
+        row_indices = kept[_INDICES].to_numpy()
+        kept = kept.drop_columns([_OFFSETS, _INDICES])
+        rng: Any = self._rng
+        if noise_key is not None:
+            rng = KeyedDraws.for_source(noise_key, source.key, row_offsets, row_indices)
         encodings: dict[str, Encoding] = {}
         private = self.policy(model).apply(kept, self._pseudonymizer, rng, out.masked, encodings)
+        many = source.start != source.offset
         if private.num_rows and "user_pid" in private.column_names:
-            private = self._charge(model, kept, private, encodings, source, out)
-        out.private = private
+            charged = row_offsets if many else source.offset
+            private, c = self.budgets.charge(model, kept, private, encodings, source, charged)
+            out.new_epoch, out.over_budget, out.replayed = c.new_epoch, c.over_budget, c.replayed
+            out.coarsened = c.coarsened
+            row_offsets = row_offsets if c.kept is None else row_offsets[c.kept]
+        if many:
+            private = private.append_column(OFFSET_COLUMN, pa.array(row_offsets, pa.int64()))
+        out.private = private if private.num_rows else None  # None: no row crossed
         return out
+
+    def _violations(
+        self,
+        violations: list[RowViolation],
+        table: pa.Table,
+        source: SourceRef,
+        out: Outcome,
+        run: JsonRun | None,
+    ) -> list[DeadLetter]:
+        """Dead letters for rows that broke a rule: by row ranges within one message, or,
+        for a JSON run, one per message at its own position."""
+        letters = []
+        for v in violations:
+            detail = f"{v.field}: {v.reason}"
+            if run is None:
+                rows = row_ranges(v.rows.to_numpy().tolist())
+                letters.append(
+                    DeadLetter(Reason.ROW_INVALID, detail, source, out.schema_id, v.field, rows)
+                )
+                continue
+            for offset in pc.take(table[_OFFSETS], v.rows).to_pylist():
+                src = run.at(offset)
+                letters.append(
+                    DeadLetter(Reason.ROW_INVALID, detail, src, out.schema_id, v.field, "0")
+                )
+        return letters
 
     def _drop_forgotten(self, table: pa.Table, out: Outcome) -> pa.Table:
         """A forgotten user's rows go before anything else is done with them."""
@@ -187,94 +279,26 @@ class Privatizer:
         out.forgotten = pc.sum(forgotten).as_py()
         return table.filter(pc.invert(forgotten))
 
+    # -- the budgets (``streams.worker.budgets``), for the stage, the CLI and tests ----------
+
+    @property
+    def ledgers(self) -> dict[tuple[str, int], BudgetLedger]:
+        return self.budgets.ledgers
+
     def forget_users(self) -> int:
-        """Forget, in every ledger, the users of the forget requests not yet applied."""
-        if self.suppression.version == self._forgot:
-            return 0
-        self._forgot = self.suppression.version
-        pids = self.suppression.pids("privatize")
-        return sum(ledger.forget_users(pids) for ledger in self.ledgers.values())
-
-    def _charge(
-        self,
-        model: type[BaseEvent],
-        raw: pa.Table,
-        private: pa.Table,
-        encodings: dict[str, Encoding],
-        source: SourceRef,
-        out: Outcome,
-    ) -> pa.Table:
-        """Charge the batch to its users' budgets in the window of the worker's clock;
-        drop (or coarsen) what is over budget and what a replay already released."""
-        now = self.clock()
-        ledger = self.ledger(model, source.partition)
-        out.new_epoch = ledger.follow_epoch(source.epoch)
-        users, encoded = self._budget_identity(raw, private, encodings, now)
-        charge = ledger.charge(users, ledger.window_of(now), source.offset, encoded=encoded)
-        out.over_budget, out.replayed = charge.over_budget, charge.replayed
-        keep = charge.allowed
-        if out.over_budget and model.over_budget == "coarsen":
-            private = self._coarsen(model, private, charge.allowed)
-            keep = charge.allowed | charge.over
-            out.coarsened, out.over_budget = out.over_budget, 0
-        return private if keep.all() else private.filter(pa.array(keep))
-
-    def _budget_identity(
-        self, raw: pa.Table, private: pa.Table, encodings: dict[str, Encoding], now: float
-    ) -> tuple[pa.Array | pa.ChunkedArray, Encoding | None]:
-        """Each row's user as the ledger counts them: the pseudonym under the key in force
-        *now*. The stored pseudonym follows the event's ``occurred_at``, which the sender
-        chooses: dated across a key rotation, one user would have two pseudonyms, so two
-        ledger entries and two allowances, in one window."""
-        pseudonymizer = self._pseudonymizer
-        if len(pseudonymizer.keys) == 1:
-            return private["user_pid"], encodings.get("user_pid")
-        key = pseudonymizer.key_index_at(now)
-        if pc.all(pc.equal(private["key_id"], pseudonymizer.keys[key].key_id)).as_py():
-            return private["user_pid"], encodings.get("user_pid")
-        pids, encoded = pseudonymizer.encode_under(raw["user_id"], key)
-        return pids, encoded
-
-    def _coarsen(self, model: type[BaseEvent], table: pa.Table, allowed: np.ndarray) -> pa.Table:
-        """``table`` with every protected field nulled on the rows not ``allowed``."""
-        policy = self.policy(model)
-        mask = pa.array(allowed)
-        for name in [n for n, _ in policy.noised] + [n for n, _ in policy.randomized]:
-            col = table[name]
-            nulls = pa.nulls(table.num_rows, col.type)
-            table = table.set_column(
-                table.schema.get_field_index(name), name, pc.if_else(mask, col, nulls)
-            )
-        return table
+        return self.budgets.forget_users()
 
     def allowance(self, model: type[BaseEvent]) -> int:
-        """Events one user may send of ``model`` per window (from the accountant)."""
-        epsilon, delta, _ = self.budget
-        return allowance(self.policy(model).mechanisms, epsilon=epsilon, delta=delta)
+        return self.budgets.allowance(model)
 
     def allowances(self) -> dict[str, int]:
-        """Every registered event type's allowance (schema id -> events per user per window).
-
-        The accountant's search takes seconds per policy; a worker calls this before it
-        consumes, so that no event waits on it."""
-        return {model.schema_id(): self.allowance(model) for model in self._registry.models()}
+        return self.budgets.allowances()
 
     def ledger(self, model: type[BaseEvent], partition: int = 0) -> BudgetLedger:
-        """The budget ledger of one event type in one raw partition."""
-        found = self.ledgers.get((model.event_name, partition))
-        if found is None:
-            found = BudgetLedger(self.allowance(model), self.budget[2])
-            for shard in self._saved.pop((model.event_name, partition), []):
-                found.restore_shard(shard)
-            found.forget_users(self.suppression.pids("privatize"))
-            self.ledgers[(model.event_name, partition)] = found
-        return found
+        return self.budgets.ledger(model, partition)
 
     def restore(self, stream: str, partition: int, saved: list[dict[str, Any]]) -> None:
-        """Saved ledger shards (``BudgetLedger.shards`` values) of one raw partition: they
-        replace its ledger, which is rebuilt on its next event."""
-        self.ledgers.pop((stream, partition), None)
-        self._saved[(stream, partition)] = saved
+        self.budgets.restore(stream, partition, saved)
 
     def _envelope(self, value: bytes | None, headers: Any) -> Envelope:
         if value is not None and len(value) > self.max_bytes:
@@ -290,19 +314,15 @@ class Privatizer:
             )
         return env
 
-    def _model(self, env: Envelope, stream: str) -> type[BaseEvent]:
+    def _model(self, schema_id: str | None, stream: str) -> type[BaseEvent]:
         try:
-            model = (
-                self._registry.get(env.schema_id)
-                if env.schema_id
-                else self._registry.latest(stream)
-            )
+            model = self._registry.get(schema_id) if schema_id else self._registry.latest(stream)
         except UnknownSchemaError:
             # the header's text is the sender's, so it is not repeated
             raise EnvelopeError(
                 Reason.SCHEMA_UNKNOWN,
                 "the eddyline-schema header names no registered schema"
-                if env.schema_id
+                if schema_id
                 else f"no schema is registered for the {stream!r} stream",
             ) from None
         if model.event_name != stream:
@@ -315,8 +335,6 @@ class Privatizer:
     def _table(
         self, env: Envelope, model: type[BaseEvent], source: SourceRef, out: Outcome
     ) -> pa.Table | None:
-        if env.json_event is not None:
-            return self._json_table(env.json_event, model, source, out)
         assert env.table is not None
         try:
             return conform(model, env.table)
@@ -334,43 +352,6 @@ class Privatizer:
             )
         )
         return None
-
-    def _json_table(
-        self, event: dict[str, Any], model: type[BaseEvent], source: SourceRef, out: Outcome
-    ) -> pa.Table | None:
-        """One JSON event, validated by pydantic (per message: this is not the batched path)."""
-        try:
-            obj = model.model_validate(event, context={"time_window": self.window})
-        except ValidationError as exc:
-            out.received = 1
-            where, rule = _first_error(exc, model)
-            out.dead.append(
-                DeadLetter(
-                    Reason.ROW_INVALID,
-                    f"{where or 'event'}: {rule}",
-                    source,
-                    out.schema_id,
-                    where,
-                    "0",
-                )
-            )
-            return None
-        row = {k: str(v) if isinstance(v, UUID) else v for k, v in obj.__dict__.items()}
-        return pa.Table.from_pylist([row], schema=arrow_schema(model))
-
-
-def _first_error(exc: ValidationError, model: type[BaseEvent]) -> tuple[str | None, str]:
-    """(the schema field at fault, or None; pydantic's error type) of a validation error.
-
-    A key the model does not know is not named: it is the sender's text (it may be an
-    e-mail address)."""
-    first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
-    loc = first["loc"]
-    field = loc[0] if loc and isinstance(loc[0], str) and loc[0] in model.model_fields else None
-    if first["type"] == "extra_forbidden":
-        unknown = sum(e["type"] == "extra_forbidden" for e in exc.errors(include_input=False))
-        return None, f"unknown_field ({unknown} key(s) not in the schema)"
-    return field, str(first["type"])
 
 
 def pseudonymizer_from_settings(ws: WorkerSettings) -> HmacPseudonymizer:

@@ -1,4 +1,5 @@
-"""The Delta sink: private batches appended exactly once per source message.
+"""The Delta sink: private batches appended exactly once per source message (per row, for
+envelopes that cover many raw messages).
 
 Each commit records, as Delta app transactions, the last raw-topic offset it covers for
 every source partition (``app_id = "<raw topic>/<partition>@<topic id>"``: offsets count
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
-from eddyline.schemas.source import SourceRef
+from eddyline.schemas.source import SourceRef, rows_after
 from eddyline.schemas.tables import governance_row
 from eddyline.streams.worker.upkeep import TableUpkeep, UpkeepPolicy, file_count
 
@@ -224,7 +225,9 @@ def _committed(dt: DeltaTable | None, key: str) -> int:
 def _uncommitted(
     dt: DeltaTable | None, batches: Sequence[tuple[pa.Table, SourceRef]]
 ) -> tuple[list[pa.Table], dict[str, int]]:
-    """The batches past each partition's committed offset, and the new last offsets."""
+    """The rows past each partition's committed offset, and the new last offsets. An
+    envelope of many raw messages may overlap what is committed in part (a replay cut
+    differently): only its rows past the committed offset are kept."""
     fresh: list[pa.Table] = []
     last: dict[str, int] = {}
     done: dict[str, int] = {}
@@ -232,8 +235,9 @@ def _uncommitted(
         key = src.key
         if key not in done:
             done[key] = _committed(dt, key)
-        if src.offset <= max(done[key], last.get(key, -1)):
+        rows = rows_after(batch, src, max(done[key], last.get(key, -1)))
+        if rows is None:
             continue  # already in Delta: a replay after a crash or rebalance
-        fresh.append(batch)
+        fresh.append(rows)
         last[key] = src.offset
     return fresh, last

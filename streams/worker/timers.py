@@ -1,5 +1,5 @@
-"""The worker's timers: saving idle ledgers, destroying noise secrets past replay, noticing
-skipped and stalled partitions, reporting lag.
+"""The worker's timers: noticing skipped and stalled partitions of the Faust agents,
+reporting their lag and the cluster's health (the intake does its own: ``intake._report``).
 
 Faust crashes the whole app when a timer raises, so each one is wrapped (``survives``):
 a failure is logged and the timer runs again at its next tick.
@@ -16,7 +16,6 @@ from typing import Any
 import faust
 
 from eddyline.streams.worker.pipeline import Pipeline
-from eddyline.streams.worker.state import destroy_noise, save_budget
 
 log = logging.getLogger("eddyline.worker")
 
@@ -35,22 +34,8 @@ def survives(timer: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[Non
     return run
 
 
-def register(app: faust.App, p: Pipeline, budget: Any, noise: Any) -> None:
+def register(app: faust.App, p: Pipeline) -> None:
     """Add the timers to ``app``."""
-
-    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]  # Faust leaves it untyped
-    @survives
-    async def save_idle_budget() -> None:
-        # An idle partition still gets its last charges saved (the agent saves on events).
-        if p.privatize.save_due(p.ws.checkpoint_every_s) and p.privatize.has_changes:
-            async with p.budget_lock:
-                await save_budget(app, p, budget)
-
-    @app.timer(interval=60.0)  # type: ignore[untyped-decorator]  # Faust leaves it untyped
-    @survives
-    async def destroy_noise_keys() -> None:
-        async with p.budget_lock:  # the privatize agent adds secrets under the same lock
-            await destroy_noise(p, noise)
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]  # Faust leaves it untyped
     @survives
@@ -82,7 +67,7 @@ def register(app: faust.App, p: Pipeline, budget: Any, noise: Any) -> None:
         p.metrics.under_replicated.set(health.under_replicated)
         p.metrics.offline.set(health.offline)
 
-    del save_idle_budget, destroy_noise_keys, check_skipped, report_lag, report_cluster
+    del check_skipped, report_lag, report_cluster
 
 
 def _check_progress(

@@ -20,12 +20,13 @@ from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
 from eddyline.consumers.lake import Lake
+from eddyline.privacy.draws import Draws, KeyedDraws
 from eddyline.privacy.mechanisms import LaplaceMechanism
 from eddyline.privacy.pseudonymize import HmacPseudonymizer
 from eddyline.schemas.arrow import arrow_schema
 from eddyline.schemas.envelope import H_SOURCE, decode, encode_arrow, encode_json, header_map
 from eddyline.schemas.events import InteractionEvent
-from eddyline.schemas.source import SourceRef
+from eddyline.schemas.source import OFFSET_COLUMN, SourceRef
 from eddyline.simulate import TrafficSimulator
 from eddyline.streams.kafka.broker import free_port
 from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
@@ -241,18 +242,26 @@ def test_backdating_cannot_reset_the_budget_and_only_the_noise_secret_removes_no
             s for name, s in secrets.items() if name.startswith(f"interaction/{src.partition}/")
         ]
         with_secret += max(
-            int((mech.apply(values, _rng(s, src)) == released_values).sum()) for s in mine
+            int((mech.apply(values, _rng(s, src, table)) == released_values).sum()) for s in mine
         )
-        with_key += int((mech.apply(values, _rng(old_seed, src)) == released_values).sum())
+        with_key += int((mech.apply(values, _rng(old_seed, src, table)) == released_values).sum())
         rows_checked += len(ids)
     assert rows_checked == 200
     assert with_secret == 200  # the attack works, given the secret
     assert with_key <= 2  # without it: a noise draw of exactly 0 is rarer than 1 in 10^4
 
 
-def _rng(secret: bytes, src: SourceRef) -> np.random.Generator:
-    seed = hmac.digest(secret, src.header(), "sha256")
-    return np.random.Generator(np.random.PCG64(int.from_bytes(seed, "big")))
+def _rng(secret: bytes, src: SourceRef, table: pa.Table) -> Draws:
+    """The draws the worker made for ``dwell_time_s`` of this private batch under
+    ``secret`` (every row of the batch crossed: an envelope's rows are 0..n-1 of its raw
+    message; a JSON run's are row 0 of each raw offset)."""
+    n = table.num_rows
+    if OFFSET_COLUMN in table.column_names:
+        offsets, indices = table[OFFSET_COLUMN].to_numpy(), np.zeros(n, np.int64)
+    else:
+        offsets, indices = np.full(n, src.offset, np.int64), np.arange(n)
+    field = list(InteractionEvent.model_fields).index("dwell_time_s")
+    return KeyedDraws.for_source(secret, src.key, offsets, indices).stream(field)
 
 
 def _private_messages(kafka: KafkaSettings) -> list[tuple[SourceRef, pa.Table]]:

@@ -8,25 +8,35 @@ import time
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
 from eddyline.demo import send_invalid
+from eddyline.schemas.envelope import H_CONTENT_TYPE, H_SCHEMA, JSON
 from eddyline.simulate import TrafficSimulator
 from eddyline.streams.kafka.broker import free_port
 from eddyline.streams.kafka.settings import KafkaSettings
+from eddyline.streams.kafka.topics import Topics
 from eddyline.streams.sdk.producer import EventProducer
 from eddyline.streams.worker.process import WorkerProcess
 from tests.integration.helpers import deadlettered_rows, delta_ids, wait_for
 
 pytestmark = pytest.mark.integration
+JSON_HEADERS = [(H_CONTENT_TYPE, JSON.encode()), (H_SCHEMA, b"interaction:1")]
 
 
 class Stream(threading.Thread):
-    """Emits ``total`` interactions at ``rate``/s in the background, then flushes."""
+    """Emits ``total`` interactions at ``rate``/s in the background, then flushes: through
+    the SDK (``wire="sdk"``: Arrow envelopes), as one JSON event per message from a plain
+    confluent-kafka producer keyed by user (``"json"``), or alternating the two every
+    2,000 events (``"mixed"``)."""
 
-    def __init__(self, kafka: KafkaSettings, total: int, rate: float, seed: int) -> None:
+    def __init__(
+        self, kafka: KafkaSettings, total: int, rate: float, seed: int, wire: str = "sdk"
+    ) -> None:
         super().__init__(daemon=True)
         self.kafka, self.total, self.rate, self.seed = kafka, total, rate, seed
+        self.wire = wire
         self.sent: list[str] = []
         self.invalid: list[str] = []
         self.error: BaseException | None = None
@@ -34,18 +44,35 @@ class Stream(threading.Thread):
     def run(self) -> None:
         try:
             sim, step = TrafficSimulator(users=5_000, seed=self.seed), 2_000
+            plain = Producer(self.kafka.librdkafka({"enable.idempotence": True, "linger.ms": 20}))
+            topic = Topics(self.kafka.namespace).raw("interaction")
             with EventProducer(kafka=self.kafka, registry=CollectorRegistry()) as producer:
-                for start in range(0, self.total, step):
+                for n, start in enumerate(range(0, self.total, step)):
                     t0 = time.monotonic()
+                    as_json = self.wire == "json" or (self.wire == "mixed" and n % 2)
                     for event in sim.interactions(step):
-                        producer.emit(event)
+                        if as_json:
+                            _produce(plain, topic, event.user_id.encode(), event.model_dump_json())
+                        else:
+                            producer.emit(event)
                         self.sent.append(str(event.event_id))
                     time.sleep(max(0.0, step / self.rate - (time.monotonic() - t0)))
                 assert producer.flush(120) == 0
+                assert plain.flush(120) == 0
             send_invalid(self.kafka, 100)
             self.invalid = [f"00000000-0000-4000-8000-{i:012d}" for i in range(100)]
         except BaseException as exc:  # surfaced by the test
             self.error = exc
+
+
+def _produce(producer: Producer, topic: str, key: bytes, value: str) -> None:
+    while True:
+        try:
+            producer.produce(topic, value, key, headers=JSON_HEADERS)
+            producer.poll(0)
+            return
+        except BufferError:  # the client's queue is full: let it drain
+            producer.poll(0.05)
 
 
 def _worker(env: dict[str, str], tmp_path: Path, n: int) -> WorkerProcess:
@@ -77,9 +104,14 @@ def crash_env(worker_env: dict[str, str]) -> dict[str, str]:
     return {**worker_env, "EDDYLINE_SESSION_TIMEOUT_S": "6", "EDDYLINE_BUDGET_EPSILON": "1e6"}
 
 
-def test_kill_9_five_times_while_500k_events_stream_in(kafka: KafkaSettings, crash_env, tmp_path):
+@pytest.mark.parametrize("wire", ["sdk", "json", "mixed"])
+def test_kill_9_five_times_while_500k_events_stream_in(
+    kafka: KafkaSettings, crash_env, tmp_path, wire: str
+) -> None:
+    # sdk: 250 envelopes of 2,000 events; json: 500,000 single-event messages; mixed: both,
+    # interleaved on every partition.
     lake = Path(crash_env["EDDYLINE_LAKE_PATH"])
-    stream = Stream(kafka, 500_000, rate=10_000, seed=31)
+    stream = Stream(kafka, 500_000, rate=10_000, seed=31, wire=wire)
     worker = _worker(crash_env, tmp_path, 0)
     stream.start()
     rng = random.Random(2026)  # the kill moments are random, and reproducible

@@ -272,8 +272,7 @@ def test_the_window_charged_is_the_clocks_never_the_events_own_time() -> None:
             pa.Table.from_pylist(rows, schema=arrow_schema(InteractionEvent)), "interaction:1"
         )
         out = privatizer.process(value, headers, SourceRef("raw", 0, message), "interaction")
-        assert out.private is not None
-        released += out.private.num_rows
+        released += 0 if out.private is None else out.private.num_rows
         for ledger in privatizer.ledgers.values():  # what every save does
             ledger.forget_before(ledger.window_of(now[0]))
         now[0] += 60.0

@@ -2,6 +2,9 @@
 reference (scipy, exact probabilities, or OpenDP's samplers), their output domains, and an
 empirical privacy audit of every mechanism.
 
+The samplers are tested with both sources of randomness: a numpy generator and the
+worker's keyed draws by row (``privacy.draws``).
+
 Error rates: each goodness-of-fit test rejects at alpha = 0.001, each audit bound holds with
 probability >= 1 - 2e-4 (two one-sided Clopper-Pearson bounds at 1e-4), for a correct
 mechanism and a random seed; the seeds are fixed, so the outcome is deterministic.
@@ -16,6 +19,7 @@ import opendp.prelude as dp
 import pytest
 from scipy import stats
 
+from eddyline.privacy.draws import Draws, GeneratorDraws, KeyedDraws
 from eddyline.privacy.mechanisms import (
     GaussianMechanism,
     LaplaceMechanism,
@@ -39,6 +43,17 @@ def _opendp_integers(kind: str, scale: float, n: int) -> np.ndarray:
     return np.array(make(*space, scale=scale)([0] * n))
 
 
+def _draws(kind: str, seed: int, n: int) -> Draws:
+    """``n`` rows' draws: a seeded numpy generator, or the worker's keyed draws (a key made
+    from the seed; rows at offsets 0..n-1)."""
+    if kind == "generator":
+        return GeneratorDraws(np.random.default_rng(seed), n)
+    return KeyedDraws(seed.to_bytes(32, "big"), np.arange(n), np.zeros(n, np.int64))
+
+
+DRAWS = pytest.mark.parametrize("kind", ["generator", "keyed"])
+
+
 def _two_sample_chi2(a: np.ndarray, b: np.ndarray, bins: int = 20) -> float:
     """p-value that integer samples ``a`` and ``b`` share one distribution (equal-mass bins)."""
     edges = np.unique(np.quantile(np.concatenate([a, b]), np.linspace(0, 1, bins + 1)[1:-1]))
@@ -47,9 +62,10 @@ def _two_sample_chi2(a: np.ndarray, b: np.ndarray, bins: int = 20) -> float:
     return float(stats.chi2_contingency(np.vstack([ca, cb]))[1])
 
 
-def test_discrete_gaussian_matches_its_pmf_and_opendps_sampler() -> None:
+@DRAWS
+def test_discrete_gaussian_matches_its_pmf_and_opendps_sampler(kind: str) -> None:
     sigma, n = 7.3, 60_000
-    ours = discrete_gaussian(sigma, n, np.random.default_rng(11))
+    ours = discrete_gaussian(sigma, _draws(kind, 11, n))
     support = np.arange(-80, 81)
     pmf = np.exp(-(support**2) / (2 * sigma**2))
     pmf /= pmf.sum()
@@ -65,10 +81,11 @@ def test_discrete_gaussian_matches_its_pmf_and_opendps_sampler() -> None:
     assert _two_sample_chi2(ours, _opendp_integers("gaussian", sigma, n)) > ALPHA
 
 
-def test_discrete_laplace_matches_opendps_sampler() -> None:
+@DRAWS
+def test_discrete_laplace_matches_opendps_sampler(kind: str) -> None:
     mech = LaplaceMechanism(epsilon=1.0, lower=0.0, upper=0.01)  # a few grid steps wide
     n = 60_000
-    ours = np.rint(mech.apply(np.zeros(n), np.random.default_rng(12)) / mech.grid).astype(int)
+    ours = np.rint(mech.apply(np.zeros(n), _draws(kind, 12, n)) / mech.grid).astype(int)
     reference = _opendp_integers("laplace", 1.0 / mech.parameter, n)
     assert _two_sample_chi2(ours, reference) > ALPHA
 
@@ -88,21 +105,23 @@ def test_gaussian_outputs_lie_on_the_grid_and_ignore_the_inputs_low_bits() -> No
     assert abs(noise.std() / mech.scale - 1) < 0.02
 
 
-def test_randomized_response_reports_each_category_with_its_probability() -> None:
+@DRAWS
+def test_randomized_response_reports_each_category_with_its_probability(kind: str) -> None:
     mech = RandomizedResponseMechanism(1.0, ("a", "b", "c", "d"))
     n = 40_000
-    out = mech.apply(np.full(n, 2), np.random.default_rng(13))
+    out = mech.apply(np.full(n, 2), _draws(kind, 13, n))
     assert set(np.unique(out).tolist()) <= {0, 1, 2, 3}  # only declared categories
     p = mech.keep_probability
     expected = np.array([(1 - p) / 3, (1 - p) / 3, p, (1 - p) / 3]) * n
     assert stats.chisquare(np.bincount(out, minlength=4), expected).pvalue > ALPHA
 
 
-def test_unary_encoding_reports_each_bit_with_p_or_q() -> None:
+@DRAWS
+def test_unary_encoding_reports_each_bit_with_p_or_q(kind: str) -> None:
     cats = tuple(f"c{i}" for i in range(30))
     mech = UnaryEncodingMechanism(1.0, cats)
     n = 20_000
-    bits = mech.bits(np.full(n, 4), np.random.default_rng(14))
+    bits = mech.bits(np.full(n, 4), _draws(kind, 14, n))
     ones = bits.sum(axis=0)
     # true bit ~ Binomial(n, 1/2); each other ~ Binomial(n, q): two-sided binomial tests,
     # Bonferroni over the 30 bits
