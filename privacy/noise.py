@@ -36,6 +36,8 @@ import secrets
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass
 class NoiseKeys:
@@ -62,6 +64,12 @@ class NoiseKeys:
         need (from ``keep_windows`` ago to the next window)."""
         now = int(now_s // self.window_s)
         return min(max(int(timestamp_s // self.window_s), now - self.keep_windows), now + 1)
+
+    def windows_for(self, timestamps_s: np.ndarray, now_s: float) -> list[int]:
+        """``window_for`` of many timestamps at once."""
+        now = int(now_s // self.window_s)
+        found = np.clip(timestamps_s // self.window_s, now - self.keep_windows, now + 1)
+        return [int(w) for w in found.astype(np.int64).tolist()]
 
     def get(self, name: str) -> bytes | None:
         found = self.store.get(name)

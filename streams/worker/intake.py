@@ -24,7 +24,6 @@ read before its first message; a revoked one is saved and committed; a lost one 
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -39,7 +38,7 @@ from eddyline.streams.worker.budget_state import app_id
 from eddyline.streams.worker.pipeline import Pipeline
 from eddyline.streams.worker.privatize import Privatized, RawMessage
 from eddyline.streams.worker.state import StateTopics
-from eddyline.streams.worker.units import Unit, faust_offsets, json_run, plan, window_of
+from eddyline.streams.worker.units import Fetched, Unit, faust_offsets, json_run, plan
 
 log = logging.getLogger("eddyline.intake")
 _consumer_log = logging.getLogger("eddyline.intake.consumer")  # one line a minute per kind
@@ -158,6 +157,7 @@ class Intake:
             while not self._stop.is_set():
                 messages = consumer.consume(p.ws.intake_max_messages, p.ws.intake_max_wait_s)
                 self._take(messages)
+                self._behind()  # what learning yields to (``qsize``)
                 self._upkeep()
             self._save()
         finally:
@@ -174,28 +174,29 @@ class Intake:
                 continue
             by_partition[(message.topic(), message.partition())].append(message)
         stage = self.p.privatize
-        for (topic, partition), batch in by_partition.items():
+        for (topic, partition), messages in by_partition.items():
             if (topic, partition) not in self._owned:
                 continue  # revoked since the fetch: its next owner reads it
-            epochs = self.p.epochs
-            if epochs.regressed(topic, partition, batch[0].offset()):
+            epochs, fetched = self.p.epochs, Fetched.of(messages)
+            if epochs.regressed(topic, partition, int(fetched.offsets[0])):
                 epochs.refresh_now([topic])
-            windows = functools.partial(window_of, stage.noise, stage.privatizer.clock())
-            for unit in plan(batch, windows, self.p.ws.intake_max_run):
-                self._privatise(topic, partition, unit)
-            last = batch[-1].offset()
+            windows = stage.noise.windows_for(fetched.timestamps, stage.privatizer.clock())
+            for unit in plan(fetched, windows, self.p.ws.intake_max_run):
+                self._privatise(topic, partition, fetched, unit)
+            last = int(fetched.offsets[-1])
             epochs.regressed(topic, partition, last)
             self._done[(topic, partition)] = last
             self.p.progress.advanced("privatize", topic, partition, last)
 
-    def _privatise(self, topic: str, partition: int, unit: Unit) -> None:
+    def _privatise(self, topic: str, partition: int, fetched: Fetched, unit: Unit) -> None:
         p, stage = self.p, self.p.privatize
-        first = unit.messages[0]
-        src = p.epochs.source(topic, partition, unit.messages[-1].offset())
-        message = RawMessage(first.value(), first.headers(), src, first.timestamp()[1] / 1000)
+        first = fetched.messages[unit.start]
+        src = p.epochs.source(topic, partition, int(fetched.offsets[unit.stop - 1]))
+        stamp = float(fetched.timestamps[unit.start])
+        message = RawMessage(first.value(), first.headers(), src, stamp)
         key = self._noise_key(message)
         if unit.json:
-            out = stage.process_json(json_run(unit, src), key)
+            out = stage.process_json(json_run(fetched, unit, src), key)
         else:
             out = stage.process(message, key)
         self._send(out, p.topics.private(out.stream), partition)
@@ -301,33 +302,32 @@ class Intake:
         if gone:
             log.info("noise secrets destroyed: %d (their windows are past replay)", len(gone))
 
+    def _behind(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """(high watermark, messages behind it) per partition owned (cached: no round trip)."""
+        out: dict[tuple[str, int], tuple[int, int]] = {}
+        consumer = self.consumer
+        for topic, partition in sorted(self._owned):
+            assert consumer is not None  # partitions are owned only once it subscribed
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            if high >= 0:
+                at = self._done.get(
+                    (topic, partition), self._committed.get((topic, partition), 0) - 1
+                )
+                out[(topic, partition)] = (high, max(0, high - at - 1))
+        self._lag = sum(behind for _, behind in out.values())
+        return out
+
     def _report(self) -> None:
         """Lag and stalls of the partitions owned (metrics, /status)."""
-        consumer, p = self.consumer, self.p
-        if consumer is None:
-            return
-        lag = 0
-        for topic, partition in sorted(self._owned):
-            tp = TopicPartition(topic, partition)
-            _, high = consumer.get_watermark_offsets(tp, cached=True)
-            if high < 0:
-                continue
-            done = self._done.get(
-                (topic, partition), self._committed.get((topic, partition), 0) - 1
-            )
-            behind = max(0, high - done - 1)
-            lag += behind
+        p = self.p
+        for (topic, partition), (high, behind) in self._behind().items():
             p.metrics.lag.labels(topic, str(partition)).set(behind)
+            committed = self._committed.get((topic, partition))
             stalled = p.progress.check(
-                topic,
-                partition,
-                end=high,
-                committed=self._committed.get((topic, partition)),
-                position=done + 1,
+                topic, partition, end=high, committed=committed, position=high - behind
             )
             for agent, seconds in stalled.items():
                 p.metrics.stalled.labels(agent, topic, str(partition)).set(seconds)
-        self._lag = lag
 
     # -- rebalances (called by the consumer, on this thread, inside ``consume``) ----------
 
