@@ -12,13 +12,14 @@ Examples:
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from eddyline.schemas.errors import EddylineError, require_extra
+from eddyline.schemas.errors import UserError, require_extra
 
 require_extra("query", "eddyline.consumers.lake", "deltalake", "duckdb", "polars")
 
@@ -28,7 +29,7 @@ from deltalake.exceptions import DeltaError  # noqa: E402
 from deltalake.exceptions import TableNotFoundError as _DeltaTableNotFound  # noqa: E402
 
 
-class LakeError(EddylineError, DeltaError):
+class LakeError(UserError, DeltaError):
     """A table, or a version of it, cannot be read."""
 
 
@@ -36,7 +37,7 @@ class TableNotFoundError(LakeError, _DeltaTableNotFound):
     """No Delta table of that name under the lake's root."""
 
 
-class QueryError(EddylineError, duckdb.Error):
+class QueryError(UserError, duckdb.Error):
     """DuckDB refused or failed the SQL (``Lake.sql``)."""
 
 
@@ -117,9 +118,14 @@ class Lake:
         )
 
     def sql(self, query: str, *, as_of: AsOf = None) -> pa.Table:
-        """DuckDB SQL where each table is a view named after it (``SELECT * FROM interaction``)."""
+        """DuckDB SQL where each table is a view named after it (``SELECT * FROM interaction``).
+
+        ``as_of`` reads every table the query names as of that version or time (a version
+        number is per table: name one table when you give one)."""
         con = duckdb.connect()
         for name in self.tables():
+            if as_of is not None and not re.search(rf"\b{re.escape(name)}\b", query):
+                continue  # not in the query: it need not have that version
             con.register(name, self.table(name, as_of=as_of).to_pyarrow_dataset())
         try:
             result: pa.Table = con.sql(query).to_arrow_table()

@@ -47,13 +47,13 @@ from eddyline.online_learning.registry import (
     registry_change,
 )
 from eddyline.online_learning.scoring import LinearScorer, evaluate
-from eddyline.schemas.errors import EddylineError
+from eddyline.schemas.errors import EddylineError, UserError
 from eddyline.schemas.events import DriftEvent, ModelEvent
 
 log = logging.getLogger("eddyline.retrain")
 
 
-class RetrainBudgetError(EddylineError):
+class RetrainBudgetError(UserError):
     """Training would spend more privacy budget on the data than the configured total."""
 
 

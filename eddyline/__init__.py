@@ -28,6 +28,7 @@ from eddyline.schemas import (
     Redact,
     SchemaError,
     TopicNotFoundError,
+    UserError,
 )
 from eddyline.streams.kafka.settings import KafkaSettings, ProducerSettings, WorkerSettings
 from eddyline.streams.sdk.aio import AsyncEventProducer
@@ -67,6 +68,7 @@ __all__ = [
     "SpoolFullError",
     "TableNotFoundError",
     "TopicNotFoundError",
+    "UserError",
     "WorkerSettings",
 ]
 

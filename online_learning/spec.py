@@ -36,7 +36,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from eddyline.schemas.annotations import Redact
-from eddyline.schemas.errors import EddylineError, UnknownSchemaError
+from eddyline.schemas.errors import UnknownSchemaError, UserError
 from eddyline.schemas.events import BaseEvent, base_kind
 from eddyline.schemas.registry import REGISTRY
 
@@ -49,7 +49,7 @@ _CLASS_KEY = re.compile(r"^[a-z_]+\.[A-Z]\w*$")
 _NAME = r"^[a-z][a-z0-9_]{0,63}$"
 
 
-class LearnerSpecError(EddylineError):
+class LearnerSpecError(UserError):
     """A learner spec that cannot work: unknown column, wrong kind, bad pipeline, bad YAML."""
 
 

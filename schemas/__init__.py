@@ -20,6 +20,7 @@ from eddyline.schemas.errors import (
     SchemaError,
     TopicNotFoundError,
     UnknownSchemaError,
+    UserError,
 )
 from eddyline.schemas.events import (
     BaseEvent,
@@ -52,4 +53,5 @@ __all__ = [
     "SchemaRegistry",
     "TopicNotFoundError",
     "UnknownSchemaError",
+    "UserError",
 ]

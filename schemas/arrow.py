@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import AwareDatetime
 
-from eddyline.schemas.errors import EddylineError
+from eddyline.schemas.errors import UserError
 from eddyline.schemas.events import BaseEvent, random_id_bytes
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -109,7 +109,7 @@ def new_uuid_column(n: int) -> pa.Array:
     return _uuid_text(raw)
 
 
-class SchemaMismatchError(EddylineError, ValueError):
+class SchemaMismatchError(UserError, ValueError):
     """Columns that are not the model's: unknown or missing names, or types that differ.
 
     Its message names only fields of the model and Arrow type names, never a value or a

@@ -3,24 +3,30 @@
 Every error eddyline raises on purpose derives from :class:`EddylineError`; where one
 wraps a library's error it inherits from that error too, so either can be caught::
 
-    EddylineError
-    ├── SchemaError                  a model or annotation that cannot work (raised at definition)
-    │   └── UnknownSchemaError       a schema id the registry does not know
-    ├── SchemaMismatchError          ValueError too: columns that are not the model's
-    ├── EventValidationError         ValueError too: an event failed validation at ``emit``
+    EddylineError                    exit code 1: a failure
+    ├── UserError                    exit code 2: the caller fixes their input
+    │   ├── SchemaError              a model or annotation that cannot work (raised at definition)
+    │   │   └── UnknownSchemaError   a schema id the registry does not know
+    │   ├── SchemaMismatchError      ValueError too: columns that are not the model's
+    │   ├── EventValidationError     ValueError too: an event failed validation at ``emit``
+    │   ├── MissingExtraError        ImportError too: an optional extra is not installed
+    │   ├── LearnerSpecError         a learner spec that cannot work
+    │   ├── LakeError                DeltaError too: a table or version cannot be read
+    │   │   └── TableNotFoundError   deltalake's TableNotFoundError too
+    │   ├── QueryError               duckdb's Error too: SQL over the lake failed
+    │   └── RetrainBudgetError       retraining would pass the total ε
     ├── EnvelopeError                a Kafka message that is not a valid envelope (has ``reason``)
     ├── BrokerError                  Kafka could not be reached or refused a request
     │   └── TopicNotFoundError       a topic the caller needs does not exist
     ├── ProducerClosedError          ``emit`` after ``close``
     ├── SpoolFullError               Kafka away so long the SDK's spool is full
-    ├── MissingExtraError            ImportError too: an optional extra is not installed
-    ├── LearnerSpecError             a learner spec that cannot work
-    ├── LakeError                    DeltaError too: a table or version cannot be read
-    │   └── TableNotFoundError       deltalake's TableNotFoundError too
-    ├── QueryError                   duckdb's Error too: SQL over the lake failed
-    ├── RetrainBudgetError           retraining would pass the total ε
     ├── NotEnoughDataError           too few rows after a change to retrain yet
     └── PredictionError              a worker refused or could not answer a prediction
+
+Exit codes: the CLI prints any of them as one line and exits with the error's
+``exit_code``: 2 for what the caller can fix (a bad schema, spec, SQL, table name, version,
+a missing extra: the message says what to change), 1 for a failure (Kafka away, a refused
+request, a full spool).
 
 The classes live where they are raised (the tree names each module in ``__module__``:
 ``eddyline.streams.sdk.spool``, ``eddyline.online_learning.spec``, ``eddyline.consumers.lake``,
@@ -37,8 +43,16 @@ from __future__ import annotations
 class EddylineError(Exception):
     """Root of every error eddyline raises on purpose."""
 
+    exit_code = 1  # the CLI's: 1 a failure, 2 what the caller can fix
 
-class SchemaError(EddylineError):
+
+class UserError(EddylineError):
+    """Marks an error the caller fixes by changing their input (exit code 2)."""
+
+    exit_code = 2
+
+
+class SchemaError(UserError):
     """An event model or privacy annotation that cannot work."""
 
 
@@ -53,7 +67,7 @@ class UnknownSchemaError(SchemaError):
         self.schema_id = schema_id
 
 
-class EventValidationError(EddylineError, ValueError):
+class EventValidationError(UserError, ValueError):
     """An event failed validation; ``field`` names the first bad field."""
 
     def __init__(self, message: str, *, field: str | None, reason: str) -> None:
@@ -90,7 +104,7 @@ class ProducerClosedError(EddylineError):
     """``emit`` was called after ``close``."""
 
 
-class MissingExtraError(EddylineError, ImportError):
+class MissingExtraError(UserError, ImportError):
     """An optional extra is not installed."""
 
     def __init__(self, extra: str, module: str) -> None:

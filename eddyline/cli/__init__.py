@@ -1,5 +1,6 @@
 """The ``eddyline`` command: ``eddyline <noun> <verb>``. Data to stdout, messages to stderr,
-one-line errors (tracebacks with ``--debug``)."""
+one-line errors (tracebacks with ``--debug``): exit code 2 for what the user can fix (Typer's
+usage errors, ``UserError``), 1 for a failure."""
 
 from __future__ import annotations
 
@@ -45,10 +46,21 @@ def main() -> None:
     except EddylineError as exc:
         if DEBUG["on"] or "--debug" in sys.argv:
             raise
-        from rich.markup import escape
-
-        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)  # one line
+        _error(str(exc))
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug, or a library's error no command turned into ours
+        if DEBUG["on"] or "--debug" in sys.argv:
+            raise
+        _error(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)")
         sys.exit(1)
+
+
+def _error(message: str) -> None:
+    """One line on stderr, whatever the message holds (its own lines are joined)."""
+    from rich.text import Text
+
+    line = " ".join(message.split())
+    err.print(Text.assemble(("error: ", "red"), line), soft_wrap=True)
 
 
 __all__ = ["app", "data", "kafka", "main", "models", "privacy"]

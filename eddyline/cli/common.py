@@ -34,7 +34,9 @@ for sub, name in (
     (learners_app, "learners"),
 ):
     app.add_typer(sub, name=name)
-err = Console(stderr=True)
+# Messages hold names and text users chose (table names, SQL, extras like [query]): never
+# read as markup.
+err = Console(stderr=True, markup=False, highlight=False)
 out = Console()
 DEBUG = {"on": False}
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from eddyline.cli.common import app, err, out, schemas_app
@@ -53,14 +54,36 @@ def schemas_check(
 
 
 @app.command("query")
-def query(sql: str, lake: Annotated[str, typer.Option(help="lake root")] = "./lake") -> None:
-    """Run DuckDB SQL over the Delta tables (each table is a view named after its stream)."""
+def query(
+    sql: Annotated[str, typer.Argument(help="DuckDB SQL; each table is a view named after it")],
+    lake: Annotated[str, typer.Option(help="lake root")] = "./lake",
+    version: Annotated[
+        int | None, typer.Option("--version", help="read the tables as of this Delta version")
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of", help="read the tables as of this time (ISO 8601, e.g. 2026-12-01T10:00Z)"
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per row")] = False,
+) -> None:
+    """Run DuckDB SQL over the Delta tables, now or as of a version or a time (time travel)."""
+    import json
+
     from eddyline.consumers.lake import Lake
 
-    result = Lake(lake).sql(sql)
-    table = Table(*result.column_names)
+    if version is not None and as_of is not None:
+        raise typer.BadParameter("give --version or --as-of, not both")
+    when: int | str | None = version if version is not None else as_of
+    result = Lake(lake).sql(sql, as_of=when)
+    if as_json:
+        for row in result.to_pylist():
+            print(json.dumps(row, default=str))
+        return
+    table = Table(*(escape(name) for name in result.column_names))
     for row in result.to_pylist():
-        table.add_row(*(str(v) for v in row.values()))
+        table.add_row(*(escape(str(v)) for v in row.values()))
     out.print(table)
 
 

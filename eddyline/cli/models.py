@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from eddyline.cli.common import err, learners_app, out, retrain_app
@@ -60,23 +61,39 @@ def retrain_run(
 def retrain_status(
     model: str = "click",
     registry: Annotated[str, typer.Option(help="registry root")] = "./lake/_registry",
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per version")] = False,
 ) -> None:
     """Registered versions of a model: metrics, ε spent, lineage, and where the aliases point."""
     from eddyline.online_learning.registry import ModelRegistry
 
     reg = ModelRegistry(registry)
     aliases = {a: reg.alias(model, a) for a in ("champion", "challenger", "previous")}
+    rows = [
+        {
+            "version": v.version,
+            "aliases": [a for a, n in aliases.items() if n == v.version],
+            "holdout_log_loss": v.metrics.get(
+                "holdout_log_loss", v.metrics.get("log_loss", float("nan"))
+            ),
+            "epsilon": v.epsilon,
+            "drift": v.drift_key or "bootstrap",
+            "trained_on": v.lineage.get("trained_on", {}),
+        }
+        for v in reg.versions(model)
+    ]
+    if as_json:
+        for row in rows:
+            print(json.dumps(row, default=str))
+        return
     table = Table("version", "aliases", "holdout log-loss", "ε", "drift", "trained on")
-    for v in reg.versions(model):
-        names = ", ".join(a for a, n in aliases.items() if n == v.version)
-        loss = v.metrics.get("holdout_log_loss", v.metrics.get("log_loss", float("nan")))
+    for row in rows:
         table.add_row(
-            str(v.version),
-            names,
-            f"{loss:.4f}",
-            f"{v.epsilon:.3f}",
-            v.drift_key or "bootstrap",
-            json.dumps(v.lineage.get("trained_on", {})),
+            str(row["version"]),
+            ", ".join(row["aliases"]),
+            f"{row['holdout_log_loss']:.4f}",
+            f"{row['epsilon']:.3f}",
+            escape(str(row["drift"])),
+            escape(json.dumps(row["trained_on"], default=str)),
         )
     out.print(table)
 
@@ -88,7 +105,7 @@ def learners_check(
         typer.Argument(help="built-in names or YAML files; default: EDDYLINE_LEARNERS"),
     ] = None,
 ) -> None:
-    """Load and check learner specs as the worker would; exit 1 naming the first problem."""
+    """Load and check learner specs as the worker would; exit 2 naming the first problem."""
     from eddyline.online_learning.spec import load_specs
 
     loaded = load_specs(specs or WorkerSettings().learners)
@@ -96,11 +113,14 @@ def learners_check(
         features = ", ".join(f"{f.column} ({f.kind})" for f in spec.features)
         watchers = ", ".join(w.key for w in spec.drift.watch) or "none"
         out.print(
-            f"[bold]{spec.name}[/bold] v{spec.version} over {spec.stream}: {spec.description}\n"
-            f"  features: {features}\n"
-            f"  target:   {', '.join(r.column for r in spec.target)}\n"
-            f"  pipeline: {spec.build_pipeline()}\n"
-            f"  metrics:  {', '.join(spec.metrics)}; watchers: {watchers}",
+            f"[bold]{escape(spec.name)}[/bold] v{spec.version} over {spec.stream}: "
+            f"{escape(spec.description)}\n"
+            + escape(
+                f"  features: {features}\n"
+                f"  target:   {', '.join(r.column for r in spec.target)}\n"
+                f"  pipeline: {spec.build_pipeline()}\n"
+                f"  metrics:  {', '.join(spec.metrics)}; watchers: {watchers}"
+            ),
             soft_wrap=True,
         )
     err.print(f"{len(loaded)} learner spec(s) OK")

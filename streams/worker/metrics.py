@@ -1,10 +1,20 @@
-"""Prometheus metrics of a worker, on a registry of its own (served at ``/metrics``)."""
+"""Prometheus metrics of a worker, on a registry of its own (served at ``/metrics``), with
+the client's standard ``process_*`` (CPU seconds, resident memory, open files) and
+``python_*`` (GC, version) collectors."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 
 _ROWS = (1, 10, 100, 500, 1000, 2000, 5000, 20000, 100000)
 
@@ -40,6 +50,8 @@ class WorkerMetrics:
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
         reg = registry or CollectorRegistry()
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            reg.register(collector)
 
         def counter(name: str, doc: str, labels: list[str]) -> Counter:
             return Counter(f"eddyline_worker_{name}", doc, labels, registry=reg)

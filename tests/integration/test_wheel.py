@@ -98,7 +98,7 @@ def test_an_app_with_its_own_schemas_and_streams_emits_and_runs_a_worker(
     cli = str(env_dir / "bin" / "eddyline")
     assert _run([cli, "--help"], env=env).returncode == 0
     missing = _run([cli, "worker", "run"], env=env)
-    assert missing.returncode == 1
+    assert missing.returncode == 2  # a missing extra: the user fixes it (UserError)
     assert missing.stderr.strip().splitlines() == [
         "error: the eddyline worker needs the [worker] extra: pip install 'eddyline[worker]'"
     ]
