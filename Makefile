@@ -5,7 +5,8 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-unit lint typecheck broker-start broker-stop bench clean
+.PHONY: help install tools demo test test-unit lint typecheck broker-start broker-stop bench clean
+SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -18,10 +19,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install eddyline with the worker, query and dev extras
 
+tools:  ## Debian packages the tests use: promtool and the Prometheus server (alert rule tests)
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends prometheus; }
+
 demo: install  ## start the local broker, run a worker and the simulator with a drift, print a summary
 	$(VENV)/bin/eddyline demo
 
-test: install  ## lint, types, then the whole suite against a real local Kafka broker
+test: install tools  ## lint, types, then the whole suite against a real local Kafka broker
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest

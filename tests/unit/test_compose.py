@@ -63,10 +63,12 @@ def test_worker_serves_metrics_where_prometheus_scrapes() -> None:
     assert port == WorkerSettings().web_port
     assert f"{port}:{port}" in services["worker"]["ports"]
     assert services["worker"]["environment"]["EDDYLINE_BOOTSTRAP"].endswith(":-kafka:29092}")
-    scrape = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
+    scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == [f"worker:{port}"]
-    mount = services["prometheus"]["volumes"][0].split(":")[0]
-    assert (ROOT / mount).is_file()
+    assert scrape["rule_files"] == ["alerts.yml"]
+    mount, inside = services["prometheus"]["volumes"][0].split(":")[:2]
+    assert (ROOT / mount / "prometheus.yml").is_file() and (ROOT / mount / "alerts.yml").is_file()
+    assert inside == "/etc/prometheus"
 
 
 def test_the_worker_image_installs_the_worker_extra() -> None:
