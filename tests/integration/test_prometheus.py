@@ -20,7 +20,9 @@ from eddyline.streams.worker.process import WorkerProcess
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
-RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+RULES = DEPLOY / "prometheus" / "alerts.yml"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "eddyline.json"
 
 
 def _query(port: int, expr: str) -> list[dict]:
@@ -34,7 +36,7 @@ def _get(port: int, path: str) -> dict:
         return json.loads(reply.read())
 
 
-def test_prometheus_scrapes_a_worker_and_loads_the_alerts(
+def test_prometheus_scrapes_a_worker_the_alerts_load_and_the_dashboard_has_data(
     kafka: KafkaSettings, worker_env: dict[str, str], tmp_path: Path
 ) -> None:
     server = shutil.which("prometheus")
@@ -82,6 +84,21 @@ def test_prometheus_scrapes_a_worker_and_loads_the_alerts(
         alerts = {rule["name"]: rule for group in groups for rule in group["rules"]}
         assert len(alerts) == 9 and all(r["health"] == "ok" for r in alerts.values()), alerts
         assert alerts["EddylineWorkerDown"]["state"] == "inactive"  # it answers
+
+        # Every query of the Grafana dashboard returns data from the live worker.
+        board = json.loads(DASHBOARD.read_text())
+        exprs = {
+            f"{panel['title']} / {target['legendFormat']}": target["expr"].replace(
+                "$__rate_interval", "1m"
+            )
+            for panel in board["panels"]
+            for target in panel["targets"]
+        }
+
+        def empty() -> list[str]:
+            return [name for name, expr in exprs.items() if not _query(port, expr)]
+
+        wait_for(lambda: not empty(), 60, "every dashboard query to return data")
     except AssertionError as exc:
         log = (tmp_path / "prometheus.log").read_text()[-2000:]
         raise AssertionError(f"{exc}\nprometheus log tail:\n{log}\n{worker.dump()}") from exc

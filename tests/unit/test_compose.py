@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -16,9 +17,9 @@ def _compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
-def test_services_are_kafka_worker_and_prometheus() -> None:
+def test_services_are_kafka_worker_prometheus_and_grafana() -> None:
     services = _compose()["services"]
-    assert set(services) == {"kafka", "kafka-2", "kafka-3", "worker", "prometheus"}
+    assert set(services) == {"kafka", "kafka-2", "kafka-3", "worker", "prometheus", "grafana"}
     assert {n for n, s in services.items() if "profiles" in s} == {"kafka-2", "kafka-3"}
 
 
@@ -69,6 +70,20 @@ def test_worker_serves_metrics_where_prometheus_scrapes() -> None:
     mount, inside = services["prometheus"]["volumes"][0].split(":")[:2]
     assert (ROOT / mount / "prometheus.yml").is_file() and (ROOT / mount / "alerts.yml").is_file()
     assert inside == "/etc/prometheus"
+
+
+def test_grafana_is_provisioned_with_the_dashboard_and_prometheus() -> None:
+    grafana = _compose()["services"]["grafana"]
+    mounts = dict(v.split(":")[:2] for v in grafana["volumes"])
+    provisioning = ROOT / next(k for k, v in mounts.items() if v == "/etc/grafana/provisioning")
+    source = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    assert source["datasources"][0]["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((provisioning / "dashboards" / "eddyline.yml").read_text())
+    folder = provider["providers"][0]["options"]["path"]
+    dashboards = ROOT / next(k for k, v in mounts.items() if v == folder)
+    board = json.loads((dashboards / "eddyline.json").read_text())
+    uids = {t["datasource"]["uid"] for p in board["panels"] for t in p["targets"]}
+    assert uids == {source["datasources"][0]["uid"]}  # every panel reads that source
 
 
 def test_the_worker_image_installs_the_worker_extra() -> None:
