@@ -38,8 +38,11 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from deltalake import DeltaTable
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _json import fill_json
+
 from _broker import fresh_namespace, kafka_for_bench
 
 from eddyline.schemas.events import InteractionEvent
@@ -51,7 +54,6 @@ from eddyline.streams.sdk.producer import EventProducer
 from eddyline.streams.worker.process import WorkerProcess
 
 HERE = Path(__file__).resolve().parent
-JSON_HEADERS = [("content-type", b"application/json"), ("eddyline-schema", b"interaction:1")]
 
 
 def log(msg: str) -> None:
@@ -77,43 +79,6 @@ def _emit(kafka: KafkaSettings, n: int, seed: int, rate: float | None, spool: st
             at = datetime.now(UTC) if rate else None
             producer.emit_many(InteractionEvent, sim.interaction_columns(step, occurred_at=at))
         assert producer.flush(300) == 0
-
-
-def json_messages(sim: TrafficSimulator, n: int, at: datetime | None) -> list[bytes]:
-    """``n`` interactions as single-event JSON values (the wire's JSON form, with event
-    ids), made column-wise (~5 µs an event) so that the sender does not starve the worker."""
-    hexes = np.random.default_rng().bytes(16 * n).hex()  # random (v4) ids, from the OS
-    h = pl.Series("h", [hexes[i : i + 32] for i in range(0, 32 * n, 32)]).str
-    parts = [(0, 8), "-", (8, 4), "-4", (13, 3), "-a", (17, 3), "-", (20, 12)]
-    ids = pl.concat_str([pl.lit(p) if isinstance(p, str) else h.slice(*p) for p in parts])
-    frame = pl.from_arrow(sim.interaction_columns(n, occurred_at=at))
-    assert isinstance(frame, pl.DataFrame)
-    frame = frame.with_columns(pl.select(ids.alias("event_id")).to_series())
-    return frame.write_ndjson().encode().splitlines()
-
-
-def _fill_json(kafka: KafkaSettings, n: int, seed: int, rate: float | None, _: str = "") -> None:
-    """``n`` events as one JSON event per message from a plain confluent-kafka producer
-    keyed by user (as another service or Kafka Connect would send them)."""
-    sim = TrafficSimulator(users=20_000, seed=seed)
-    producer = Producer(kafka.librdkafka({"linger.ms": 20, "enable.idempotence": True}))
-    topic, headers = f"{kafka.namespace}.events.interaction", JSON_HEADERS
-    step = max(1, int(rate) // 50) if rate else 20_000  # paced: a chunk every 20 ms
-    start = time.monotonic()
-    for done in range(0, n, step):
-        if rate:
-            time.sleep(max(0.0, start + done / rate - time.monotonic()))
-        at = datetime.now(UTC) if rate else None
-        for value in json_messages(sim, min(step, n - done), at):
-            key = value[12 : value.index(b'"', 12)]  # {"user_id":"<key>"
-            while True:
-                try:
-                    producer.produce(topic, value, key, headers=headers)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-        producer.poll(0)
-    assert producer.flush(300) == 0
 
 
 def _worker(kafka: KafkaSettings, root: Path, name: str) -> WorkerProcess:
@@ -175,9 +140,39 @@ def drain(
             f"drain ({wire}): {n:,} events in {done - first:.2f}s to Delta, "
             f"{learned_at - first:.2f}s to all learned"
         )
+        COST.update(_cost(worker))
         return n / (done - first), n / (learned_at - first)
     finally:
         worker.stop()
+
+
+COST: dict[str, float] = {}  # the last drain's CPU seconds per 1,000 rows, per stage
+
+
+def _cost(worker: WorkerProcess, predictions: int = 500) -> dict[str, float]:
+    """CPU seconds per 1,000 rows of each stage's thread (``eddyline_worker_stage_*``),
+    after ``predictions`` GET /predict/click calls (per 1,000 predictions for predict)."""
+    query = "item_category=news&position=3&dwell_time_s=12&action=click"
+    for _ in range(predictions):
+        worker.get(f"/predict/click?{query}")
+    found: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(worker.metrics() or ""):
+        for sample in family.samples:
+            if sample.name in (
+                "eddyline_worker_stage_cpu_seconds_total",
+                "eddyline_worker_stage_rows_total",
+            ):
+                found.setdefault(sample.labels["stage"], {})[sample.name] = sample.value
+    return {
+        stage: round(
+            1000
+            * v["eddyline_worker_stage_cpu_seconds_total"]
+            / v["eddyline_worker_stage_rows_total"],
+            4,
+        )
+        for stage, v in sorted(found.items())
+        if v.get("eddyline_worker_stage_rows_total")
+    }
 
 
 def _last_append(uri: Path) -> float:
@@ -290,7 +285,7 @@ def latency(
     return frame["committed"].to_numpy() - at, frame["polled"].to_numpy() - at
 
 
-SENDERS = {"envelope": _emit, "json": _fill_json}
+SENDERS = {"envelope": _emit, "json": fill_json}
 
 
 def _round(x: float | None, digits: int | None = None) -> float | None:
@@ -315,12 +310,14 @@ def main() -> None:
         parser.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
     rate = args.rate or (20_000 if args.wire == "json" else 50_000)
     ours = learned = base = p50 = p99 = p99_polled = envelope = None
+    cost: dict[str, float] = {}
     with kafka_for_bench() as bootstrap, tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         spool = str(root / "spool")
         if "drain" in phases:
             with fresh_namespace(bootstrap, "drain") as ns:
                 ours, learned = drain(bootstrap, ns, args.events, root / "drain", spool, args.wire)
+                cost = dict(COST)
             if args.wire == "json":  # the envelope figure beside it, same run
                 with fresh_namespace(bootstrap, "drainenv") as ns:
                     envelope, _ = drain(
@@ -350,6 +347,7 @@ def main() -> None:
                 "events_per_s": _round(ours),
                 "learned_events_per_s": _round(learned),
                 "envelope_events_per_s": _round(envelope),
+                "cpu_s_per_1000": cost,
                 "naive_events_per_s": _round(base),
                 "ratio_vs_naive": round(ours / base, 1) if ours and base else None,
                 "offered_events_per_s": rate,

@@ -155,6 +155,9 @@ class WorkerSettings(BaseSettings):
     # Model checkpoints (with the offsets they cover) go to state_dir/models this often.
     checkpoint_every_s: float = Field(default=5.0, gt=0)
     seed: int | None = None  # fixed randomness, for tests only
+    # What a core-hour costs (your currency): the stages' cost per million events in
+    # /metrics (eddyline_worker_cost_per_million_events; 0.05 is about a cloud vCPU).
+    price_per_core_hour: float = Field(default=0.05, ge=0)
     # Shadow evaluation of registry models (docs/retraining.md): the learn agent scores the
     # champion and the challenger on live events and promotes / rolls back. Registry root
     # default: <lake_path>/_registry.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -92,7 +93,9 @@ class LakeStage:
 
     def _write(self, table: str, batches: list[tuple[pa.Table, SourceRef]]) -> tuple[int, int]:
         """(rows written, data files now in the table): run in a thread."""
+        started = time.thread_time()
         rows = self.sink.write(table, batches)
+        self.metrics.charge("lake", started, rows)
         return rows, self.sink.files(table)
 
 

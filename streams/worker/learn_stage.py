@@ -166,8 +166,10 @@ class LearnStage:
     async def _learn_batch(
         self, model: OnlineModel, table: pa.Table, src: SourceRef, out: Learned
     ) -> None:
+        started = time.thread_time()
         try:
             outcome = model.process(table)
+            self.metrics.charge("learn", started, table.num_rows)
         except Exception:
             log.exception("%s: learning failed on a batch of %d rows", model.name, table.num_rows)
             return

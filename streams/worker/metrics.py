@@ -1,10 +1,16 @@
 """Prometheus metrics of a worker, on a registry of its own (served at ``/metrics``), with
 the client's standard ``process_*`` (CPU seconds, resident memory, open files) and
-``python_*`` (GC, version) collectors."""
+``python_*`` (GC, version) collectors.
+
+Cost: each stage adds the CPU time of the thread it ran on (``time.thread_time``) and the
+rows it handled (``charge``); with a price per core-hour that is a cost per million rows
+per stage (``eddyline_worker_cost_per_million_events``). Threads of native pools (Arrow's,
+delta-rs's) are not a stage's thread: ``process_cpu_seconds_total`` has the whole."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -46,9 +52,29 @@ class WorkerMetrics:
     model_seen: Gauge
     model_metric: Gauge
     files: Gauge
+    stage_cpu: Counter
+    stage_rows: Counter
+    cost: Gauge
+    price_per_core_hour: float = 0.05
+    _spent: dict[str, list[float]] = field(default_factory=dict)
+
+    def charge(self, stage: str, started: float, rows: int) -> None:
+        """Add the CPU this thread spent since ``started`` (``time.thread_time()``) and the
+        rows it handled to ``stage``'s cost."""
+        seconds = time.thread_time() - started
+        self.stage_cpu.labels(stage).inc(seconds)
+        self.stage_rows.labels(stage).inc(rows)
+        total = self._spent.setdefault(stage, [0.0, 0.0])
+        total[0] += seconds
+        total[1] += rows
+        if total[1]:
+            per_million = total[0] / total[1] * 1e6 / 3600 * self.price_per_core_hour
+            self.cost.labels(stage).set(per_million)
 
     @classmethod
-    def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
+    def create(
+        cls, registry: CollectorRegistry | None = None, price_per_core_hour: float = 0.05
+    ) -> WorkerMetrics:
         reg = registry or CollectorRegistry()
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             reg.register(collector)
@@ -155,4 +181,17 @@ class WorkerMetrics:
                 ["table"],
                 registry=reg,
             ),
+            counter(
+                "stage_cpu_seconds",
+                "CPU seconds of the thread a stage ran on (privatize, lake, learn, predict)",
+                ["stage"],
+            ),
+            counter("stage_rows", "Rows (predictions for predict) a stage handled", ["stage"]),
+            Gauge(
+                "eddyline_worker_cost_per_million_events",
+                "A stage's CPU per million rows, priced at EDDYLINE_PRICE_PER_CORE_HOUR",
+                ["stage"],
+                registry=reg,
+            ),
+            price_per_core_hour,
         )

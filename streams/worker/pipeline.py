@@ -41,7 +41,7 @@ class Pipeline:
         self.topics = Topics(ks.namespace)
         self.stream_of = {self.topics.raw(s): s for s in streams}
         self.stream_of.update({self.topics.private(s): s for s in streams})
-        self.metrics = WorkerMetrics.create()
+        self.metrics = WorkerMetrics.create(price_per_core_hour=ws.price_per_core_hour)
         self.sink = DeltaSink(
             ws.lake_path,
             upkeep=UpkeepPolicy(retention_days=ws.retention_days),

@@ -117,8 +117,10 @@ class PrivatizeStage:
         stream = self.stream_of[src.topic]
         first = src.offset > self._counted.get((src.topic, src.partition), -1)
         out = Privatized(stream)
+        started = time.thread_time()
         try:
             result = privatise(stream)
+            self.metrics.charge("privatize", started, result.received)
             out.dead = list(result.dead)
             if result.private is not None and result.private.num_rows:
                 self._seal(result, src, out)

@@ -50,9 +50,10 @@ class WorkerProcess:
 
     def metrics(self) -> str | None:
         """The worker's /metrics text, or None if it does not answer."""
-        return self._get("/metrics")
+        return self.get("/metrics")
 
-    def _get(self, path: str) -> str | None:
+    def get(self, path: str) -> str | None:
+        """The body of GET ``path`` on the worker's web port, or None if it does not answer."""
         try:
             url = f"http://127.0.0.1:{self.web_port}{path}"
             with urllib.request.urlopen(url, timeout=2) as resp:
@@ -63,7 +64,7 @@ class WorkerProcess:
 
     def status(self) -> str | None:
         """The worker's /status JSON (partitions, flow, agent queues), or None."""
-        return self._get("/status")
+        return self.get("/status")
 
     def dump(self) -> str:
         """What a stuck worker is doing: its /status, and (SIGUSR1: mode's handler writes

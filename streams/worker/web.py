@@ -23,7 +23,7 @@ def register(app: faust.App, p: Pipeline) -> None:
     async def predict(web: Any, request: Any, model: str) -> Any:
         """``GET /predict/click?item_category=news&position=3&dwell_time_s=12``: the query
         holds the model's features (its spec's columns)."""
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         online = p.learn.models.get(model)
         if online is None:
             known = ", ".join(p.learn.models)
@@ -33,6 +33,7 @@ def register(app: faust.App, p: Pipeline) -> None:
         except LearnerSpecError as exc:
             return web.json({"error": f"bad query: {exc}"}, status=400)
         p.metrics.predict.observe(time.perf_counter() - started)
+        p.metrics.charge("predict", cpu, 1)
         return web.json(
             {
                 "model": online.name,
