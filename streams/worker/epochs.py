@@ -13,7 +13,7 @@ Examples:
     >>> epochs.regressed("events.interaction", 0, 7)
     False
     >>> epochs.source("events.interaction", 0, 7)
-    SourceRef(topic='events.interaction', partition=0, offset=7, epoch='A')
+    SourceRef(topic='events.interaction', partition=0, offset=7, epoch='A', first=None)
     >>> ids["events.interaction"] = "B"  # deleted and created again
     >>> epochs.regressed("events.interaction", 0, 0)
     True
