@@ -152,7 +152,7 @@ COST: dict[str, float] = {}  # the last drain's CPU seconds per 1,000 rows, per 
 def _cost(worker: WorkerProcess, predictions: int = 500) -> dict[str, float]:
     """CPU seconds per 1,000 rows of each stage's thread (``eddyline_worker_stage_*``),
     after ``predictions`` GET /predict/click calls (per 1,000 predictions for predict)."""
-    query = "item_category=news&position=3&dwell_time_s=12&action=click"
+    query = "item_category=news&position=3&dwell_time_s=12"
     for _ in range(predictions):
         worker.get(f"/predict/click?{query}")
     found: dict[str, dict[str, float]] = {}
