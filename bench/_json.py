@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -34,20 +36,32 @@ def fill_json(kafka: KafkaSettings, n: int, seed: int, rate: float | None, _: st
     keyed by user (as another service or Kafka Connect would send them)."""
     sim = TrafficSimulator(users=20_000, seed=seed)
     producer = Producer(kafka.librdkafka({"linger.ms": 20, "enable.idempotence": True}))
-    topic, headers = f"{kafka.namespace}.events.interaction", JSON_HEADERS
-    step = max(1, int(rate) // 50) if rate else 20_000  # paced: a chunk every 20 ms
+    topic = f"{kafka.namespace}.events.interaction"
+    for size, at in paced(n, rate, 20_000):
+        for value in json_messages(sim, size, at):
+            key = value[12 : value.index(b'"', 12)]  # {"user_id":"<key>"
+            produce(producer, topic, value, key, JSON_HEADERS)
+        producer.poll(0)
+    assert producer.flush(300) == 0
+
+
+def paced(n: int, rate: float | None, step: int) -> Iterator[tuple[int, datetime | None]]:
+    """Chunks of ``n`` events to send: (size, the time to stamp them with). Paced at
+    ``rate`` events/s (a chunk every 20 ms, stamped when it is due); unpaced: chunks of
+    ``step``, as fast as they are taken, unstamped."""
+    step = max(1, int(rate) // 50) if rate else step
     start = time.monotonic()
     for done in range(0, n, step):
         if rate:
             time.sleep(max(0.0, start + done / rate - time.monotonic()))
-        at = datetime.now(UTC) if rate else None
-        for value in json_messages(sim, min(step, n - done), at):
-            key = value[12 : value.index(b'"', 12)]  # {"user_id":"<key>"
-            while True:
-                try:
-                    producer.produce(topic, value, key, headers=headers)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-        producer.poll(0)
-    assert producer.flush(300) == 0
+        yield min(step, n - done), datetime.now(UTC) if rate else None
+
+
+def produce(producer: Producer, topic: str, value: bytes, key: bytes, headers: Any = None) -> None:
+    """``producer.produce``, waiting while the client's queue is full."""
+    while True:
+        try:
+            producer.produce(topic, value, key, headers=headers)
+            return
+        except BufferError:
+            producer.poll(0.05)

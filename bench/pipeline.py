@@ -26,7 +26,6 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -41,7 +40,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _json import fill_json
+from _json import fill_json, paced, produce
 
 from _broker import fresh_namespace, kafka_for_bench
 
@@ -71,13 +70,8 @@ def _emit(kafka: KafkaSettings, n: int, seed: int, rate: float | None, spool: st
     sim = TrafficSimulator(users=20_000, seed=seed)
     settings = ProducerSettings(spool_dir=Path(spool))
     with EventProducer(settings, kafka=kafka, registry=CollectorRegistry()) as producer:
-        step = max(1, int(rate) // 50) if rate else 5_000  # paced: a chunk every 20 ms
-        start = time.monotonic()
-        for done in range(0, n, step):
-            if rate:
-                time.sleep(max(0.0, start + done / rate - time.monotonic()))
-            at = datetime.now(UTC) if rate else None
-            producer.emit_many(InteractionEvent, sim.interaction_columns(step, occurred_at=at))
+        for size, at in paced(n, rate, 5_000):
+            producer.emit_many(InteractionEvent, sim.interaction_columns(size, occurred_at=at))
         assert producer.flush(300) == 0
 
 
@@ -189,12 +183,7 @@ def naive(bootstrap: str, namespace: str, n: int, root: Path) -> float:
     admin.create_topics([NewTopic(topic, 3, 1)])[topic].result()
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
     for event in TrafficSimulator(users=20_000, seed=2).interactions(n):
-        while True:
-            try:
-                producer.produce(topic, event.model_dump_json().encode(), key=event.user_id)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce(producer, topic, event.model_dump_json().encode(), event.user_id.encode())
     producer.flush(120)
     log(f"naive: pre-filled {n:,} JSON messages")
     proc = subprocess.run(

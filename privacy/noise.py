@@ -62,8 +62,7 @@ class NoiseKeys:
     def window_for(self, timestamp_s: float, now_s: float) -> int:
         """The window of a message with this Kafka timestamp, clamped to those a replay can
         need (from ``keep_windows`` ago to the next window)."""
-        now = int(now_s // self.window_s)
-        return min(max(int(timestamp_s // self.window_s), now - self.keep_windows), now + 1)
+        return self.windows_for(np.array([timestamp_s]), now_s)[0]
 
     def windows_for(self, timestamps_s: np.ndarray, now_s: float) -> list[int]:
         """``window_for`` of many timestamps at once."""

@@ -288,9 +288,12 @@ class _Reader:
 
 
 def _unknown_keys(message: int, count: int) -> JsonFailure:
-    return JsonFailure(
-        message, Reason.ROW_INVALID, f"event: unknown_field ({count} key(s) not in the schema)"
-    )
+    return JsonFailure(message, Reason.ROW_INVALID, f"event: {_unknown_rule(count)}")
+
+
+def _unknown_rule(count: int) -> str:
+    """The rule of a message with keys the model does not know: counted, never named."""
+    return f"unknown_field ({count} key(s) not in the schema)"
 
 
 def first_error(exc: ValidationError, model: type[BaseEvent]) -> tuple[str | None, str]:
@@ -303,7 +306,7 @@ def first_error(exc: ValidationError, model: type[BaseEvent]) -> tuple[str | Non
     where = loc[0] if loc and isinstance(loc[0], str) and loc[0] in model.model_fields else None
     if first["type"] == "extra_forbidden":
         unknown = sum(e["type"] == "extra_forbidden" for e in exc.errors(include_input=False))
-        return None, f"unknown_field ({unknown} key(s) not in the schema)"
+        return None, _unknown_rule(unknown)
     return where, str(first["type"])
 
 
