@@ -30,7 +30,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from eddyline.schemas.envelope import H_CONTENT_TYPE, JSON
 from eddyline.streams.kafka.logs import OncePerInterval
@@ -248,8 +248,7 @@ class Intake:
             self._delivery_error = f"{msg.topic()}: {err}"
 
     def _flush(self) -> None:
-        """Until every output is delivered (a broker outage waits here: nothing is lost,
-        the partition stalls and shows so); a failed delivery stops the intake."""
+        """Until every output is delivered (an outage waits here); a refusal stops the intake."""
         while self.producer.flush(1.0):
             if self._stop.is_set() and self._thread is not threading.current_thread():
                 break
@@ -275,8 +274,7 @@ class Intake:
             self._report()
 
     def _save(self, partitions: set[tuple[str, int]] | None = None) -> None:
-        """Flush the outputs, write the changed ledger shards, flush, commit the offsets
-        they cover (of ``partitions``, else of every partition owned)."""
+        """Flush outputs, write changed ledger shards, flush, commit what they cover."""
         self._last_save = time.monotonic()
         self._flush()
         for key, partition, columns in self.p.privatize.dirty_shards():
@@ -288,10 +286,12 @@ class Intake:
             for (topic, part), done in self._done.items()
             if (topic, part) in owned and done + 1 > self._committed.get((topic, part), -1)
         ]
-        if offsets and self.consumer is not None:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
-            for tp in offsets:
-                self._committed[(tp.topic, tp.partition)] = tp.offset
+        try:  # refused mid-rebalance: the next save retries; a replay meanwhile is dropped
+            if offsets and self.consumer is not None:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+                self._committed.update({(tp.topic, tp.partition): tp.offset for tp in offsets})
+        except KafkaException as exc:
+            log.warning("intake: offsets not committed this time (%s)", exc.args[0].name())
 
     def _destroy_noise(self) -> None:
         keys = self.p.privatize.noise
@@ -353,7 +353,7 @@ class Intake:
         """Where each partition starts: the intake group's committed offset; else, for a
         worker upgraded from the Faust privatize agent, that group's; else the earliest."""
         committed = consumer.committed(partitions, timeout=30)
-        missing = [tp for tp in committed if tp.offset == OFFSET_INVALID]
+        missing = [tp for tp in committed if tp.offset < 0]
         if missing:
             earlier = faust_offsets(self.p.ks, app_id(self.p.ws, self.p.ks), missing)
             committed = [
