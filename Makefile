@@ -19,9 +19,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install eddyline with the worker, query and dev extras
 
-tools:  ## Debian packages the tests use: promtool and the Prometheus server (alert rule tests)
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
-	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends prometheus; }
+tools:  ## Debian packages the tests use: promtool and the Prometheus server (alerts), Chromium (pages)
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v chromium >/dev/null || { \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends prometheus chromium; }
 
 demo: install  ## start the local broker, run a worker and the simulator with a drift, print a summary
 	$(VENV)/bin/eddyline demo

@@ -12,8 +12,12 @@
    ``occurred_at`` (stamped when it is sent) to the Delta commit that makes it visible (and,
    beside it, to this harness's 0.1 s poll that first read that commit).
 
+4. Accounting (``--phases accounting``, not run by default): the drain with the worker's
+   cost accounting on and off (``EDDYLINE_COST_ACCOUNTING``), ``--rounds`` pairs in
+   alternating order; medians, their ratio and the spread of the off runs.
+
     .venv/bin/python bench/pipeline.py [--wire envelope|json] [--events 1000000]
-        [--naive-events 100000] [--phases drain,naive,latency]
+        [--naive-events 100000] [--phases drain,naive,latency|accounting] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -75,8 +79,11 @@ def _emit(kafka: KafkaSettings, n: int, seed: int, rate: float | None, spool: st
         assert producer.flush(300) == 0
 
 
-def _worker(kafka: KafkaSettings, root: Path, name: str) -> WorkerProcess:
+def _worker(
+    kafka: KafkaSettings, root: Path, name: str, extra: dict[str, str] | None = None
+) -> WorkerProcess:
     env = {
+        **(extra or {}),
         "EDDYLINE_BOOTSTRAP": kafka.bootstrap,
         "EDDYLINE_NAMESPACE": kafka.namespace,
         "EDDYLINE_LAKE_PATH": str(root / "lake"),
@@ -87,14 +94,20 @@ def _worker(kafka: KafkaSettings, root: Path, name: str) -> WorkerProcess:
 
 
 def drain(
-    bootstrap: str, namespace: str, n: int, root: Path, spool: str, wire: str
+    bootstrap: str,
+    namespace: str,
+    n: int,
+    root: Path,
+    spool: str,
+    wire: str,
+    env: dict[str, str] | None = None,
 ) -> tuple[float, float]:
     """(events/s raw topic -> committed Delta rows, events/s raw topic -> learned)."""
     kafka = KafkaSettings(bootstrap=bootstrap, namespace=namespace)
     ensure_topics(kafka, ["interaction", "feedback"])
     log(f"drain ({wire}): pre-filling {n:,} events")
     SENDERS[wire](kafka, n, 1, None, spool)
-    worker = _worker(kafka, root, "drain-worker")
+    worker = _worker(kafka, root, "drain-worker", env)
     try:
         # The clock starts when the worker's first event is counted (scraped every 20 ms
         # until then) and stops at the wall time of the Delta commit that holds the last
@@ -120,7 +133,7 @@ def drain(
                     first = now
                 time.sleep(0.02)
                 continue
-            if written is None and _metric(text, "eddyline_worker_events_written_total") >= n:
+            if written is None and _metric(text, "eddyline_worker_rows_written_total") >= n:
                 written = now
             if learned_at is None and _metric(text, "eddyline_worker_events_learned_total") >= n:
                 learned_at = now
@@ -134,10 +147,36 @@ def drain(
             f"drain ({wire}): {n:,} events in {done - first:.2f}s to Delta, "
             f"{learned_at - first:.2f}s to all learned"
         )
-        COST.update(_cost(worker))
+        if (env or {}).get("EDDYLINE_COST_ACCOUNTING") != "0":
+            COST.update(_cost(worker))
         return n / (done - first), n / (learned_at - first)
     finally:
         worker.stop()
+
+
+def accounting(
+    bootstrap: str, n: int, rounds: int, root: Path, spool: str, wire: str
+) -> dict[str, object]:
+    """The drain with the cost accounting on and off (``EDDYLINE_COST_ACCOUNTING``), in
+    ``rounds`` pairs, the order alternating (on-off, off-on, ...): medians, their ratio,
+    and the spread of the off runs among themselves (what noise alone does)."""
+    runs: dict[str, list[float]] = {"on": [], "off": []}
+    for i in range(rounds):
+        for mode in ("on", "off") if i % 2 == 0 else ("off", "on"):
+            env = {"EDDYLINE_COST_ACCOUNTING": "1" if mode == "on" else "0"}
+            with fresh_namespace(bootstrap, f"ab{mode}{i}") as ns:
+                rate, _ = drain(bootstrap, ns, n, root / f"ab-{mode}-{i}", spool, wire, env)
+            runs[mode].append(rate)
+            log(f"accounting {mode}: {rate:,.0f} events/s")
+    on, off = (float(np.median(runs[m])) for m in ("on", "off"))
+    return {
+        "events_per_s_on": [round(r) for r in runs["on"]],
+        "events_per_s_off": [round(r) for r in runs["off"]],
+        "median_on": round(on),
+        "median_off": round(off),
+        "ratio_on_vs_off": round(on / off, 3),
+        "spread_off": round((max(runs["off"]) - min(runs["off"])) / off, 3),
+    }
 
 
 COST: dict[str, float] = {}  # the last drain's CPU seconds per 1,000 rows, per stage
@@ -288,6 +327,7 @@ def main() -> None:
     parser.add_argument("--naive-events", type=int, default=100_000)
     parser.add_argument("--rate", type=float, help="offered events/s (50,000; json: 20,000)")
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="accounting A/B: on/off pairs")
     parser.add_argument(
         "--phases",
         default="drain,naive,latency",
@@ -295,11 +335,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     phases = set(args.phases.split(","))
-    if unknown := phases - {"drain", "naive", "latency"}:
+    if unknown := phases - {"drain", "naive", "latency", "accounting"}:
         parser.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
     rate = args.rate or (20_000 if args.wire == "json" else 50_000)
     ours = learned = base = p50 = p99 = p99_polled = envelope = None
     cost: dict[str, float] = {}
+    ab: dict[str, object] | None = None
     with kafka_for_bench() as bootstrap, tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         spool = str(root / "spool")
@@ -312,6 +353,8 @@ def main() -> None:
                     envelope, _ = drain(
                         bootstrap, ns, args.events, root / "drain-env", spool, "envelope"
                     )
+        if "accounting" in phases:
+            ab = accounting(bootstrap, args.events, args.rounds, root, spool, args.wire)
         if "naive" in phases:
             with fresh_namespace(bootstrap, "naive") as ns:
                 base = naive(bootstrap, ns, args.naive_events, root)
@@ -346,6 +389,7 @@ def main() -> None:
                 "target_events_per_s": 100_000 if args.wire == "json" else 300_000,
                 "target_ratio_vs_naive": 5 if args.wire == "json" else 20,
                 "target_p99_visible_s": 2.0,
+                "accounting_ab": ab,
             }
         )
     )

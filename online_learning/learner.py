@@ -42,6 +42,7 @@ from eddyline.schemas.events import base_kind
 from eddyline.schemas.registry import REGISTRY
 
 METRICS_WINDOW = 10_000
+CALIBRATION_BINS = 10
 
 
 def _window() -> deque[float]:
@@ -89,6 +90,8 @@ class OnlineModel:
     recent_errors: deque[float] = field(default_factory=_window, repr=False)
     recent_losses: deque[float] = field(default_factory=_window, repr=False)
     recent_brier: deque[float] = field(default_factory=_window, repr=False)
+    #: the predicted probabilities of the same events (calibration, prediction distribution)
+    recent_proba: deque[float] = field(default_factory=_window, repr=False)
 
     @classmethod
     def from_spec(
@@ -231,6 +234,22 @@ class OnlineModel:
         out["events"] = float(len(self.recent_errors))
         return out
 
+    def calibration(self, bins: int = CALIBRATION_BINS) -> list[list[float]]:
+        """The rolling window's predictions in ``bins`` equal-width probability bins: per
+        bin ``[count, mean predicted probability, observed positive rate]`` (the last two 0
+        for an empty bin). The counts are the prediction distribution; the means against the
+        rates are the reliability diagram. Aggregates only: no event can be told apart."""
+        proba = np.asarray(self.__dict__.get("recent_proba", ()), dtype=np.float64)
+        if proba.size == 0:
+            return []
+        errors = np.asarray(self.recent_errors, dtype=np.float64)[-proba.size :]
+        truth = (proba > 0.5) != (errors > 0.5)  # the label, from the prediction and its error
+        which = np.minimum((proba * bins).astype(np.int64), bins - 1)
+        count = np.bincount(which, minlength=bins)
+        mean_p = np.bincount(which, weights=proba, minlength=bins) / np.maximum(count, 1)
+        rate = np.bincount(which, weights=truth, minlength=bins) / np.maximum(count, 1)
+        return [[float(c), float(m), float(r)] for c, m, r in zip(count, mean_p, rate, strict=True)]
+
     def process(self, batch: pa.Table) -> BatchOutcome:
         """Predict each row, score the predictions, learn from the batch, update drift."""
         if batch.num_rows == 0:
@@ -256,6 +275,8 @@ class OnlineModel:
         q = np.clip(p_true, 1e-7, 1 - 1e-7)
         self.recent_errors.extend(errors.tolist())
         self.recent_losses.extend((-np.where(truth, np.log(q), np.log(1 - q))).tolist())
+        self.__dict__.setdefault("recent_proba", _window())  # checkpoints from before it
+        self.recent_proba.extend(p_true.tolist())
         if "brier" in self.spec.metrics:
             self.recent_brier.extend(((p_true - truth) ** 2).tolist())
         self.seen += batch.num_rows

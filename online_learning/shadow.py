@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -60,6 +61,13 @@ class ShadowEvaluator:
                 self._scorers[alias] = (version, LinearScorer.load(artifact))
                 self._losses[alias] = deque(maxlen=self.window)
         self._refreshed = time.monotonic()
+
+    def aliases(self) -> dict[str, dict[str, Any]]:
+        """Each alias scored now: its registry version and rolling live log-loss."""
+        return {
+            alias: {"version": version, "live_loss": self.live_loss(alias)}
+            for alias, (version, _) in sorted(self._scorers.items())
+        }
 
     def live_loss(self, alias: str) -> float | None:
         losses = self._losses.get(alias)

@@ -85,6 +85,14 @@ class BudgetLedger:
         slot, counts = self._slot.get(user), self._windows.get(window)
         return 0 if slot is None or counts is None else int(counts[slot])
 
+    def charged_in(self, window: int) -> tuple[list[str], np.ndarray]:
+        """The users (pseudonyms) charged in ``window`` and their events charged there."""
+        counts = self._windows.get(window)
+        if counts is None:
+            return [], np.zeros(0, np.int64)
+        slots = np.flatnonzero(counts[: len(self._users)])
+        return [self._users[s] for s in slots.tolist()], counts[slots]
+
     def entry(self, user: str) -> dict[str, Any] | None:
         """One user's state as JSON-able data (None once nothing is left to remember)."""
         slot = self._slot.get(user)

@@ -302,6 +302,9 @@ class ModelEvent(BaseModel):
     error_rate: float | None = None  # recent progressive error, if known
     #: rolling progressive metrics (error_rate, accuracy, log_loss, events in the window)
     metrics: dict[str, float] = Field(default_factory=dict)
+    #: the same window's predictions in 10 probability bins: [count, mean predicted,
+    #: observed positive rate] per bin (OnlineModel.calibration)
+    calibration: list[list[float]] = Field(default_factory=list)
     alias: str | None = None  # registry changes: the alias that moved (champion, challenger)
     previous_version: int | None = None  # the version the alias pointed to before
     reason: str | None = None

@@ -1,5 +1,6 @@
 """The Delta contracts of the tables the worker writes besides the event tables: drift
-events (``drift_events``) and model events (``model_metrics``). Dead letters have theirs in
+events (``drift_events``), model events (``model_metrics``) and cost samples
+(``worker_costs``). Dead letters have theirs in
 ``schemas.deadletter``. Readers (``consumers``) and the worker share them from here.
 """
 
@@ -56,6 +57,7 @@ MODEL_METRICS_SCHEMA = pa.schema(
         ("log_loss", pa.float64()),
         ("window_events", pa.int64()),
         ("brier", pa.float64()),  # added with learner specs: older tables merge it in
+        ("calibration", pa.string()),  # JSON [[count, mean predicted, observed rate], ...]
         ("alias", pa.string()),
         ("previous_version", pa.int64()),
         ("reason", pa.string()),
@@ -83,6 +85,7 @@ def model_metrics_table(events: list[bytes]) -> pa.Table:
                 "log_loss": m.get("log_loss"),
                 "window_events": int(m["events"]) if "events" in m else None,
                 "brier": m.get("brier"),
+                "calibration": json.dumps(d["calibration"]) if d.get("calibration") else None,
                 "alias": d.get("alias"),
                 "previous_version": d.get("previous_version"),
                 "reason": d.get("reason"),
@@ -90,6 +93,44 @@ def model_metrics_table(events: list[bytes]) -> pa.Table:
             }
         )
     return pa.Table.from_pylist(rows, schema=MODEL_METRICS_SCHEMA)
+
+
+COSTS_SCHEMA = pa.schema(
+    [
+        ("worker", pa.string()),  # a random id per worker process (no host name)
+        ("stage", pa.string()),  # privatize, lake, learn, predict
+        ("cpu_seconds", pa.float64()),  # since the worker started (a counter)
+        ("rows", pa.int64()),  # rows (predictions for predict) since the worker started
+        ("price_per_core_hour", pa.float64()),
+        ("active_users", pa.int64()),  # users charged in the current budget window
+        ("window_events", pa.int64()),  # events charged in that window
+        ("occurred_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def costs_table(samples: list[bytes]) -> pa.Table:
+    """Cost samples (their JSON: ``{"worker", "price_per_core_hour", "active_users",
+    "window_events", "at", "stages": {stage: [cpu_seconds, rows]}}``) as rows of the
+    ``worker_costs`` table, one per stage."""
+    rows = []
+    for raw in samples:
+        d = json.loads(raw)
+        at = datetime.fromisoformat(d["at"])
+        for stage, (seconds, count) in sorted(d["stages"].items()):
+            rows.append(
+                {
+                    "worker": d["worker"],
+                    "stage": stage,
+                    "cpu_seconds": seconds,
+                    "rows": int(count),
+                    "price_per_core_hour": d["price_per_core_hour"],
+                    "active_users": d["active_users"],
+                    "window_events": d["window_events"],
+                    "occurred_at": at,
+                }
+            )
+    return pa.Table.from_pylist(rows, schema=COSTS_SCHEMA)
 
 
 GOVERNANCE_SCHEMA = pa.schema(

@@ -87,13 +87,75 @@ def query(
     out.print(table)
 
 
+@app.command("report")
+def report(
+    lake: Annotated[str, typer.Option(help="lake root")] = "./lake",
+    out_file: Annotated[Path, typer.Option("--out", help="the HTML file to write")] = Path(
+        "report.html"
+    ),
+) -> None:
+    """One self-contained HTML report from the Delta tables: drift, calibration, budget,
+    dead letters, rows per day, cost."""
+    from eddyline.consumers.lake import Lake
+    from eddyline.consumers.report import build_report
+
+    with err.status("report") as status:
+        written = build_report(
+            Lake(lake),
+            out_file,
+            allowances=_allowances(),
+            progress=lambda step: status.update(f"report: {step}"),
+        )
+    err.print(f"wrote {escape(str(written))} ({written.stat().st_size / 1e6:.1f} MB)")
+
+
+def _allowances() -> dict[str, int]:
+    """Events per user and window of each registered event type under the worker's budget
+    settings (EDDYLINE_BUDGET_*), for the report's budget line; empty without the privacy
+    code's extra."""
+    try:
+        from eddyline.privacy.accountant import allowance
+        from eddyline.privacy.policy import PrivacyPolicy
+        from eddyline.schemas.registry import REGISTRY
+        from eddyline.streams.kafka.settings import WorkerSettings
+    except ImportError:
+        return {}
+    ws = WorkerSettings()
+    return {
+        m.event_name: allowance(
+            PrivacyPolicy.for_model(m).mechanisms, epsilon=ws.budget_epsilon, delta=ws.budget_delta
+        )
+        for m in REGISTRY.models()
+    }
+
+
 @app.command("demo")
-def demo(events: Annotated[int, typer.Option(help="interaction events")] = 40_000) -> None:
+def demo(
+    events: Annotated[int, typer.Option(help="interaction events")] = 40_000,
+    as_json: Annotated[bool, typer.Option("--json", help="the summary as one JSON object")] = False,
+) -> None:
     """Broker + worker + simulated traffic with a drift; prints a summary that reconciles."""
+    import json
+
     from eddyline.demo import run_demo
 
     r = run_demo(events, err)
     after = r.after_drift
+    if as_json:
+        summary_json = {
+            "sent": r.sent,
+            "sent_invalid": r.sent_invalid,
+            "rows_in_delta": r.rows_in_delta,
+            "deadlettered": r.deadlettered,
+            "reconciles": r.reconciles,
+            "drift_point": r.drift_point,
+            "lake": r.lake,
+            "drift_events": [d.model_dump(mode="json") for d in r.drifts],
+        }
+        print(json.dumps(summary_json))
+        if not (r.reconciles and after):
+            raise typer.Exit(1)
+        return
     summary = Table("", "", title="eddyline demo")
     summary.add_row("events sent", f"{r.sent:,} ({r.sent_invalid} deliberately invalid)")
     summary.add_row("rows in Delta", f"{r.rows_in_delta:,}")

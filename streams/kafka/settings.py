@@ -158,6 +158,12 @@ class WorkerSettings(BaseSettings):
     # What a core-hour costs (your currency): the stages' cost per million events in
     # /metrics (eddyline_worker_cost_per_million_events; 0.05 is about a cloud vCPU).
     price_per_core_hour: float = Field(default=0.05, ge=0)
+    # How often a worker publishes its CPU per stage to signals.costs (the worker_costs
+    # table, which `eddyline report` prices).
+    cost_sample_s: float = Field(default=60.0, gt=0)
+    # Off: no per-stage CPU accounting, cost gauges or cost samples (bench/pipeline.py's
+    # `--phases accounting` measures what it costs with this switch, in one run).
+    cost_accounting: bool = True
     # Shadow evaluation of registry models (docs/retraining.md): the learn agent scores the
     # champion and the challenger on live events and promotes / rolls back. Registry root
     # default: <lake_path>/_registry.

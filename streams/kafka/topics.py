@@ -70,6 +70,11 @@ class Topics:
         return self._name("signals.models")
 
     @property
+    def costs(self) -> str:
+        """Each worker's CPU per stage, sampled every minute (the ``worker_costs`` table)."""
+        return self._name("signals.costs")
+
+    @property
     def drift_deadletter(self) -> str:
         """Drift events a subscriber's handler kept failing on (with the error)."""
         return self._name("signals.drift.deadletter")
@@ -87,7 +92,7 @@ class Topics:
 
     def all(self, streams: list[str]) -> list[str]:
         names = [self.raw(s) for s in streams] + [self.private(s) for s in streams]
-        signals = [self.deadletter, self.drift, self.models, self.drift_deadletter]
+        signals = [self.deadletter, self.drift, self.models, self.costs, self.drift_deadletter]
         return [*names, *signals, self.suppressed, self.requests]
 
 

@@ -29,6 +29,7 @@ from eddyline.streams.worker.continuity import OffsetGuard
 from eddyline.streams.worker.lake_stage import Prepared
 from eddyline.streams.worker.pipeline import Pipeline
 from eddyline.streams.worker.privatize import log_failure
+from eddyline.streams.worker.timers import survives
 
 log = logging.getLogger("eddyline.worker")
 _JSON_HEADERS = [(H_CONTENT_TYPE, b"application/json")]
@@ -45,6 +46,7 @@ class Wiring:
     deadletter: faust.TopicT
     drift: faust.TopicT
     models: faust.TopicT
+    costs: faust.TopicT
     guard: Any
 
     async def admitted(self, agent: str, offsets: OffsetGuard, message: Any) -> bool:
@@ -71,6 +73,7 @@ class Wiring:
             await self.deadletter.send(value=letter.to_json(), headers=_JSON_HEADERS)
 
     async def announce(self, drift: list[DriftEvent], changes: list[ModelEvent]) -> None:
+        self.p.live.saw(drift, changes)
         for event in drift:
             await self.drift.send(
                 key=event.model.encode(),
@@ -140,12 +143,26 @@ async def _close_batcher(batcher: CommitBatcher[Any], committer: Any, timeout_s:
         log.error("lake: the last commit failed at stop: %r", committer.exception())
 
 
+def cost_timer(w: Wiring) -> None:
+    """Publish the worker's CPU per stage on ``signals.costs`` every ``cost_sample_s``."""
+
+    @w.app.timer(interval=w.p.ws.cost_sample_s)  # type: ignore[untyped-decorator]  # Faust
+    @survives
+    async def sample_costs() -> None:
+        if w.p.metrics.accounting and w.p.metrics.spent():
+            await w.costs.send(value=w.p.live.cost_sample(), headers=_JSON_HEADERS)
+
+    del sample_costs
+
+
 def table_agents(w: Wiring) -> None:
-    """One agent per JSON topic the worker also stores: dead letters, drift, model events."""
+    """One agent per JSON topic the worker also stores: dead letters, drift, model events,
+    cost samples."""
     for topic, table in (
         (w.deadletter, "deadletters"),
         (w.drift, "drift_events"),
         (w.models, "model_metrics"),
+        (w.costs, "worker_costs"),
     ):
         _table_agent(w, topic, table)
 

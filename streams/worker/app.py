@@ -6,7 +6,8 @@
 * ``lake``: private topics -> Delta, exactly once; acks after the commit.
 * ``learn.<stream>``: private events -> that stream's online models; drift ->
   ``signals.drift``; checkpoints -> ``signals.models``.
-* ``deadletters``, ``drift_events``, ``model_metrics``: those topics -> their Delta tables.
+* ``deadletters``, ``drift_events``, ``model_metrics``, ``worker_costs``: those topics ->
+  their Delta tables.
 
 The logic lives in the stages (``privatize``, ``lake_stage``, ``learn_stage``); the loops
 that feed them in ``intake`` and ``agents``. One process is one asyncio loop; scale out with more
@@ -29,6 +30,7 @@ from eddyline.streams.kafka.transport import kafka_transport
 from eddyline.streams.worker import timers, web
 from eddyline.streams.worker.agents import (
     Wiring,
+    cost_timer,
     governance_agent,
     lake_agent,
     learn_agents,
@@ -63,12 +65,14 @@ def build_app(
         deadletter=raw_topic(app, p.topics.deadletter),
         drift=raw_topic(app, p.topics.drift),
         models=raw_topic(app, p.topics.models),
+        costs=raw_topic(app, p.topics.costs),
         guard=_guards(app, p),
     )
     _intake(app, p)
     lake_agent(w, raw_topic(app, *[p.topics.private(s) for s in p.streams]))
     learn_agents(w, raw_topic)
     table_agents(w)
+    cost_timer(w)
     governance_agent(w, raw_topic(app, p.topics.requests))
     timers.register(app, p)
     web.register(app, p)

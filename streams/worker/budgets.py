@@ -147,6 +147,27 @@ class Budgets:
             self.ledgers[(model.event_name, partition)] = found
         return found
 
+    def usage(self, bins: int = 10) -> dict[str, Any]:
+        """The current window's budget use: per event type, how many users have spent
+        each tenth of their allowance (``bins`` equal parts of 0-100%, the last bin holding
+        the users who spent all of it); the users charged in the window (active users,
+        over every type) and the events charged to them."""
+        spent: dict[str, np.ndarray] = {}
+        users: set[str] = set()
+        events = 0
+        for (name, _), ledger in list(self.ledgers.items()):  # a copy: the intake adds
+            names, counts = ledger.charged_in(ledger.window_of(self.clock()))
+            part = np.minimum(counts * bins // max(ledger.allowance, 1), bins - 1)
+            hist = spent.setdefault(name, np.zeros(bins, np.int64))
+            hist += np.bincount(part, minlength=bins)[:bins]
+            users.update(names)
+            events += int(counts.sum())
+        return {
+            "spent": {name: hist.tolist() for name, hist in sorted(spent.items())},
+            "active_users": len(users),
+            "events": events,
+        }
+
     def restore(self, stream: str, partition: int, saved: list[dict[str, Any]]) -> None:
         """Saved ledger shards (``BudgetLedger.shards`` values) of one raw partition: they
         replace its ledger, which is rebuilt on its next event."""

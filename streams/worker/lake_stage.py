@@ -87,7 +87,7 @@ class LakeStage:
                 log.exception("Delta commit to %s failed; retrying in %.1fs", table, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-        self.metrics.events_written.labels(table).inc(rows)
+        self.metrics.rows_written.labels(table).inc(rows)
         self.metrics.commit_rows.observe(rows)
         self.metrics.files.labels(table).set(files)
 

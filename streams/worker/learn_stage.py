@@ -261,8 +261,10 @@ class LearnStage:
                     offsets=offsets,
                     error_rate=model.detector.estimate,
                     metrics=model.rolling_metrics(),
+                    calibration=model.calibration(),
                 )
             )
             for metric, value in announced[-1].metrics.items():
-                self.metrics.model_metric.labels(name, metric).set(value)
+                key = "window_events" if metric == "events" else metric
+                self.metrics.model_quality[key].labels(name).set(value)
         return announced

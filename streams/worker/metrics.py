@@ -22,6 +22,15 @@ from prometheus_client import (
     Histogram,
 )
 
+# The rolling metrics a learner spec may name (online_learning.spec), one gauge each, and the
+# window's size in events.
+_MODEL_QUALITY = {
+    "error_rate": "Error rate (0-1)",
+    "accuracy": "Accuracy (0-1)",
+    "log_loss": "Log loss",
+    "brier": "Brier score",
+    "window_events": "Events in the rolling window",
+}
 _ROWS = (1, 10, 100, 500, 1000, 2000, 5000, 20000, 100000)
 
 
@@ -30,8 +39,9 @@ class WorkerMetrics:
     registry: CollectorRegistry
     events_in: Counter
     events_private: Counter
-    events_written: Counter
-    deadlettered: Counter
+    rows_written: Counter
+    deadletters: Counter
+    deadlettered_events: Counter
     drift_events: Counter
     learned: Counter
     suppressed: Counter
@@ -50,17 +60,22 @@ class WorkerMetrics:
     under_replicated: Gauge
     offline: Gauge
     model_seen: Gauge
-    model_metric: Gauge
+    model_quality: dict[str, Gauge]
     files: Gauge
     stage_cpu: Counter
     stage_rows: Counter
     cost: Gauge
+    active_users: Gauge
+    cost_per_user: Gauge
     price_per_core_hour: float = 0.05
+    accounting: bool = True  # off: ``charge`` does nothing (an A/B of its own cost)
     _spent: dict[str, list[float]] = field(default_factory=dict)
 
     def charge(self, stage: str, started: float, rows: int) -> None:
         """Add the CPU this thread spent since ``started`` (``time.thread_time()``) and the
         rows it handled to ``stage``'s cost."""
+        if not self.accounting:
+            return
         seconds = time.thread_time() - started
         self.stage_cpu.labels(stage).inc(seconds)
         self.stage_rows.labels(stage).inc(rows)
@@ -68,12 +83,23 @@ class WorkerMetrics:
         total[0] += seconds
         total[1] += rows
         if total[1]:
-            per_million = total[0] / total[1] * 1e6 / 3600 * self.price_per_core_hour
-            self.cost.labels(stage).set(per_million)
+            self.cost.labels(stage).set(self.cost_of(stage))
+
+    def spent(self) -> dict[str, tuple[float, int]]:
+        """Each stage's CPU seconds and rows so far (a copy)."""
+        return {stage: (total[0], int(total[1])) for stage, total in self._spent.items()}
+
+    def cost_of(self, stage: str) -> float:
+        """A stage's CPU per million rows so far, priced at the price per core-hour."""
+        seconds, rows = self._spent.get(stage, (0.0, 0.0))
+        return seconds / rows * 1e6 / 3600 * self.price_per_core_hour if rows else 0.0
 
     @classmethod
     def create(
-        cls, registry: CollectorRegistry | None = None, price_per_core_hour: float = 0.05
+        cls,
+        registry: CollectorRegistry | None = None,
+        price_per_core_hour: float = 0.05,
+        accounting: bool = True,
     ) -> WorkerMetrics:
         reg = registry or CollectorRegistry()
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
@@ -86,8 +112,17 @@ class WorkerMetrics:
             reg,
             counter("events_in", "Rows decoded from raw topics", ["stream"]),
             counter("events_private", "Rows past the privacy boundary", ["stream"]),
-            counter("events_written", "Rows committed to Delta", ["stream"]),
-            counter("deadlettered", "Rows (or undecodable messages) dead-lettered", ["reason"]),
+            counter("rows_written", "Rows committed to a Delta table", ["table"]),
+            counter(
+                "deadletters",
+                "Dead-letter entries published (each names one source message, or rows of it)",
+                ["reason"],
+            ),
+            counter(
+                "deadlettered_events",
+                "Events the dead-letter entries stand for (an undecodable message counts as one)",
+                ["reason"],
+            ),
             counter("drift_events", "Drift events published", ["model"]),
             counter("events_learned", "Rows a model predicted, then learned", ["model"]),
             counter(
@@ -169,12 +204,16 @@ class WorkerMetrics:
                 ["model"],
                 registry=reg,
             ),
-            Gauge(
-                "eddyline_worker_model_metric",
-                "Rolling progressive metric of an online model (last 10,000 events)",
-                ["model", "metric"],
-                registry=reg,
-            ),
+            {
+                metric: Gauge(
+                    f"eddyline_worker_model_{metric}",
+                    f"{doc} of an online model's predictions over its rolling window "
+                    "(the last 10,000 events it predicted, then learned)",
+                    ["model"],
+                    registry=reg,
+                )
+                for metric, doc in _MODEL_QUALITY.items()
+            },
             Gauge(
                 "eddyline_worker_table_files",
                 "Data files in the table's current version",
@@ -193,5 +232,17 @@ class WorkerMetrics:
                 ["stage"],
                 registry=reg,
             ),
+            Gauge(
+                "eddyline_worker_active_users",
+                "Users (pseudonyms) charged to a privacy budget in the current budget window",
+                registry=reg,
+            ),
+            Gauge(
+                "eddyline_worker_cost_per_active_user",
+                "The CPU cost (privatize, lake, learn) of the events charged in the current "
+                "budget window, per active user, at EDDYLINE_PRICE_PER_CORE_HOUR",
+                registry=reg,
+            ),
             price_per_core_hour,
+            accounting,
         )

@@ -16,7 +16,7 @@ import numpy as np
 from eddyline.privacy.governance import Suppression
 from eddyline.schemas.deadletter import deadletter_table
 from eddyline.schemas.events import TimeWindow
-from eddyline.schemas.tables import drift_table, model_metrics_table
+from eddyline.schemas.tables import costs_table, drift_table, model_metrics_table
 from eddyline.streams.kafka.health import HealthProbe
 from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
 from eddyline.streams.kafka.topics import Topics, noise_keep_windows, topic_ids
@@ -25,6 +25,7 @@ from eddyline.streams.worker.epochs import TopicEpochs
 from eddyline.streams.worker.governance import Governance, SuppressionFeed
 from eddyline.streams.worker.lake_stage import LakeStage, TableWriter
 from eddyline.streams.worker.learn_stage import LearnStage
+from eddyline.streams.worker.live import Live
 from eddyline.streams.worker.metrics import WorkerMetrics
 from eddyline.streams.worker.privatize import PrivatizeStage
 from eddyline.streams.worker.privatizer import Privatizer, pseudonymizer_from_settings
@@ -41,7 +42,9 @@ class Pipeline:
         self.topics = Topics(ks.namespace)
         self.stream_of = {self.topics.raw(s): s for s in streams}
         self.stream_of.update({self.topics.private(s): s for s in streams})
-        self.metrics = WorkerMetrics.create(price_per_core_hour=ws.price_per_core_hour)
+        self.metrics = WorkerMetrics.create(
+            price_per_core_hour=ws.price_per_core_hour, accounting=ws.cost_accounting
+        )
         self.sink = DeltaSink(
             ws.lake_path,
             upkeep=UpkeepPolicy(retention_days=ws.retention_days),
@@ -65,6 +68,7 @@ class Pipeline:
             "model_metrics": TableWriter(
                 self.lake, "model_metrics", lambda v: model_metrics_table([v])
             ),
+            "worker_costs": TableWriter(self.lake, "worker_costs", lambda v: costs_table([v])),
         }
         self.progress = PartitionProgress(ws.stall_after_s)
         self.guards: dict[str, OffsetGuard] = {}  # per agent: offset continuity
@@ -75,6 +79,7 @@ class Pipeline:
         self.intake: Any = None  # the running Intake (streams.worker.intake), once started
         self.epochs = TopicEpochs(functools.partial(topic_ids, ks))
         self.health = HealthProbe(ks)
+        self.live = Live(self)
 
 
 def _privatizer(ws: WorkerSettings, suppression: Suppression) -> Privatizer:

@@ -142,7 +142,8 @@ class PrivatizeStage:
             )
         if first:
             for letter in out.dead:
-                self.metrics.deadlettered.labels(letter.reason).inc(letter.count)
+                self.metrics.deadletters.labels(letter.reason).inc()
+                self.metrics.deadlettered_events.labels(letter.reason).inc(letter.count)
             self._counted[(src.topic, src.partition)] = src.offset
         return out
 

@@ -67,7 +67,12 @@ def register(app: faust.App, p: Pipeline) -> None:
         p.metrics.under_replicated.set(health.under_replicated)
         p.metrics.offline.set(health.offline)
 
-    del check_skipped, report_lag, report_cluster
+    @app.timer(interval=p.live.every_s)  # type: ignore[untyped-decorator]  # Faust: untyped
+    @survives
+    async def sample_live() -> None:
+        await p.live.sample()
+
+    del check_skipped, report_lag, report_cluster, sample_live
 
 
 def _check_progress(

@@ -1,12 +1,13 @@
-"""The worker's web pages, on ``EDDYLINE_WEB_PORT``: ``/metrics`` (Prometheus),
-``/status`` (where each partition and agent stands: what to look at when a worker lags or
-stalls) and ``/predict/<model>`` (the online model's probability for the features in the
-query).
+"""The worker's web pages, on ``EDDYLINE_WEB_PORT``: ``/`` (the live page: ``page/``,
+drawn from ``/live``, ``streams.worker.live``), ``/metrics`` (Prometheus), ``/status``
+(where each partition and agent stands: what to look at when a worker lags or stalls) and
+``/predict/<model>`` (the online model's probability for the features in the query).
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -14,6 +15,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from eddyline.online_learning.spec import LearnerSpecError
 from eddyline.streams.worker.pipeline import Pipeline
+
+PAGE = Path(__file__).parent / "page"
+#: the live page's files, by the name it asks for (nothing else is served from the folder)
+_FILES = {
+    "page.js": ("page.js", "text/javascript"),
+    "page.css": ("page.css", "text/css"),
+    "uPlot.iife.min.js": ("vendor/uPlot.iife.min.js", "text/javascript"),
+    "uPlot.min.css": ("vendor/uPlot.min.css", "text/css"),
+}
 
 
 def register(app: faust.App, p: Pipeline) -> None:
@@ -43,6 +53,22 @@ def register(app: faust.App, p: Pipeline) -> None:
             }
         )
 
+    @app.page("/")
+    async def index(web: Any, request: Any) -> Any:
+        return web.html((PAGE / "index.html").read_text())
+
+    @app.page("/page/{name}")
+    async def files(web: Any, request: Any, name: str) -> Any:
+        found = _FILES.get(name)
+        if found is None:
+            return web.json({"error": f"no page file {name!r}"}, status=404)
+        path, kind = found
+        return web.bytes((PAGE / path).read_bytes(), content_type=kind)
+
+    @app.page("/live")
+    async def live(web: Any, request: Any) -> Any:
+        return web.json(p.live.state())
+
     @app.page("/status")
     async def status(web: Any, request: Any) -> Any:
         return web.json(worker_status(app, p))
@@ -54,7 +80,7 @@ def register(app: faust.App, p: Pipeline) -> None:
             generate_latest(p.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    del predict, status, metrics
+    del predict, status, metrics, index, files, live
 
 
 def worker_status(app: faust.App, p: Pipeline) -> dict[str, Any]:

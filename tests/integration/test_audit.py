@@ -111,7 +111,9 @@ def test_a_poison_message_is_dead_lettered_once_and_the_events_behind_it_land(
     assert source == {"topic": raw, "partition": 0, "offset": min(offsets)}
     assert CANARY not in json.dumps(letter)
     time.sleep(6)  # a lag report and a progress check
-    assert _metric(worker, 'eddyline_worker_deadlettered_total{reason="row.invalid"}') == 2_500
+    assert (
+        _metric(worker, 'eddyline_worker_deadlettered_events_total{reason="row.invalid"}') == 2_500
+    )
     assert json.loads(worker.status() or "{}")["stalled"] == []
     assert "Traceback" not in worker.log_path.read_text()
 

@@ -71,7 +71,7 @@ def _assert_rows_reconcile(text: str) -> None:
     decoded = _metric(text, f"{w}events_in_total", stream="interaction")
     assert decoded > 0
     assert decoded == (
-        _metric(text, f"{w}deadlettered_total", reason="row.invalid")
+        _metric(text, f"{w}deadlettered_events_total", reason="row.invalid")
         + _metric(text, f"{w}suppressed_total", stream="interaction", reason="consent")
         + _metric(text, f"{w}suppressed_total", stream="interaction", reason="budget")
         + _metric(text, f"{w}events_replayed_total", stream="interaction")

@@ -167,9 +167,7 @@ def test_ten_thousand_events_exactly_once_private_deadlettered_and_drift(
 
     wait_for(click_metrics, 30, "the click model's metrics in Delta")
     assert all(0 <= r["error_rate"] <= 1 for r in metric_rows() if r["kind"] == "checkpoint")
-    assert 'eddyline_worker_model_metric{metric="log_loss",model="click"}' in (
-        worker.metrics() or ""
-    )
+    assert 'eddyline_worker_model_log_loss{model="click"}' in (worker.metrics() or "")
     # The model answers predictions, and announces its checkpoints.
     base = f"http://127.0.0.1:{worker.web_port}/predict"
     with urllib.request.urlopen(
@@ -305,6 +303,7 @@ def test_garbage_on_a_raw_topic_is_deadlettered_and_the_worker_keeps_going(
     wait_for(lambda: stored_reasons() == expected, 30, "dead letters in Delta")
     time.sleep(5.5)  # one lag report
     metrics = worker.metrics() or ""
-    assert 'eddyline_worker_deadlettered_total{reason="envelope.corrupt"} 3.0' in metrics
+    assert 'eddyline_worker_deadletters_total{reason="envelope.corrupt"} 3.0' in metrics
+    assert 'eddyline_worker_deadlettered_events_total{reason="envelope.corrupt"} 3.0' in metrics
     assert 'eddyline_worker_table_files{table="interaction"}' in metrics
     assert "eddyline_worker_consumer_lag{" in metrics

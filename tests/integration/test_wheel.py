@@ -69,6 +69,8 @@ def test_the_wheel_installs_one_top_level_name(wheel: Path) -> None:
         "eddyline/streams/kafka/pom.xml",
         "eddyline/online_learning/specs/click.yaml",
         "eddyline/schemas/contracts/interaction.v1.json",
+        "eddyline/streams/worker/page/index.html",  # the live page, with its vendored uPlot
+        "eddyline/streams/worker/page/vendor/uPlot.iife.min.js",
     ):
         assert expected in files
 

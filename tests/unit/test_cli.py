@@ -102,6 +102,19 @@ def test_a_user_error_is_one_line_and_exit_code_2(
         assert len(lines) == 1 and lines[0].startswith("error: "), err
 
 
+def test_report_writes_one_file_and_an_empty_lake_is_a_user_error(
+    monkeypatch, capsys, lake, tmp_path
+) -> None:
+    out_file = tmp_path / "r.html"
+    code, _, err = _main(monkeypatch, capsys, "report", "--lake", str(lake), "--out", str(out_file))
+    assert code == 0 and "wrote" in err
+    page = out_file.read_text()
+    assert "Rows per day" in page and "No event rows yet." in page  # no pseudonymous table
+    code, out, err = _main(monkeypatch, capsys, "report", "--lake", str(tmp_path / "none"))
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and out == "" and len(lines) == 1 and "no Delta tables" in lines[0], err
+
+
 def test_a_failure_exits_1_with_one_line(monkeypatch, capsys) -> None:
     monkeypatch.setenv("EDDYLINE_BOOTSTRAP", f"127.0.0.1:{free_port()}")  # nothing listens
     code, _, err = _main(monkeypatch, capsys, "topics", "create")

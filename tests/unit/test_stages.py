@@ -117,7 +117,7 @@ def test_the_lake_commits_once_per_source_and_retries_a_failing_commit(
     from deltalake import DeltaTable
 
     assert DeltaTable(str(tmp_path / "lake" / "interaction")).count() == 120
-    assert _sample(p, "eddyline_worker_events_written_total", stream="interaction") == 120
+    assert _sample(p, "eddyline_worker_rows_written_total", table="interaction") == 120
 
 
 async def _no_sleep(seconds: float) -> None:
