@@ -14,7 +14,7 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[worker,query,retrain,dev]'  # retrain: torch + Opacus, ~2.5 GB on first install
+	$(PY) -m pip install -q -e '.[worker,query,collector,retrain,dev]'  # retrain: torch + Opacus, ~2.5 GB on first install
 	rm -f $(VENV)/.installed-*; touch $@
 
 install: $(STAMP)  ## create .venv and install eddyline with the worker, query and dev extras

@@ -49,6 +49,10 @@ class Reason(StrEnum):
     SCHEMA_WRONG_STREAM = "schema.wrong_stream"
     ROW_INVALID = "row.invalid"
     INTERNAL_ERROR = "internal.error"
+    #: the collector (streams.collector): a Segment call no route of the mapping takes, and
+    #: an event over Segment's 32 KB
+    EVENT_UNMAPPED = "event.unmapped"
+    EVENT_TOO_LARGE = "event.too_large"
 
     @property
     def sentence(self) -> str:
@@ -66,6 +70,8 @@ _SENTENCES = {
     Reason.SCHEMA_WRONG_STREAM: "the schema belongs to another stream than the topic's",
     Reason.ROW_INVALID: "rows break a rule of the schema (the field and rule are named)",
     Reason.INTERNAL_ERROR: "the worker failed on this message (a bug: see the worker's log)",
+    Reason.EVENT_UNMAPPED: "the collector's mapping has no route for this call or event name",
+    Reason.EVENT_TOO_LARGE: "the event is over the collector's 32 KB per event",
 }
 
 

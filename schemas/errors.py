@@ -11,6 +11,7 @@ wraps a library's error it inherits from that error too, so either can be caught
     │   ├── EventValidationError     ValueError too: an event failed validation at ``emit``
     │   ├── MissingExtraError        ImportError too: an optional extra is not installed
     │   ├── LearnerSpecError         a learner spec that cannot work
+    │   ├── MappingError             a collector mapping that cannot work (names the file)
     │   ├── LakeError                DeltaError too: a table or version cannot be read
     │   │   └── TableNotFoundError   deltalake's TableNotFoundError too
     │   ├── QueryError               duckdb's Error too: SQL over the lake failed

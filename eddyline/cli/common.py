@@ -22,6 +22,9 @@ budget_app = typer.Typer(help="The per-user privacy budget.")
 keys_app = typer.Typer(help="Pseudonym keys (the keyring file in EDDYLINE_PSEUDONYM_KEYRING).")
 retrain_app = typer.Typer(help="Retraining on drift with DP (needs the \\[retrain] extra).")
 learners_app = typer.Typer(help="Learner specs: the online models a worker runs.")
+collector_app = typer.Typer(
+    help="The HTTP collector: Segment's API and eddyline's own (needs the \\[collector] extra)."
+)
 for sub, name in (
     (schemas_app, "schemas"),
     (broker_app, "broker"),
@@ -32,6 +35,7 @@ for sub, name in (
     (budget_app, "budget"),
     (keys_app, "keys"),
     (learners_app, "learners"),
+    (collector_app, "collector"),
 ):
     app.add_typer(sub, name=name)
 # Messages hold names and text users chose (table names, SQL, extras like [query]): never

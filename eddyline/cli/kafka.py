@@ -12,6 +12,7 @@ from eddyline.cli.common import (
     Port,
     app,
     broker_app,
+    collector_app,
     drift_app,
     err,
     topics_app,
@@ -92,6 +93,32 @@ def worker_run(loglevel: Annotated[str, typer.Option(help="Faust log level")] = 
     from eddyline.streams.worker.run import run_worker
 
     run_worker(WorkerSettings(), KafkaSettings(), loglevel=loglevel)
+
+
+@collector_app.command("run")
+def collector_run(
+    mapping: Annotated[
+        str | None, typer.Option(help="the mapping YAML (default: EDDYLINE_COLLECTOR_MAPPING)")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="default: EDDYLINE_COLLECTOR_PORT, 8088")] = None,
+) -> None:
+    """Run one collector until SIGTERM or Ctrl-C (settings from EDDYLINE_COLLECTOR_*)."""
+    import asyncio
+    import logging
+
+    from eddyline.streams.collector.mapping import load_mapping
+    from eddyline.streams.collector.server import Collector, CollectorSettings, serve
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(message)s")
+    settings = CollectorSettings()
+    overrides = {k: v for k, v in (("mapping", mapping), ("port", port)) if v is not None}
+    settings = settings.model_copy(update=overrides)
+    collector = Collector(load_mapping(settings.mapping), settings, KafkaSettings())
+    err.print(f"collector on {settings.host}:{settings.port}")
+    try:
+        asyncio.run(serve(collector))
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command("simulate")

@@ -43,6 +43,16 @@ class ClientErrors:
             raise BrokerError(explain(self.fatal, bootstrap))
 
 
+#: delivery errors that may pass: the SDK spools the envelope and sends it again later
+RETRY_LATER = {
+    KafkaError._MSG_TIMED_OUT,
+    KafkaError._TRANSPORT,
+    KafkaError._PURGE_QUEUE,
+    KafkaError._PURGE_INFLIGHT,
+    KafkaError._TIMED_OUT,
+}
+
+
 def is_fatal(err: KafkaError) -> bool:
     """Whether ``err`` leaves a librdkafka producer unusable (only a new one can send)."""
     return bool(err.fatal()) or err.code() == KafkaError._FATAL
@@ -72,3 +82,12 @@ def metadata(
                     f"cannot reach Kafka at {bootstrap} within {timeout:.0f}s ({exc}); is it "
                     "running, and is EDDYLINE_BOOTSTRAP right?"
                 ) from exc
+
+
+def take_back(producer: Any, timeout: float) -> None:
+    """Purge what librdkafka still holds and serve the purged envelopes' reports, so that
+    each is spooled (the SDK's delivery reports: a purge is a retry-later error)."""
+    producer.purge(in_queue=True, in_flight=True)
+    deadline = time.monotonic() + timeout
+    while len(producer) and time.monotonic() < deadline:
+        producer.flush(min(0.5, max(0.0, deadline - time.monotonic())))

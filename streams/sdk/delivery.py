@@ -26,7 +26,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from eddyline.schemas.envelope import KafkaHeaders
-from eddyline.streams.kafka.clients import ClientErrors, is_fatal
+from eddyline.streams.kafka.clients import RETRY_LATER, ClientErrors, is_fatal, take_back
 from eddyline.streams.kafka.settings import KafkaSettings, ProducerSettings
 from eddyline.streams.sdk.metrics import ProducerMetrics
 from eddyline.streams.sdk.outgoing import ClientStats, DeliveryReport, Outgoing
@@ -46,13 +46,6 @@ _PRODUCER_DEFAULTS: dict[str, Any] = {
 }
 _DRAIN_CHUNK = 50  # spooled envelopes in flight per partition while draining
 _RESTART_BACKOFF_S = 1.0  # the first wait before replacing a client that failed fatally again
-_RETRY_LATER = {
-    KafkaError._MSG_TIMED_OUT,
-    KafkaError._TRANSPORT,
-    KafkaError._PURGE_QUEUE,
-    KafkaError._PURGE_INFLIGHT,
-    KafkaError._TIMED_OUT,
-}
 
 
 class Delivery:
@@ -77,6 +70,7 @@ class Delivery:
         self._spool_high = int(settings.spool_max_bytes * 0.9)
         self._inflight: dict[tuple[str, int], int] = defaultdict(int)
         self._draining: dict[int, tuple[str, int]] = {}
+        self._exposed: set[int] = set()  # sent, not yet acknowledged or spooled: at risk
         self._producer: Any = None
         self._spool: Spool | None = None
         self._seq = 0
@@ -193,6 +187,7 @@ class Delivery:
             self._draining[env.seq] = env.key
         else:
             self._inflight[env.key] += 1
+            self._exposed.add(env.seq)
 
     def _to_spool(self, env: Outgoing) -> None:
         assert self._spool is not None
@@ -226,7 +221,7 @@ class Delivery:
                 self.delivered += env.count
                 self._metrics.delivered.labels(env.stream).inc(env.count)
                 self._metrics.delivery_latency.observe(latency)
-            elif (fatal := is_fatal(err)) or err.retriable() or err.code() in _RETRY_LATER:
+            elif (fatal := is_fatal(err)) or err.retriable() or err.code() in RETRY_LATER:
                 if fatal:
                     self._fatal = err  # the background thread replaces the client
                 else:
@@ -235,6 +230,7 @@ class Delivery:
                     self._to_spool(env)
             else:
                 self._refused(env, err, from_spool)
+            self._exposed.discard(env.seq)  # acknowledged, spooled, or refused for good
             self.room.notify_all()
         if self._on_delivery is not None:
             error = None if err is None else err.str()
@@ -309,7 +305,7 @@ class Delivery:
             "from the spool",
             reason.str(),
         )
-        _take_back(old, 5.0)
+        take_back(old, 5.0)
         with self._lock:
             self._fatal = None
             self._producer = self._new_client()
@@ -352,6 +348,20 @@ class Delivery:
 
     # -- flushing and closing -------------------------------------------------------------
 
+    @property
+    def sequence(self) -> int:
+        """The sequence number the next envelope will get."""
+        return self._seq
+
+    def durable_before(self, mark: int, deadline: float) -> bool:
+        """Wait until every envelope numbered below ``mark`` is acknowledged or in the
+        spool (or refused for good: counted in ``failed``), or ``deadline``; whether it is."""
+        with self.room:
+            return self.room.wait_for(
+                lambda: not any(seq < mark for seq in self._exposed),
+                timeout=max(0.0, deadline - time.monotonic()),
+            )
+
     def wait(self, deadline: float) -> int:
         """Serve reports and drain until nothing is pending or ``deadline``; what is left."""
         while True:
@@ -378,7 +388,7 @@ class Delivery:
             self._thread.join(timeout=5)
         producer = self._producer
         if producer is not None and any(self._inflight.values()):
-            _take_back(producer, 1.0)
+            take_back(producer, 1.0)
         if self._spool is not None:
             if len(self._spool):
                 log.warning(
@@ -387,12 +397,3 @@ class Delivery:
                     self._spool.directory,
                 )
             self._spool.close()
-
-
-def _take_back(producer: Any, timeout: float) -> None:
-    """Purge what librdkafka still holds and serve the purged envelopes' reports, so that
-    each is spooled (``_delivered``: a purge is a retry-later error)."""
-    producer.purge(in_queue=True, in_flight=True)
-    deadline = time.monotonic() + timeout
-    while len(producer) and time.monotonic() < deadline:
-        producer.flush(min(0.5, max(0.0, deadline - time.monotonic())))

@@ -228,6 +228,19 @@ class EventProducer:
                 self._send(buf)
         return self._delivery.wait(deadline)
 
+    def seal(self) -> int:
+        """Send every buffered event now (without waiting) and return a mark for
+        ``wait_durable``: what a server answers "accepted" on once it is durable."""
+        with self._lock:
+            for buf in list(self._buffers.values()):
+                self._send(buf)
+            return self._delivery.sequence
+
+    def wait_durable(self, mark: int, timeout: float = 30.0) -> bool:
+        """Wait until every event sealed before ``mark`` (``seal``) is acknowledged by Kafka
+        or written to the spool; False if ``timeout`` passed first."""
+        return self._delivery.durable_before(mark, time.monotonic() + timeout)
+
     def pending(self) -> int:
         """Envelopes not yet acknowledged: in flight, or waiting in the spool."""
         return self._delivery.pending()

@@ -1,0 +1,202 @@
+"""Collector throughput and latency: Segment batches over HTTP into Kafka, beside the SDK.
+
+1. Throughput: 8 concurrent clients (aiohttp, keep-alive) post ``/v1/batch`` requests of 100
+   ``Product Clicked`` calls to one ``eddyline collector run`` process for ``--seconds``;
+   events/s answered 200 (a 200 means in Kafka or in the spool).
+2. Baseline, same run: the same events through the SDK's ``emit_many`` in this process
+   (columns, 10,000 a call) to Kafka's acknowledgement.
+3. Latency: the clients paced at half the measured throughput; p50/p99 of the request
+   latency (to the durable answer).
+
+    .venv/bin/python bench/collector.py [--seconds 20] [--clients 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import yaml
+from prometheus_client import CollectorRegistry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _broker import fresh_namespace, kafka_for_bench
+
+from eddyline.schemas.events import InteractionEvent
+from eddyline.streams.collector.mapping import DEFAULT_MAPPING
+from eddyline.streams.kafka.broker import free_port
+from eddyline.streams.kafka.settings import KafkaSettings, ProducerSettings
+from eddyline.streams.kafka.topics import ensure_topics
+from eddyline.streams.sdk.producer import EventProducer
+
+KEY = "bench-write-key"
+PER_REQUEST = 100
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _mapping(folder: Path) -> str:
+    """The default mapping with the bench's key and no rate limit to speak of."""
+    mapping = yaml.safe_load(DEFAULT_MAPPING.read_text())
+    mapping["write_keys"] = [{"name": "bench", "key": KEY, "app_id": "bench", "rate_per_s": 1e9}]
+    (folder / "mapping.yaml").write_text(yaml.safe_dump(mapping))
+    return str(folder / "mapping.yaml")
+
+
+def _bodies(n: int) -> list[bytes]:
+    """``n`` distinct request bodies of PER_REQUEST calls (1,000 users)."""
+    out = []
+    for r in range(n):
+        batch = [
+            {
+                "type": "track",
+                "event": "Product Clicked",
+                "userId": f"user-{(r * PER_REQUEST + i) % 1000}",
+                "messageId": str(uuid.uuid4()),
+                "timestamp": "2026-12-01T10:00:00Z",
+                "properties": {"product_id": f"sku-{i}", "category": "news", "position": i % 9},
+            }
+            for i in range(PER_REQUEST)
+        ]
+        out.append(json.dumps({"batch": batch, "sentAt": "2026-12-01T10:00:00Z"}).encode())
+    return out
+
+
+async def _clients(
+    url: str, bodies: list[bytes], clients: int, seconds: float, rate: float | None
+) -> tuple[int, list[float], int]:
+    """(events accepted, request latencies, non-200 answers); ``rate``: total events/s."""
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{KEY}:".encode()).decode()}
+    latencies: list[float] = []
+    accepted = refused = 0
+    end = time.monotonic() + seconds
+    gap = clients * PER_REQUEST / rate if rate else 0.0
+
+    async def client(c: int, session: aiohttp.ClientSession) -> None:
+        nonlocal accepted, refused
+        i, next_at = c, time.monotonic() + gap * c / clients
+        while time.monotonic() < end:
+            if gap:
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                next_at += gap
+            started = time.perf_counter()
+            async with session.post(url, data=bodies[i % len(bodies)], headers=auth) as reply:
+                await reply.read()
+                if reply.status == 200:
+                    accepted += PER_REQUEST
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    refused += 1
+            i += clients
+
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(client(c, session) for c in range(clients)))
+    return accepted, latencies, refused
+
+
+def _sdk(kafka: KafkaSettings, n: int, spool: str) -> float:
+    """events/s through ``emit_many`` to Kafka's acknowledgement."""
+    cols = {
+        "user_id": [f"user-{i % 1000}" for i in range(10_000)],
+        "app_id": ["bench"] * 10_000,
+        "item_id": [f"sku-{i % 100}" for i in range(10_000)],
+        "item_category": ["news"] * 10_000,
+        "action": ["click"] * 10_000,
+        "dwell_time_s": [0.0] * 10_000,
+        "position": [i % 9 for i in range(10_000)],
+    }
+    settings = ProducerSettings(spool_dir=spool)
+    with EventProducer(settings, kafka=kafka, registry=CollectorRegistry()) as producer:
+        started = time.perf_counter()
+        for _ in range(n // 10_000):
+            producer.emit_many(InteractionEvent, cols)
+        assert producer.flush(120) == 0
+        return n // 10_000 * 10_000 / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--clients", type=int, default=8)
+    args = parser.parse_args()
+    bodies = _bodies(2_000)
+    with kafka_for_bench() as bootstrap, tempfile.TemporaryDirectory() as tmp:
+        with fresh_namespace(bootstrap, "collector") as ns:
+            kafka = KafkaSettings(bootstrap=bootstrap, namespace=ns)
+            ensure_topics(kafka, ["interaction", "feedback"])
+            port = free_port()
+            env = {
+                **os.environ,
+                "EDDYLINE_BOOTSTRAP": bootstrap,
+                "EDDYLINE_NAMESPACE": ns,
+                "EDDYLINE_COLLECTOR_PORT": str(port),
+                "EDDYLINE_COLLECTOR_MAPPING": _mapping(Path(tmp)),
+                "EDDYLINE_SPOOL_DIR": str(Path(tmp) / "collector-spool"),
+            }
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "eddyline", "collector", "run"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=open(Path(tmp) / "collector.log", "wb"),
+            )
+            try:
+                for _ in range(100):
+                    try:
+                        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                        break
+                    except OSError:
+                        time.sleep(0.2)
+                url = f"http://127.0.0.1:{port}/v1/batch"
+                asyncio.run(_clients(url, bodies, args.clients, 3, None))  # warm up
+                accepted, _, refused = asyncio.run(
+                    _clients(url, bodies, args.clients, args.seconds, None)
+                )
+                rate = accepted / args.seconds
+                log(f"collector: {rate:,.0f} events/s ({refused} requests refused)")
+                half = rate / 2
+                _, latencies, refused_half = asyncio.run(
+                    _clients(url, bodies, args.clients, args.seconds, half)
+                )
+                p50, p99 = (float(x) * 1000 for x in np.percentile(latencies, [50, 99]))
+                log(f"at {half:,.0f} events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+            finally:
+                proc.terminate()
+                proc.wait(30)
+            sdk = _sdk(kafka, 1_000_000, str(Path(tmp) / "sdk-spool"))
+            log(f"SDK emit_many: {sdk:,.0f} events/s")
+    print(
+        json.dumps(
+            {
+                "bench": "collector",
+                "events_per_s": round(rate),
+                "sdk_events_per_s": round(sdk),
+                "ratio_vs_sdk": round(rate / sdk, 3),
+                "clients": args.clients,
+                "events_per_request": PER_REQUEST,
+                "p50_ms_at_half_load": round(p50, 1),
+                "p99_ms_at_half_load": round(p99, 1),
+                "refused_requests": refused + refused_half,
+                "target_events_per_s": 100_000,
+                "target_p99_ms_at_half_load": 50,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
