@@ -39,14 +39,20 @@ class Committer:
             self._wake.clear()
             await asyncio.sleep(self.window_s)  # let the window's requests join
             batch, self.waiting = self.waiting, []
-            mark = await asyncio.to_thread(self.producer.seal)
+            try:
+                mark = await asyncio.to_thread(self.producer.seal)
+            except Exception:  # the loop must live on: these requests get a 503
+                log.exception("sealing the window's envelopes failed")
+                mark = -1
             task = asyncio.create_task(self._answer(batch, mark))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, batch: list[tuple[asyncio.Future[bool], int]], mark: int) -> None:
         try:
-            ok = await asyncio.to_thread(self.producer.wait_durable, mark, self.timeout_s)
+            ok = mark >= 0 and await asyncio.to_thread(
+                self.producer.wait_durable, mark, self.timeout_s
+            )
         except Exception:
             log.exception("waiting for envelopes to be durable failed")
             ok = False

@@ -350,3 +350,44 @@ def test_the_native_endpoint_takes_eddyline_json_and_refuses_bad_rows_whole(
     wait_for(lambda: len(_ids(lake, "interaction")) >= 20, 60, "the native events")
     time.sleep(2)
     assert len(_ids(lake, "interaction")) == 20
+
+
+NODE_SENDER = """
+const { Analytics } = require('@segment/analytics-node');
+const analytics = new Analytics({
+  writeKey: process.env.WRITE_KEY, host: process.env.COLLECTOR, flushAt: 50, flushInterval: 200,
+});
+analytics.on('error', (err) => { console.error('error', err); process.exitCode = 1; });
+for (let i = 0; i < 300; i++) {
+  analytics.track({
+    userId: 'node-' + (i % 7), event: 'Product Clicked', messageId: 'node-' + i,
+    properties: { product_id: 'sku-' + i, category: 'news', position: i % 5 },
+  });
+}
+analytics.closeAndFlush().then(() => console.log('flushed'));
+"""
+
+
+def test_segments_node_library_delivers_every_event_once(
+    collector: CollectorProcess, worker: WorkerProcess, worker_env: dict[str, str], tmp_path: Path
+) -> None:
+    npm, node = shutil.which("npm"), shutil.which("node")
+    assert npm and node, "node and npm are needed (Node 20 from the distribution)"
+    app = tmp_path / "node-app"
+    app.mkdir()
+    subprocess.run(
+        [npm, "install", "--silent", "--no-audit", "--no-fund", "@segment/analytics-node@3.1.0"],
+        cwd=app, check=True, timeout=300, capture_output=True,
+    )  # fmt: skip
+    (app / "send.js").write_text(NODE_SENDER)
+    env = {**os.environ, "WRITE_KEY": KEY, "COLLECTOR": collector.url}
+    done = subprocess.run(
+        [node, "send.js"], cwd=app, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and "flushed" in done.stdout, done.stderr
+    key = WriteKey(name="web", key="unused", app_id="shop")
+    expected = sorted(str(event_id(key, f"node-{i}")) for i in range(300))
+    lake = Lake(worker_env["EDDYLINE_LAKE_PATH"])
+    wait_for(lambda: len(_ids(lake, "interaction")) >= 300, 90, "the Node client's 300 events")
+    time.sleep(2)
+    assert sorted(_ids(lake, "interaction")) == expected

@@ -17,9 +17,11 @@ def _compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
-def test_services_are_kafka_worker_prometheus_and_grafana() -> None:
+def test_services_are_kafka_worker_collector_prometheus_and_grafana() -> None:
     services = _compose()["services"]
-    assert set(services) == {"kafka", "kafka-2", "kafka-3", "worker", "prometheus", "grafana"}
+    expected = {"kafka", "kafka-2", "kafka-3", "worker", "collector", "prometheus", "grafana"}
+    assert set(services) == expected
+    assert services["collector"]["command"] == ["eddyline", "collector", "run"]
     assert {n for n, s in services.items() if "profiles" in s} == {"kafka-2", "kafka-3"}
 
 
@@ -88,6 +90,6 @@ def test_grafana_is_provisioned_with_the_dashboard_and_prometheus() -> None:
 
 def test_the_worker_image_installs_the_worker_extra() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "'.[worker,query]'" in dockerfile
+    assert "'.[worker,query,collector]'" in dockerfile
     for package in ("schemas", "streams", "privacy", "online_learning", "consumers", "eddyline"):
         assert f"COPY {package} {package}" in dockerfile
