@@ -1,6 +1,7 @@
 """``Lake``: the Delta tables, for data scientists, as Arrow, pandas, polars or DuckDB.
 
-Tables: one per event stream (``interaction``, ``feedback``), plus ``deadletters``. Every
+Tables: one per event stream (``interaction``, ``feedback``), plus ``deadletters``,
+``drift_events``, ``model_metrics``, ``worker_costs`` and ``governance_log``. Every event
 row carries ``user_pid`` (a keyed pseudonym), never a raw user id; noised columns are meant
 for aggregates (see ``docs/querying.md``).
 
