@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -355,11 +356,30 @@ def new_cluster_id() -> str:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A free TCP port on 127.0.0.1 below the kernel's ephemeral range: one from ``bind(0)``
+    can become an outgoing connection's local port before the server binds it (a test
+    cluster's node failed to start so). Falls back to the kernel's pick."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = 10_000 + secrets.randbelow(max(1, low - 10_000))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        found: int = s.getsockname()[1]
+        return found
+
+
+def _ephemeral_low() -> int:
+    try:  # the first port of the kernel's ephemeral range (Linux; 32768 where unknown)
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+    return low if low > 11_000 else 32_768
 
 
 def _alive(pid: int) -> bool:
