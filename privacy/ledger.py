@@ -136,6 +136,16 @@ class BudgetLedger:
         inverse = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         return self._charge_window(slots, inverse, window, offset)
 
+    def fresh(self, encoded: Encoding, offset: int | np.ndarray) -> np.ndarray:
+        """Which rows are not replays (``charge``'s rule: the user's last offset charged is
+        before the row's), without charging or adding anyone."""
+        slots = np.fromiter(map(self._slot.get, encoded.names, repeat(-1)), np.int64)
+        last = np.full(len(slots), -1, np.int64)
+        known = slots >= 0
+        last[known] = self._offset[slots[known]]
+        inverse = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        return np.asarray(last[inverse] < offset)
+
     def follow_epoch(self, epoch: str) -> bool:
         """Offsets count within one incarnation of the raw topic. A message from a new one
         (the topic was deleted and created again: offsets restart at 0) forgets every

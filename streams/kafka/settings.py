@@ -133,6 +133,11 @@ class WorkerSettings(BaseSettings):
     budget_epsilon: float = Field(default=100.0, gt=0)
     budget_delta: float = Field(default=1e-6, gt=0, lt=1)
     budget_window_s: int = Field(default=86_400, ge=60)
+    # A repeated event_id of one user (a client's retry) is dropped for at least this long
+    # (0: never); a filter keeps at most repeat_max_keys keys, 8 bytes each, per stream and
+    # raw partition (past that its older window goes early: docs/privacy.md).
+    repeat_window_s: int = Field(default=86_400, ge=0)
+    repeat_max_keys: int = Field(default=4_000_000, ge=1_000)
     # The occurred_at values accepted: at most this old, at most this far ahead of the
     # worker's clock; others are dead-lettered (row.invalid: too_old / in_the_future).
     max_event_age_s: int = Field(default=365 * 86_400, ge=60)

@@ -5,7 +5,8 @@ users it changed to the Faust table ``budget`` (changelog topic
 ``<app id>-budget-changelog``, same partition as the raw partition, compacted): one value per
 (stream, raw partition, shard of 16 by pseudonym) holding, in columns, each pseudonym of the
 shard, the last raw offset charged to it and the events charged to it per window
-(``BudgetLedger.shards``). A worker that is
+(``BudgetLedger.shards``); and the keys of the events released, for dropping a client's
+repeats (``REPEATS``). A worker that is
 assigned the partition (after a crash or a rebalance) recovers the table first, so the
 ledger follows the partition. ``eddyline budget show`` reads the same topic.
 """
@@ -45,6 +46,23 @@ def shard_key(stream: str, partition: int, shard: int) -> str:
     return f"{stream}/{partition}/{shard}"
 
 
+# The repeat filters' chunks (``privacy.repeats``) share the topic under keys
+# ``~repeats/<stream>/<partition>/<window>/<n>``: "~" starts no stream name.
+REPEATS = "~repeats/"
+
+
+def repeats_key(stream: str, partition: int, name: str) -> str:
+    return f"{REPEATS}{stream}/{partition}/{name}"
+
+
+def repeat_chunks(
+    saved: list[tuple[str, Any]], stream: str, partition: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """One raw partition's saved repeat-filter chunks, as (chunk name, chunk)."""
+    prefix = repeats_key(stream, partition, "")
+    return [(key[len(prefix) :], chunk) for key, chunk in saved if key.startswith(prefix)]
+
+
 @dataclass(frozen=True)
 class LedgerEntry:
     """One user's saved budget state in one stream's raw partition."""
@@ -79,7 +97,7 @@ def read_ledger(ws: WorkerSettings, ks: KafkaSettings) -> list[LedgerEntry]:
     as JSON)."""
     out: list[LedgerEntry] = []
     for key, value in read_latest(ks, changelog_topic(ws, ks)).items():
-        shard = json.loads(value)
-        if shard:
-            out += parse(json.loads(key), shard)
+        shard, name = json.loads(value), json.loads(key)
+        if shard and not name.startswith(REPEATS):
+            out += parse(name, shard)
     return out

@@ -24,6 +24,7 @@ from eddyline.privacy.governance import Suppression
 from eddyline.privacy.ledger import BudgetLedger
 from eddyline.privacy.policy import PrivacyPolicy
 from eddyline.privacy.pseudonymize import Encoding, HmacPseudonymizer
+from eddyline.privacy.repeats import RepeatFilter, event_keys
 from eddyline.schemas.events import BaseEvent
 from eddyline.schemas.registry import SchemaRegistry
 from eddyline.schemas.source import SourceRef
@@ -37,6 +38,7 @@ class Charged:
     over_budget: int = 0  # rows suppressed because their user's budget is spent
     replayed: int = 0  # rows charged by an earlier run (a replay after a crash): dropped
     coarsened: int = 0  # over-budget rows released with their protected fields nulled
+    repeated: int = 0  # rows repeating an event_id of the same user (a client's retry)
     kept: np.ndarray | None = None  # which rows were kept (None: all)
 
 
@@ -51,11 +53,16 @@ class Budgets:
         budget: tuple[float, float, int],
         clock: Callable[[], float],
         suppression: Suppression,
+        repeats: tuple[int, int] = (86_400, 4_000_000),
     ) -> None:
         self._pseudonymizer, self._policy, self._registry = pseudonymizer, policy, registry
         self.budget, self.clock, self.suppression = budget, clock, suppression
         # (event name, raw partition) -> its budget ledger; saved by the worker (state.py)
         self.ledgers: dict[tuple[str, int], BudgetLedger] = {}
+        # (event name, raw partition) -> the keys of its events released (privacy.repeats);
+        # ``repeats``: (window seconds, 0 for none; most keys kept per filter)
+        self.repeat_window_s, self.repeat_max_keys = repeats
+        self.repeats: dict[tuple[str, int], RepeatFilter] = {}
         self._forgot = 0  # the suppression version the ledgers have forgotten
         self._saved: dict[tuple[str, int], list[dict[str, Any]]] = {}
 
@@ -84,6 +91,32 @@ class Budgets:
         ledger = self.ledger(model, source.partition)
         out = Charged(new_epoch=ledger.follow_epoch(source.epoch))
         users, encoded = self._budget_identity(raw, private, encodings, now)
+        encoded = encoded or Encoding.of(users)
+        first = self._first_sends(model, source.partition, raw, encoded, ledger, offsets, now)
+        if first is not None:  # some rows repeat an earlier event: they go before the charge
+            out.repeated = int(len(first) - first.sum())
+            mask = pa.array(first)
+            raw, private, users = raw.filter(mask), private.filter(mask), users.filter(mask)
+            encoded = Encoding(encoded.names, encoded.indices.filter(mask))
+            offsets = offsets if np.ndim(offsets) == 0 else np.asarray(offsets)[first]
+        private, out = self._charge(model, ledger, users, encoded, private, offsets, now, out)
+        if first is not None:  # ``kept`` says which of the rows given were kept
+            kept = first.copy()
+            kept[first] = True if out.kept is None else out.kept
+            out.kept = kept
+        return private, out
+
+    def _charge(
+        self,
+        model: type[BaseEvent],
+        ledger: BudgetLedger,
+        users: pa.Array | pa.ChunkedArray,
+        encoded: Encoding,
+        private: pa.Table,
+        offsets: int | np.ndarray,
+        now: float,
+        out: Charged,
+    ) -> tuple[pa.Table, Charged]:
         charge = ledger.charge(users, ledger.window_of(now), offsets, encoded=encoded)
         out.over_budget, out.replayed = charge.over_budget, charge.replayed
         keep = charge.allowed
@@ -95,6 +128,39 @@ class Budgets:
             return private, out
         out.kept = keep
         return private.filter(pa.array(keep)), out
+
+    def _first_sends(
+        self,
+        model: type[BaseEvent],
+        partition: int,
+        raw: pa.Table,
+        encoded: Encoding,
+        ledger: BudgetLedger,
+        offsets: int | np.ndarray,
+        now: float,
+    ) -> np.ndarray | None:
+        """Which rows are not repeats of an event released before (None: all are). Replays
+        (rows the ledger charged before a crash) are the ledger's to drop, not checked."""
+        if not self.repeat_window_s or "event_id" not in raw.column_names:
+            return None
+        repeats = self.repeat_filter(model.event_name, partition)
+        fresh = ledger.fresh(encoded, offsets)
+        indices = encoded.indices.to_numpy(zero_copy_only=False)[fresh]
+        keys = event_keys(encoded.names, indices, raw["event_id"].filter(pa.array(fresh)))
+        repeat = repeats.check(keys, repeats.window_of(now))
+        if not repeat.any():
+            return None
+        first = np.ones(raw.num_rows, bool)
+        first[np.flatnonzero(fresh)[repeat]] = False
+        return first
+
+    def repeat_filter(self, stream: str, partition: int) -> RepeatFilter:
+        """The repeat filter of one event type in one raw partition."""
+        found = self.repeats.get((stream, partition))
+        if found is None:
+            found = RepeatFilter(self.repeat_window_s, self.repeat_max_keys)
+            self.repeats[(stream, partition)] = found
+        return found
 
     def _budget_identity(
         self, raw: pa.Table, private: pa.Table, encodings: dict[str, Encoding], now: float
@@ -173,3 +239,25 @@ class Budgets:
         replace its ledger, which is rebuilt on its next event."""
         self.ledgers.pop((stream, partition), None)
         self._saved[(stream, partition)] = saved
+
+    def restore_repeats(
+        self, stream: str, partition: int, chunks: list[tuple[str, dict[str, Any]]]
+    ) -> int:
+        """Saved repeat-filter chunks (``RepeatFilter.chunks``: (name, chunk)) of one raw
+        partition: they replace its filter. How many keys were loaded."""
+        self.repeats.pop((stream, partition), None)
+        if not chunks or not self.repeat_window_s:
+            return 0
+        found = self.repeat_filter(stream, partition)
+        window = found.window_of(self.clock())
+        return sum(found.restore_chunk(name, chunk, window) for name, chunk in chunks)
+
+    def repeat_chunks(self) -> list[tuple[str, int, str, dict[str, Any] | None]]:
+        """Every filter's keys added since the last call and its expired chunks, as
+        (stream, raw partition, chunk name, chunk or None to delete)."""
+        out: list[tuple[str, int, str, dict[str, Any] | None]] = []
+        for (stream, partition), found in self.repeats.items():
+            new, gone = found.chunks(found.window_of(self.clock()))
+            out += [(stream, partition, name, None) for name in gone]
+            out += [(stream, partition, name, chunk) for name, chunk in new.items()]
+        return out

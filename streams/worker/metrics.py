@@ -50,6 +50,7 @@ class WorkerMetrics:
     rereads: Counter
     epochs: Counter
     replayed: Counter
+    repeated: Counter
     delta_commit: Histogram
     envelope_rows: Histogram
     commit_rows: Histogram
@@ -157,6 +158,12 @@ class WorkerMetrics:
                 "events_replayed",
                 "Rows of a raw message privatised again (after a crash or rebalance) that their "
                 "user's saved budget already covers: dropped, their output was delivered before",
+                ["stream"],
+            ),
+            counter(
+                "events_repeated",
+                "Rows repeating an event_id their user sent before within the repeat window "
+                "(a client's retry after a lost response): dropped before their budget is charged",
                 ["stream"],
             ),
             Histogram("eddyline_worker_delta_commit_seconds", "Delta commit latency", registry=reg),

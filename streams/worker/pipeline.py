@@ -93,6 +93,7 @@ def _privatizer(ws: WorkerSettings, suppression: Suppression) -> Privatizer:
             timedelta(seconds=ws.max_event_age_s), timedelta(seconds=ws.max_clock_skew_s)
         ),
         suppression=suppression,
+        repeats=(ws.repeat_window_s, ws.repeat_max_keys),
     )
 
 

@@ -30,7 +30,7 @@ from eddyline.schemas.deadletter import DeadLetter, Reason
 from eddyline.schemas.envelope import H_SOURCE, Headers, encode_arrow
 from eddyline.schemas.json_batch import JsonRun
 from eddyline.schemas.source import SourceRef
-from eddyline.streams.worker.budget_state import shard_key, shard_of
+from eddyline.streams.worker.budget_state import repeat_chunks, repeats_key, shard_key, shard_of
 from eddyline.streams.worker.metrics import WorkerMetrics
 from eddyline.streams.worker.privatizer import Outcome, Privatizer
 
@@ -175,6 +175,7 @@ class PrivatizeStage:
         m.suppressed.labels(stream, "budget").inc(result.over_budget)
         m.suppressed.labels(stream, "budget_coarsened").inc(result.coarsened)
         m.replayed.labels(stream).inc(result.replayed)
+        m.repeated.labels(stream).inc(result.repeated)
         for kind, n in result.masked.items():
             m.pii_masked.labels(stream, kind).inc(n)
         if result.private is not None:
@@ -186,22 +187,34 @@ class PrivatizeStage:
     def load_ledger(self, saved: Iterable[tuple[str, Any]], stream: str, partition: int) -> int:
         """Restore one raw partition's ledgers from the budget table's (key, shard) items;
         how many users they hold."""
+        saved = list(saved)
         prefix = f"{stream}/{partition}/"
         shards = [shard for key, shard in saved if key.startswith(prefix) and shard]
         self.privatizer.restore(stream, partition, shards)
         users = sum(len(shard_columns(s)["users"]) for s in shards)
-        log.info("budget ledger %s/%d: %d users restored", stream, partition, users)
+        chunks = repeat_chunks(list(saved), stream, partition)
+        keys = self.privatizer.budgets.restore_repeats(stream, partition, chunks)
+        log.info(
+            "budget ledger %s/%d: %d users, %d event keys restored", stream, partition, users, keys
+        )
         return users
 
     def forget_ledger(self, stream: str, partition: int) -> None:
         """Drop a partition's in-memory ledger (it was revoked or lost)."""
         self.privatizer.ledgers.pop((stream, partition), None)
+        self.privatizer.budgets.repeats.pop((stream, partition), None)
 
     def dirty_shards(self) -> list[tuple[str, int, dict[str, Any] | None]]:
         """The saved shards to rewrite, as (table key, raw partition, columns or None): every
         shard holding a user whose ledger changed. Windows before the clock's are dropped
-        first (they are never charged again)."""
-        out = []
+        first (they are never charged again). The repeat filters' new keys come first: a
+        crash between the two leaves keys without their ledger (a replay of their rows is
+        then dropped as a repeat instead of a replay), never a ledger without its keys
+        (after which a client's retry of those events would pass)."""
+        out: list[tuple[str, int, dict[str, Any] | None]] = [
+            (repeats_key(stream, partition, name), partition, chunk)
+            for stream, partition, name, chunk in self.privatizer.budgets.repeat_chunks()
+        ]
         for (stream, partition), ledger in self.privatizer.ledgers.items():
             ledger.forget_before(ledger.window_of(self.privatizer.clock()))
             dirty = ledger.dirty_shards(shard_of)

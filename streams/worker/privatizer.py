@@ -62,6 +62,7 @@ class Outcome:
     over_budget: int = 0  # valid rows suppressed because their user's budget is spent
     replayed: int = 0  # rows charged by an earlier run (a replay after a crash): dropped
     coarsened: int = 0  # over-budget rows released with their protected fields nulled
+    repeated: int = 0  # rows repeating an event_id their user sent before: dropped
     forgotten: int = 0  # valid rows of a forgotten user: dropped before anything else
     new_epoch: bool = False  # the raw topic was recreated: the ledger's offsets started afresh
     masked: Counter[str] = _field(default_factory=Counter)  # sensitive strings scrubbed
@@ -82,6 +83,8 @@ class Privatizer:
         window: the ``occurred_at`` values accepted (older or later: ``row.invalid``).
         clock: seconds since the epoch; the budget window is the clock's, never an
             event's own time.
+        repeats: (window seconds, most keys per filter): a repeated ``event_id`` of a
+            user within the window is dropped (``privacy.repeats``); a window of 0: none.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class Privatizer:
         window: TimeWindow | None = None,
         clock: Callable[[], float] = time.time,
         suppression: Suppression | None = None,
+        repeats: tuple[int, int] = (86_400, 4_000_000),
     ) -> None:
         self.budget = budget  # (epsilon, delta, window seconds) per user per stream
         self.window = window or TimeWindow()
@@ -107,7 +111,7 @@ class Privatizer:
         self._registry = registry
         self._policies: dict[type[BaseEvent], PrivacyPolicy] = {}
         self.budgets = Budgets(
-            pseudonymizer, self.policy, registry, budget, clock, self.suppression
+            pseudonymizer, self.policy, registry, budget, clock, self.suppression, repeats
         )
 
     def policy(self, model: type[BaseEvent]) -> PrivacyPolicy:
@@ -234,7 +238,7 @@ class Privatizer:
             charged = row_offsets if many else source.offset
             private, c = self.budgets.charge(model, kept, private, encodings, source, charged)
             out.new_epoch, out.over_budget, out.replayed = c.new_epoch, c.over_budget, c.replayed
-            out.coarsened = c.coarsened
+            out.coarsened, out.repeated = c.coarsened, c.repeated
             row_offsets = row_offsets if c.kept is None else row_offsets[c.kept]
         if many:
             private = private.append_column(OFFSET_COLUMN, pa.array(row_offsets, pa.int64()))

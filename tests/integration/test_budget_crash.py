@@ -66,7 +66,8 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 def _assert_rows_reconcile(text: str) -> None:
     """Every row a worker decoded is accounted for once: dead-lettered as invalid, withheld
-    (consent, budget), skipped as a replay its user's saved budget covers, or private."""
+    (consent, budget), skipped as a replay its user's saved budget covers, dropped as a
+    repeat of an event released before, or private."""
     w = "eddyline_worker_"
     decoded = _metric(text, f"{w}events_in_total", stream="interaction")
     assert decoded > 0
@@ -75,6 +76,7 @@ def _assert_rows_reconcile(text: str) -> None:
         + _metric(text, f"{w}suppressed_total", stream="interaction", reason="consent")
         + _metric(text, f"{w}suppressed_total", stream="interaction", reason="budget")
         + _metric(text, f"{w}events_replayed_total", stream="interaction")
+        + _metric(text, f"{w}events_repeated_total", stream="interaction")
         + _metric(text, f"{w}events_private_total", stream="interaction")
     )
 

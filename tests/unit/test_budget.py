@@ -261,16 +261,20 @@ def test_the_window_charged_is_the_clocks_never_the_events_own_time() -> None:
         budget=(10.0, 1e-6, 86_400),
         clock=lambda: now[0],
     )
-    released = 0
-    for message in range(40):
-        backdated = [
+
+    def backdated(message: int) -> tuple[bytes, list[tuple[str, bytes]]]:
+        events = [
             e.model_copy(update={"user_id": "u", "occurred_at": T0 - timedelta(days=message)})
             for e in TrafficSimulator(seed=message).interactions(10)
         ]
-        rows = [{**e.__dict__, "event_id": str(e.event_id)} for e in backdated]
-        value, headers = encode_arrow(
+        rows = [{**e.__dict__, "event_id": str(e.event_id)} for e in events]
+        return encode_arrow(
             pa.Table.from_pylist(rows, schema=arrow_schema(InteractionEvent)), "interaction:1"
         )
+
+    released = 0
+    for message in range(40):
+        value, headers = backdated(message)
         out = privatizer.process(value, headers, SourceRef("raw", 0, message), "interaction")
         released += 0 if out.private is None else out.private.num_rows
         for ledger in privatizer.ledgers.values():  # what every save does
@@ -279,6 +283,7 @@ def test_the_window_charged_is_the_clocks_never_the_events_own_time() -> None:
     assert released == 10  # the allowance of the one window the clock was in
     # the next window of the worker's clock brings the next allowance, and only that
     now[0] = T0.timestamp() + 86_400
+    value, headers = backdated(99)  # new events (the same ones again would be repeats)
     out = privatizer.process(value, headers, SourceRef("raw", 0, 99), "interaction")
     assert out.private is not None and out.private.num_rows == 10
 

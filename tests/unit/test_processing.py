@@ -75,7 +75,7 @@ def test_valid_batch_crosses_the_boundary_without_raw_ids(privatizer: Privatizer
 
 def test_bad_rows_are_dead_lettered_by_row_and_the_rest_pass(privatizer: Privatizer) -> None:
     good, bad = _event(), _event()
-    rows = [_row(good), _row(bad, dwell_time_s=-5.0), _row(good), _row(bad, dwell_time_s=-1.0)]
+    rows = [_row(good), _row(bad, dwell_time_s=-5.0), _row(_event()), _row(bad, dwell_time_s=-1.0)]
     out = privatizer.process(*_envelope(rows), SRC, "interaction")
     assert out.private is not None and out.private.num_rows == 2
     [letter] = out.dead
@@ -300,7 +300,8 @@ def test_an_envelope_of_several_record_batches_is_read_whole(privatizer: Privati
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, schema) as writer:
         for _ in range(3):
-            writer.write_table(pa.Table.from_pylist([_row(_event())] * 2, schema=schema))
+            rows = [_row(_event()), _row(_event())]
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
     headers = [("content-type", ARROW.encode()), ("eddyline-schema", b"interaction:1")]
     out = privatizer.process(sink.getvalue().to_pybytes(), headers, SRC, "interaction")
     assert out.dead == [] and out.private is not None and out.private.num_rows == 6

@@ -13,107 +13,24 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from eddyline.consumers.lake import Lake
-from eddyline.streams.collector.mapping import DEFAULT_MAPPING, WriteKey
+from eddyline.streams.collector.mapping import WriteKey
 from eddyline.streams.collector.segment import event_id
-from eddyline.streams.kafka.broker import free_port
 from eddyline.streams.kafka.settings import KafkaSettings
 from eddyline.streams.worker.process import WorkerProcess
+from tests.integration.collector.support import KEY, CollectorProcess
 from tests.integration.helpers import deadletters, wait_for
 
 pytestmark = pytest.mark.integration
-KEY = "wk-" + uuid.uuid4().hex[:12]
-
-
-class CollectorProcess:
-    """``eddyline collector run`` in a child process."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **env, "EDDYLINE_COLLECTOR_PORT": str(self.port)}
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> CollectorProcess:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "eddyline", "collector", "run"],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for(self.healthy, 30, "the collector's /health", status=self.log.read_text)
-        return self
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/health", timeout=2) as reply:
-                return reply.status == 200
-        except OSError:
-            return False
-
-    def rss_mb(self) -> float:
-        assert self.proc is not None
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1]) / 1024
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
-
-
-@pytest.fixture
-def page_port() -> int:
-    return free_port()
-
-
-@pytest.fixture
-def collector(
-    kafka: KafkaSettings, worker_env: dict[str, str], tmp_path: Path, page_port: int
-) -> Iterator[CollectorProcess]:
-    mapping = yaml.safe_load(DEFAULT_MAPPING.read_text())
-    mapping["write_keys"] = [
-        {
-            "name": "web",
-            "key": "env:TEST_WRITE_KEY",
-            "app_id": "shop",
-            "origins": [f"http://127.0.0.1:{page_port}"],
-            "rate_per_s": 20_000,
-        },
-        {"name": "slow", "key": "slow-key", "app_id": "shop", "rate_per_s": 10},
-    ]
-    (tmp_path / "mapping.yaml").write_text(yaml.safe_dump(mapping))
-    env = {
-        **worker_env,
-        "TEST_WRITE_KEY": KEY,
-        "EDDYLINE_COLLECTOR_MAPPING": str(tmp_path / "mapping.yaml"),
-        "EDDYLINE_COLLECTOR_READ_TIMEOUT_S": "2",
-        "EDDYLINE_SPOOL_DIR": str(tmp_path / "collector-spool"),
-    }
-    proc = CollectorProcess(env, tmp_path / "collector.log").start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-def worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess]:
-    proc = WorkerProcess(worker_env, tmp_path / "worker.log", free_port()).start(timeout=90)
-    yield proc
-    proc.stop()
 
 
 def _ids(lake: Lake, table: str) -> list[str]:
