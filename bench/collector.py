@@ -7,6 +7,11 @@
    (columns, 10,000 a call) to Kafka's acknowledgement.
 3. Latency: the clients paced at half the measured throughput; p50/p99 of the request
    latency (to the durable answer).
+   Beside it, the collector process's CPU time per event (user + system, /proc): what
+   one core would carry if the clients and the broker ran elsewhere.
+4. Ceiling, same run: the same clients against a bare aiohttp server that only reads each
+   body, decodes its JSON and answers ``{"success": true}`` (the least an HTTP collector in
+   Python does per request): what this box and this harness can measure at all.
 
     .venv/bin/python bench/collector.py [--seconds 20] [--clients 8]
 """
@@ -109,6 +114,57 @@ async def _clients(
     return accepted, latencies, refused
 
 
+def _serve_ceiling(port: int) -> None:
+    """The ceiling's server (run in a child process): read, decode, answer."""
+    from aiohttp import web
+
+    async def batch(request: web.Request) -> web.Response:
+        body = json.loads(await request.read())
+        return web.json_response({"success": bool(body["batch"])})
+
+    app = web.Application()
+    app.router.add_post("/v1/batch", batch)
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/health", health)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def _run_server(
+    argv: list[str], env: dict[str, str], port: int, log_to: Path
+) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=open(log_to, "wb"))
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return proc
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{argv} did not answer /health (log: {log_to})")
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _ceiling(bodies: list[bytes], clients: int, seconds: float, tmp: Path) -> float:
+    port = free_port()
+    argv = [sys.executable, __file__, "--serve-ceiling", str(port)]
+    proc = _run_server(argv, dict(os.environ), port, tmp / "ceiling.log")
+    try:
+        url = f"http://127.0.0.1:{port}/v1/batch"
+        asyncio.run(_clients(url, bodies, clients, 3, None))  # warm up
+        accepted, _, _ = asyncio.run(_clients(url, bodies, clients, seconds, None))
+        return accepted / seconds
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def _sdk(kafka: KafkaSettings, n: int, spool: str) -> float:
     """events/s through ``emit_many`` to Kafka's acknowledgement."""
     cols = {
@@ -133,7 +189,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--serve-ceiling", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_ceiling:
+        return _serve_ceiling(args.serve_ceiling)
     bodies = _bodies(2_000)
     with kafka_for_bench() as bootstrap, tempfile.TemporaryDirectory() as tmp:
         with fresh_namespace(bootstrap, "collector") as ns:
@@ -148,26 +207,21 @@ def main() -> None:
                 "EDDYLINE_COLLECTOR_MAPPING": _mapping(Path(tmp)),
                 "EDDYLINE_SPOOL_DIR": str(Path(tmp) / "collector-spool"),
             }
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "eddyline", "collector", "run"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=open(Path(tmp) / "collector.log", "wb"),
-            )
+            argv = [sys.executable, "-m", "eddyline", "collector", "run"]
+            proc = _run_server(argv, env, port, Path(tmp) / "collector.log")
             try:
-                for _ in range(100):
-                    try:
-                        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                        break
-                    except OSError:
-                        time.sleep(0.2)
                 url = f"http://127.0.0.1:{port}/v1/batch"
                 asyncio.run(_clients(url, bodies, args.clients, 3, None))  # warm up
+                cpu_before = _cpu_s(proc.pid)
                 accepted, _, refused = asyncio.run(
                     _clients(url, bodies, args.clients, args.seconds, None)
                 )
+                cpu_us = (_cpu_s(proc.pid) - cpu_before) / max(accepted, 1) * 1e6
                 rate = accepted / args.seconds
-                log(f"collector: {rate:,.0f} events/s ({refused} requests refused)")
+                log(
+                    f"collector: {rate:,.0f} events/s ({refused} requests refused), "
+                    f"{cpu_us:.1f} µs of its CPU an event"
+                )
                 half = rate / 2
                 _, latencies, refused_half = asyncio.run(
                     _clients(url, bodies, args.clients, args.seconds, half)
@@ -179,6 +233,8 @@ def main() -> None:
                 proc.wait(30)
             sdk = _sdk(kafka, 1_000_000, str(Path(tmp) / "sdk-spool"))
             log(f"SDK emit_many: {sdk:,.0f} events/s")
+        ceiling = _ceiling(bodies, args.clients, args.seconds, Path(tmp))
+        log(f"ceiling (bare aiohttp, decode and answer): {ceiling:,.0f} events/s")
     print(
         json.dumps(
             {
@@ -186,6 +242,9 @@ def main() -> None:
                 "events_per_s": round(rate),
                 "sdk_events_per_s": round(sdk),
                 "ratio_vs_sdk": round(rate / sdk, 3),
+                "collector_cpu_us_per_event": round(cpu_us, 1),
+                "ceiling_events_per_s": round(ceiling),
+                "ratio_vs_ceiling": round(rate / ceiling, 3),
                 "clients": args.clients,
                 "events_per_request": PER_REQUEST,
                 "p50_ms_at_half_load": round(p50, 1),

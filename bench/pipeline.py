@@ -12,12 +12,14 @@
    ``occurred_at`` (stamped when it is sent) to the Delta commit that makes it visible (and,
    beside it, to this harness's 0.1 s poll that first read that commit).
 
-4. Accounting (``--phases accounting``, not run by default): the drain with the worker's
-   cost accounting on and off (``EDDYLINE_COST_ACCOUNTING``), ``--rounds`` pairs in
-   alternating order; medians, their ratio and the spread of the off runs.
+4. A/B (``--phases accounting``, not run by default): the drain with one worker setting
+   on and off (``--ab NAME=ON,OFF``; default the cost accounting,
+   ``EDDYLINE_COST_ACCOUNTING=1,0``; e.g. ``EDDYLINE_REPEAT_WINDOW_S=86400,0``),
+   ``--rounds`` pairs in alternating order; medians, their ratio, the spread of the off runs.
 
     .venv/bin/python bench/pipeline.py [--wire envelope|json] [--events 1000000]
         [--naive-events 100000] [--phases drain,naive,latency|accounting] [--rounds 3]
+        [--ab EDDYLINE_COST_ACCOUNTING=1,0]
 """
 
 from __future__ import annotations
@@ -44,9 +46,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _json import fill_json, paced, produce
-
 from _broker import fresh_namespace, kafka_for_bench
+from _wire_json import fill_json, paced, produce
 
 from eddyline.schemas.events import InteractionEvent
 from eddyline.simulate import TrafficSimulator
@@ -118,14 +119,9 @@ def drain(
         deadline = time.monotonic() + 900
         while written is None or learned_at is None:
             if time.monotonic() > deadline:  # never hang: say how far it got
-                raise RuntimeError(
-                    f"drain: not all {n:,} events written and learned; worker metrics:\n"
-                    + "\n".join(
-                        line
-                        for line in (worker.metrics() or "").splitlines()
-                        if line.startswith("eddyline_worker_events")
-                    )
-                )
+                lines = (worker.metrics() or "").splitlines()
+                shown = "\n".join(x for x in lines if x.startswith("eddyline_worker_events"))
+                raise RuntimeError(f"drain: not all {n:,} events written and learned:\n{shown}")
             text = worker.metrics() or ""
             now = time.time()
             if not first:
@@ -155,21 +151,24 @@ def drain(
 
 
 def accounting(
-    bootstrap: str, n: int, rounds: int, root: Path, spool: str, wire: str
+    bootstrap: str, n: int, rounds: int, root: Path, spool: str, wire: str, ab: str
 ) -> dict[str, object]:
-    """The drain with the cost accounting on and off (``EDDYLINE_COST_ACCOUNTING``), in
-    ``rounds`` pairs, the order alternating (on-off, off-on, ...): medians, their ratio,
-    and the spread of the off runs among themselves (what noise alone does)."""
+    """The drain with one setting on and off (``ab``: ``NAME=ON,OFF``), in ``rounds``
+    pairs, the order alternating (on-off, off-on, ...): medians, their ratio, and the
+    spread of the off runs among themselves (what noise alone does)."""
+    name, values = ab.split("=", 1)
+    value = dict(zip(("on", "off"), values.split(","), strict=True))
     runs: dict[str, list[float]] = {"on": [], "off": []}
     for i in range(rounds):
         for mode in ("on", "off") if i % 2 == 0 else ("off", "on"):
-            env = {"EDDYLINE_COST_ACCOUNTING": "1" if mode == "on" else "0"}
+            env = {name: value[mode]}
             with fresh_namespace(bootstrap, f"ab{mode}{i}") as ns:
                 rate, _ = drain(bootstrap, ns, n, root / f"ab-{mode}-{i}", spool, wire, env)
             runs[mode].append(rate)
-            log(f"accounting {mode}: {rate:,.0f} events/s")
+            log(f"{name}={value[mode]}: {rate:,.0f} events/s")
     on, off = (float(np.median(runs[m])) for m in ("on", "off"))
     return {
+        "setting": ab,
         "events_per_s_on": [round(r) for r in runs["on"]],
         "events_per_s_off": [round(r) for r in runs["off"]],
         "median_on": round(on),
@@ -327,7 +326,8 @@ def main() -> None:
     parser.add_argument("--naive-events", type=int, default=100_000)
     parser.add_argument("--rate", type=float, help="offered events/s (50,000; json: 20,000)")
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--rounds", type=int, default=3, help="accounting A/B: on/off pairs")
+    parser.add_argument("--rounds", type=int, default=3, help="A/B: on/off pairs")
+    parser.add_argument("--ab", default="EDDYLINE_COST_ACCOUNTING=1,0", help="NAME=ON,OFF")
     parser.add_argument(
         "--phases",
         default="drain,naive,latency",
@@ -354,7 +354,7 @@ def main() -> None:
                         bootstrap, ns, args.events, root / "drain-env", spool, "envelope"
                     )
         if "accounting" in phases:
-            ab = accounting(bootstrap, args.events, args.rounds, root, spool, args.wire)
+            ab = accounting(bootstrap, args.events, args.rounds, root, spool, args.wire, args.ab)
         if "naive" in phases:
             with fresh_namespace(bootstrap, "naive") as ns:
                 base = naive(bootstrap, ns, args.naive_events, root)

@@ -76,7 +76,7 @@ class RepeatFilter:
             repeat[first] = False
         maybe = np.zeros(len(keys), bool)
         for bloom in self._blooms.values():
-            maybe |= bloom.holds(keys)
+            maybe |= bloom.holds(keys)  # (in order would not pay for the argsort)
         ask = np.flatnonzero(maybe & ~repeat)  # the others are new for sure
         if len(ask):
             needles = keys[ask]
@@ -156,26 +156,29 @@ class RepeatFilter:
 
 
 class _Bloom:
-    """A blocked Bloom filter of 64-bit keys: one 64-bit word per key (bits 32 and up of
-    the key pick it) with two bits set in it (bits 0-5 and 6-11), so a key costs one
-    random memory access; at least 16 bits a key at the filter's ``max_keys`` (2 bytes a
-    key: 8 MiB per window at 4 million), where a new key is a candidate for a repeat ~2%
-    of the time. Only candidates are searched in the sorted runs. The zeroed pages are
-    allocated by the system as they are first written."""
+    """A blocked Bloom filter of 64-bit keys: one 64-bit word per key (the key's top bits
+    pick it) with two bits set in it (bits 0-5 and 6-11), so a key costs one memory access,
+    and keys given in order touch the words in order; at least 16 bits a key at the
+    filter's ``max_keys`` (2 bytes a key: 8 MiB per window at 4 million), where a new key
+    is a candidate for a repeat ~2% of the time. Only candidates are searched in the sorted
+    runs. The zeroed pages are allocated by the system as they are first written."""
 
     def __init__(self, bits: int) -> None:
-        words = 1 << max(14, (bits // 64 - 1).bit_length())  # a power of 2
-        self.mask = np.uint64(words - 1)
-        self.words = np.zeros(words, np.uint64)
+        log2 = max(14, (bits // 64 - 1).bit_length())  # 2**log2 words
+        self.shift = np.uint64(64 - log2)
+        self.words = np.zeros(1 << log2, np.uint64)
 
     def _probe(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         one, six = np.uint64(1), np.uint64(63)
         bits = (one << (keys & six)) | (one << ((keys >> np.uint64(6)) & six))
-        return ((keys >> np.uint64(32)) & self.mask).astype(np.intp), bits
+        return (keys >> self.shift).astype(np.intp), bits
 
-    def add(self, keys: np.ndarray) -> None:
-        at, bits = self._probe(keys)
-        np.bitwise_or.at(self.words, at, bits)
+    def add(self, ordered: np.ndarray) -> None:
+        """Add keys given in ascending order: a key's word follows the previous one's, so
+        the bits of one word are OR-ed together first and each word is written once."""
+        at, bits = self._probe(ordered)
+        starts = np.flatnonzero(np.r_[True, at[1:] != at[:-1]])
+        self.words[at[starts]] |= np.bitwise_or.reduceat(bits, starts)
 
     def holds(self, keys: np.ndarray) -> np.ndarray:
         at, bits = self._probe(keys)
@@ -189,10 +192,9 @@ def event_keys(
     """Each row's key: its user's pseudonym (``user_names[user_indices]``; hex HMAC output,
     whose first 64 bits are uniform) mixed with a hash of its ``event_id`` (FNV-1a over
     the id's bytes, vectorised when the ids have one length, as UUIDs do)."""
-    users = _hex64(user_names)
-    ids = _fnv(event_ids)
+    users = _hex64(user_names)  # uniform already (HMAC output)
     with np.errstate(over="ignore"):
-        keys: np.ndarray = _mix(ids ^ _mix(users[user_indices]))
+        keys: np.ndarray = _mix(_fnv(event_ids) ^ (users[user_indices] * _MIX1))
     return keys
 
 
@@ -210,7 +212,9 @@ def _hex64(names: list[str]) -> np.ndarray:
 
 
 def _fnv(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """FNV-1a (64-bit) of each string's UTF-8 bytes."""
+    """A 64-bit hash of each string's UTF-8 bytes: FNV-1a over 8-byte little-endian words
+    (the last one zero-padded), then the length; 5 steps for a UUID, vectorised when the
+    strings have one length, one by one (same result) when not."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     column = column.cast(pa.string())
@@ -218,19 +222,25 @@ def _fnv(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     offsets = np.frombuffer(column.buffers()[1], np.int32)[column.offset : column.offset + n + 1]
     lengths = np.diff(offsets)
     data = np.frombuffer(column.buffers()[2], np.uint8)
-    h = np.full(n, _FNV_OFFSET, np.uint64)
-    with np.errstate(over="ignore"):
-        if n and (lengths == lengths[0]).all():
-            grid = data[offsets[0] : offsets[-1]].reshape(n, int(lengths[0]))
-            for j in range(grid.shape[1]):
-                h = (h ^ grid[:, j]) * _FNV_PRIME
-            return h
-        for i, (a, b) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)):
-            v = int(_FNV_OFFSET)
-            for byte in data[a:b].tolist():
-                v = ((v ^ byte) * int(_FNV_PRIME)) & 0xFFFFFFFFFFFFFFFF
-            h[i] = v
-    return h
+    if n and (lengths == lengths[0]).all():
+        size = int(lengths[0])
+        grid = np.zeros((n, -(-size // 8) * 8), np.uint8)
+        grid[:, :size] = data[offsets[0] : offsets[-1]].reshape(n, size)
+        words = grid.view("<u8")
+        h = np.full(n, _FNV_OFFSET, np.uint64)
+        with np.errstate(over="ignore"):
+            for j in range(words.shape[1]):
+                h = (h ^ words[:, j]) * _FNV_PRIME
+        return h ^ np.uint64(size)
+    out = np.empty(n, np.uint64)
+    for i, (start, end) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)):
+        raw = data[start:end].tobytes()
+        v = int(_FNV_OFFSET)
+        for at in range(0, len(raw), 8):
+            word = int.from_bytes(raw[at : at + 8].ljust(8, b"\0"), "little")
+            v = ((v ^ word) * int(_FNV_PRIME)) & 0xFFFFFFFFFFFFFFFF
+        out[i] = v ^ len(raw)
+    return out
 
 
 def _mix(x: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ import time
 import zlib
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 
@@ -65,7 +66,13 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
 
 
 def parse_json(body: bytes) -> Any:
-    """The body as JSON, or a 400 naming what is wrong with it."""
+    """The body as JSON, or a 400 naming what is wrong with it. orjson reads it (~4x
+    faster); what orjson refuses is read again by ``json``, whose rules (big integers,
+    NaN) and errors the collector's answers follow."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:

@@ -14,10 +14,11 @@ Examples:
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from eddyline.schemas.deadletter import Reason
 from eddyline.schemas.events import BaseEvent
@@ -28,11 +29,11 @@ from eddyline.streams.collector.mapping import Mapping, WriteKey
 DROPPED_CALLS = frozenset({"identify", "alias", "group"})
 CALLS = frozenset({"track", "page", "screen"}) | DROPPED_CALLS
 _NAMESPACE = uuid.UUID("6f1e4a52-8c1d-4b7e-9a43-1d2f3c4b5a69")
+_NAMESPACE_BYTES = _NAMESPACE.bytes
 _MISSING = object()
 
 
-@dataclass(frozen=True)
-class Converted:
+class Converted(NamedTuple):
     """A message that became an event of ``model`` (not yet validated)."""
 
     model: type[BaseEvent]
@@ -53,37 +54,82 @@ def parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value)  # Python 3.11 reads a trailing Z
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else None
 
 
 def corrected_time(message: dict[str, Any], sent_at: Any, received_at: datetime) -> datetime:
-    """The message's time with the client's clock skew taken out (module docstring)."""
+    """The message's time with the client's clock skew taken out (module docstring).
+    ``sent_at``: the batch's ``sentAt``, as sent or parsed (``parse_time``)."""
     stamped = parse_time(message.get("timestamp"))
-    sent = parse_time(message.get("sentAt")) or parse_time(sent_at)
     if stamped is None:
         return received_at
+    sent = parse_time(message.get("sentAt")) or (
+        sent_at if isinstance(sent_at, datetime) else parse_time(sent_at)
+    )
     if sent is None:
         return stamped.astimezone(UTC)
     return (received_at - (sent - stamped)).astimezone(UTC)
 
 
-def event_id(key: WriteKey, message_id: Any) -> uuid.UUID:
-    """The same UUID for the same write key and ``messageId``; a new one without an id."""
+def event_id(key: WriteKey, message_id: Any) -> str:
+    """The same UUID (as text) for the same write key and ``messageId``: the UUID 5 of the
+    name ``<key name>\\0<messageId>`` (``uuid.uuid5``'s bytes, made without its objects);
+    a new one without an id."""
     if not isinstance(message_id, str) or not message_id:
-        return uuid.uuid4()
-    return uuid.uuid5(_NAMESPACE, f"{key.name}\x00{message_id}")
+        return str(uuid.uuid4())
+    digest = bytearray(
+        hashlib.sha1(  # noqa: S324 - UUID 5 is SHA-1 by definition
+            _NAMESPACE_BYTES + f"{key.name}\x00{message_id}".encode()
+        ).digest()[:16]
+    )
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = digest.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
-def _path(message: dict[str, Any], path: str) -> Any:
+def _path(message: dict[str, Any], parts: tuple[str, ...]) -> Any:
     node: Any = message
-    for part in path.split("."):
+    for part in parts:
         if not isinstance(node, dict) or part not in node:
             return _MISSING
         node = node[part]
     return _MISSING if node is None else node
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A route made ready for the hot path: its model looked up once, its paths split."""
+
+    model: type[BaseEvent]
+    fields: tuple[tuple[str, tuple[str, ...]], ...]
+    constants: dict[str, Any]
+    default: dict[str, Any]
+
+
+# (id(mapping), call, event) -> the plan of its route (None: no route). Mappings live as
+# long as the collector; event names are the client's, so at most _MAX_PLANS are kept.
+_PLANS: dict[tuple[int, str, str | None], _Plan | None] = {}
+_MAX_PLANS = 10_000
+
+
+def _plan(mapping: Mapping, call: str, event: str | None) -> _Plan | None:
+    key = (id(mapping), call, event)
+    try:
+        return _PLANS[key]
+    except KeyError:
+        pass
+    route = mapping.route(call, event)
+    found = None
+    if route is not None:
+        fields = tuple((name, tuple(path.split("."))) for name, path in route.fields.items())
+        found = _Plan(route.model, fields, dict(route.constants), dict(route.default))
+    if len(_PLANS) < _MAX_PLANS:
+        _PLANS[key] = found
+    return found
 
 
 def convert(
@@ -99,8 +145,8 @@ def convert(
     if call in DROPPED_CALLS:
         return None
     event = message.get("event") if call == "track" else None
-    route = mapping.route(call, event if isinstance(event, str) else None)
-    if route is None:
+    plan = _plan(mapping, call, event if isinstance(event, str) else None)
+    if plan is None:
         return Rejected(Reason.EVENT_UNMAPPED, f"no route for this {call} call")
     user = message.get("userId") or message.get("anonymousId")
     if isinstance(user, int | float) and not isinstance(user, bool):
@@ -110,18 +156,15 @@ def convert(
             Reason.ROW_INVALID, "user_id: missing (no userId or anonymousId)", "user_id"
         )
     values: dict[str, Any] = {
+        **plan.default,  # where no field is found (the collector's own names never are)
         "event_id": event_id(key, message.get("messageId")),
         "user_id": user,
         "occurred_at": corrected_time(message, sent_at, received_at),
         "app_id": key.app_id,
-        **route.constants,
+        **plan.constants,
     }
-    for name, path in route.fields.items():
-        found = _path(message, path)
+    for name, parts in plan.fields:
+        found = _path(message, parts)
         if found is not _MISSING:
             values[name] = found
-        elif name in route.default:
-            values[name] = route.default[name]
-    for name, value in route.default.items():
-        values.setdefault(name, value)
-    return Converted(route.model, values)
+    return Converted(plan.model, values)

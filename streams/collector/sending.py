@@ -15,7 +15,7 @@ from eddyline.streams.collector.limits import HttpError
 from eddyline.streams.sdk.producer import EventProducer
 from eddyline.streams.sdk.spool import SpoolFullError
 
-_FULL = "the collector's spool is full"
+FULL = "the collector's spool is full"
 
 
 def emit_rows(
@@ -27,15 +27,12 @@ def emit_rows(
 ) -> int:
     """Emit ``rows`` (index in the request, values) of ``model``; return how many were
     taken, appending a dead letter to ``dead`` for each invalid one."""
-    names = {name for _, values in rows for name in values}
-    columns = {n: [v.get(n) for _, v in rows] for n in names}
-    columns["event_id"] = [str(e) for e in columns["event_id"]]
     try:
-        return producer.emit_many(model, columns)
+        return producer.emit_many(model, rows_as_columns(rows))
     except EventValidationError:
         pass  # nothing of the batch was taken: find the invalid rows one by one
     except SpoolFullError as exc:
-        raise HttpError(503, "spool_full", _FULL, retry_after=exc.retry_after or 5) from None
+        raise HttpError(503, "spool_full", FULL, retry_after=exc.retry_after or 5) from None
     taken = 0
     for i, values in rows:
         try:
@@ -47,8 +44,14 @@ def emit_rows(
                 DeadLetter(Reason.ROW_INVALID, why, source, model.schema_id(), exc.field, f"{i}")
             )
         except SpoolFullError as exc:
-            raise HttpError(503, "spool_full", _FULL, retry_after=exc.retry_after or 5) from None
+            raise HttpError(503, "spool_full", FULL, retry_after=exc.retry_after or 5) from None
     return taken
+
+
+def rows_as_columns(rows: list[tuple[int, dict[str, Any]]]) -> dict[str, list[Any]]:
+    """Converted rows (index in the request, values) as columns for ``emit_many``."""
+    names = {name for _, values in rows for name in values}
+    return {n: [v.get(n) for _, v in rows] for n in names}
 
 
 def rows_to_columns(rows: list[Any], app_id: str) -> dict[str, list[Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import graphlib
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,3 +125,11 @@ def test_every_error_a_user_can_catch_is_in_the_drawn_tree() -> None:
     tree = errors.__doc__ or ""
     drawn = {name for name in found if f"── {name} " in tree} | {"EddylineError"}
     assert found - drawn == set()
+
+
+def test_no_bench_script_shadows_a_standard_module() -> None:
+    """A bench script runs with bench/ first on sys.path, so a file there named like a
+    standard module hides it from every import: bench/_json.py once hid json's C
+    accelerator (``_json``) and made every json call of the benches ~10x slower."""
+    names = {p.stem for p in (ROOT / "bench").glob("*.py")}
+    assert names & set(sys.stdlib_module_names) == set()
