@@ -15,7 +15,7 @@ saves the keys added since its last save as chunks in the budget topic
 (``chunks``/``restore_chunk``) and the partition's next owner loads them.
 
 Memory is 8 bytes a key in sorted numpy runs (merged eight at a time as they grow) behind
-a Bloom filter (2 bytes a key at the cap), so that a new key is rarely searched for. A
+a Bloom filter (2-4 bytes a key held), so that a new key is rarely searched for. A
 filter holds at most ``max_keys``: past that, the older window is dropped early (the
 guarantee then covers less than a window; ``truncated`` counts it).
 
@@ -97,8 +97,12 @@ class RepeatFilter:
         runs = self._runs.setdefault(window, [])
         runs.append(run)
         bloom = self._blooms.get(window)
-        if bloom is None:
-            bloom = self._blooms[window] = _Bloom(16 * self.max_keys)
+        held = sum(len(r) for r in runs)
+        if bloom is None or bloom.bits < min(16 * held, 16 * self.max_keys):
+            # (re)built at 32 bits a key held, up to 16 at max_keys: it grows with the window
+            bloom = self._blooms[window] = _Bloom(min(32 * held, 16 * self.max_keys))
+            for earlier in runs[:-1]:
+                bloom.add(earlier)
         bloom.add(run)
         # Size-tiered: the last FANOUT runs merge once they are of one size (within 4x),
         # so a key is merged ~log8(keys / batch) times; the Bloom filter keeps the
@@ -158,13 +162,14 @@ class RepeatFilter:
 class _Bloom:
     """A blocked Bloom filter of 64-bit keys: one 64-bit word per key (the key's top bits
     pick it) with two bits set in it (bits 0-5 and 6-11), so a key costs one memory access,
-    and keys given in order touch the words in order; at least 16 bits a key at the
-    filter's ``max_keys`` (2 bytes a key: 8 MiB per window at 4 million), where a new key
-    is a candidate for a repeat ~2% of the time. Only candidates are searched in the sorted
-    runs. The zeroed pages are allocated by the system as they are first written."""
+    and keys given in order touch the words in order. Rebuilt twice as large whenever it
+    holds more than a key per 16 bits, up to 16 bits a key at the filter's ``max_keys``
+    (8 MiB per window at 4 million): a new key is a candidate for a repeat ~0.2-2% of the
+    time, and only candidates are searched in the sorted runs."""
 
     def __init__(self, bits: int) -> None:
-        log2 = max(14, (bits // 64 - 1).bit_length())  # 2**log2 words
+        log2 = max(14, (bits // 64 - 1).bit_length())  # 2**log2 words, at least 128 KiB
+        self.bits = 64 << log2
         self.shift = np.uint64(64 - log2)
         self.words = np.zeros(1 << log2, np.uint64)
 
