@@ -5,10 +5,10 @@ Tables: one per event stream (``interaction``, ``feedback``), plus ``deadletters
 row carries ``user_pid`` (a keyed pseudonym), never a raw user id; noised columns are meant
 for aggregates (see ``docs/querying.md``).
 
-Examples:
-    >>> lake = Lake("./lake")
-    >>> lake.tables()   # doctest: +SKIP
-    ['deadletters', 'feedback', 'interaction']
+Usage (on a lake a worker wrote; docs/querying.md has more)::
+
+    lake = Lake("./lake")
+    lake.tables()  # ['deadletters', 'feedback', 'interaction', ...]
 """
 
 from __future__ import annotations

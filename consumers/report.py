@@ -8,9 +8,10 @@ priced). Figures are Plotly's, with plotly.js inlined once: the file opens offli
 
 Everything in it is an aggregate: no user pseudonym, value or event id is written.
 
-Examples:
-    >>> build_report(Lake("./lake"), Path("report.html"))  # doctest: +SKIP
-    PosixPath('report.html')
+Usage (a lake is needed, so this is not a doctest; tests/integration/test_pages.py runs
+it)::
+
+    build_report(Lake("./lake"), Path("report.html"))  # -> Path("report.html")
 """
 
 from __future__ import annotations
