@@ -54,7 +54,8 @@ class RepeatFilter:
         self._blooms: dict[int, _Bloom] = {}  # window -> a Bloom filter of its keys
         self._unsaved: dict[int, list[np.ndarray]] = {}  # window -> keys added since a save
         self._seq: dict[int, int] = {}  # window -> chunks saved (the next chunk's number)
-        self.truncated = 0  # windows dropped early to stay under max_keys
+        self.truncated = 0  # windows (or runs) dropped early to stay under max_keys
+        self.reported = 0  # how many of those the worker has logged
 
     def __len__(self) -> int:
         return sum(len(run) for runs in self._runs.values() for run in runs)

@@ -11,6 +11,7 @@ rebalance (:meth:`Budgets.restore`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,8 @@ from eddyline.privacy.repeats import RepeatFilter, event_keys
 from eddyline.schemas.events import BaseEvent
 from eddyline.schemas.registry import SchemaRegistry
 from eddyline.schemas.source import SourceRef
+
+log = logging.getLogger("eddyline.worker")
 
 
 @dataclass
@@ -257,6 +260,15 @@ class Budgets:
         (stream, raw partition, chunk name, chunk or None to delete)."""
         out: list[tuple[str, int, str, dict[str, Any] | None]] = []
         for (stream, partition), found in self.repeats.items():
+            if found.truncated > found.reported:
+                found.reported = found.truncated
+                log.warning(
+                    "repeat filter %s/%d: over EDDYLINE_REPEAT_MAX_KEYS (%d keys): its older "
+                    "window went early, so repeats are caught for less than a window",
+                    stream,
+                    partition,
+                    self.repeat_max_keys,
+                )
             new, gone = found.chunks(found.window_of(self.clock()))
             out += [(stream, partition, name, None) for name in gone]
             out += [(stream, partition, name, chunk) for name, chunk in new.items()]

@@ -178,6 +178,20 @@ def test_the_filter_follows_the_partition_through_its_saved_chunks(
     assert out.repeated == 1 and out.private is None
 
 
+def test_a_filter_over_its_cap_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    privatizer = Privatizer(
+        HmacPseudonymizer(b"k" * 32), np.random.default_rng(0), repeats=(86_400, 1_000)
+    )
+    events = [_event(f"u-{i}") for i in range(1_200)]
+    privatizer.process(*_arrow(*events[:600]), SourceRef("raw", 0, 1), "interaction")
+    privatizer.process(*_arrow(*events[600:]), SourceRef("raw", 0, 2), "interaction")
+    with caplog.at_level("WARNING", "eddyline.worker"):
+        privatizer.budgets.repeat_chunks()
+        privatizer.budgets.repeat_chunks()
+    warned = [r for r in caplog.records if "EDDYLINE_REPEAT_MAX_KEYS" in r.getMessage()]
+    assert len(warned) == 1 and "interaction/0" in warned[0].getMessage()
+
+
 def test_a_window_of_zero_keeps_every_repeat() -> None:
     privatizer = Privatizer(
         HmacPseudonymizer(b"k" * 32), np.random.default_rng(0), repeats=(0, 1_000)
