@@ -31,11 +31,20 @@ traits, IP addresses, user agents and unmapped properties are dropped here.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from eddyline.schemas.errors import UserError
 from eddyline.schemas.events import BaseEvent
@@ -90,6 +99,7 @@ class Mapping(BaseModel):
 
     write_keys: list[WriteKey] = Field(min_length=1)
     routes: list[Route] = Field(min_length=1)
+    _plans: dict[tuple[str, str | None], RoutePlan | None] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> Mapping:
@@ -124,6 +134,37 @@ class Mapping(BaseModel):
             if route.call == call and (route.event is None or route.event == event):
                 return route
         return None
+
+    def plan(self, call: str, event: str | None) -> RoutePlan | None:
+        """``route``'s answer made ready for the hot path (its model looked up, its paths
+        split), remembered per (call, event name); event names are the client's, so at
+        most ``_MAX_PLANS`` are remembered."""
+        key = (call, event)
+        try:
+            return self._plans[key]
+        except KeyError:
+            pass
+        route = self.route(call, event)
+        found = None
+        if route is not None:
+            fields = tuple((name, tuple(path.split("."))) for name, path in route.fields.items())
+            found = RoutePlan(route.model, fields, dict(route.constants), dict(route.default))
+        if len(self._plans) < _MAX_PLANS:
+            self._plans[key] = found
+        return found
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    """A route as the collector applies it to each message."""
+
+    model: type[BaseEvent]
+    fields: tuple[tuple[str, tuple[str, ...]], ...]  # (event field, path split at dots)
+    constants: dict[str, Any]
+    default: dict[str, Any]
+
+
+_MAX_PLANS = 10_000
 
 
 def load_mapping(path: str | Path | None = None) -> Mapping:

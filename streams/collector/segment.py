@@ -100,38 +100,6 @@ def _path(message: dict[str, Any], parts: tuple[str, ...]) -> Any:
     return _MISSING if node is None else node
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """A route made ready for the hot path: its model looked up once, its paths split."""
-
-    model: type[BaseEvent]
-    fields: tuple[tuple[str, tuple[str, ...]], ...]
-    constants: dict[str, Any]
-    default: dict[str, Any]
-
-
-# (id(mapping), call, event) -> the plan of its route (None: no route). Mappings live as
-# long as the collector; event names are the client's, so at most _MAX_PLANS are kept.
-_PLANS: dict[tuple[int, str, str | None], _Plan | None] = {}
-_MAX_PLANS = 10_000
-
-
-def _plan(mapping: Mapping, call: str, event: str | None) -> _Plan | None:
-    key = (id(mapping), call, event)
-    try:
-        return _PLANS[key]
-    except KeyError:
-        pass
-    route = mapping.route(call, event)
-    found = None
-    if route is not None:
-        fields = tuple((name, tuple(path.split("."))) for name, path in route.fields.items())
-        found = _Plan(route.model, fields, dict(route.constants), dict(route.default))
-    if len(_PLANS) < _MAX_PLANS:
-        _PLANS[key] = found
-    return found
-
-
 def convert(
     message: dict[str, Any],
     call: str,
@@ -145,7 +113,7 @@ def convert(
     if call in DROPPED_CALLS:
         return None
     event = message.get("event") if call == "track" else None
-    plan = _plan(mapping, call, event if isinstance(event, str) else None)
+    plan = mapping.plan(call, event if isinstance(event, str) else None)
     if plan is None:
         return Rejected(Reason.EVENT_UNMAPPED, f"no route for this {call} call")
     user = message.get("userId") or message.get("anonymousId")
