@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -13,22 +12,8 @@ import pytest
 from eddyline.online_learning.learner import OnlineModel
 from eddyline.privacy.ledger import BudgetLedger
 from eddyline.schemas.tables import costs_table
-from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
-from eddyline.streams.kafka.topics import STREAMS
 from eddyline.streams.worker.pipeline import Pipeline
 from tests.unit.test_stages import _private
-
-
-@pytest.fixture
-def p(tmp_path: Path) -> Pipeline:
-    ws = WorkerSettings(
-        lake_path=str(tmp_path / "lake"),
-        state_dir=tmp_path / "state",
-        pseudonym_key="k" * 32,
-        checkpoint_every_s=0.01,
-        learners="click",
-    )
-    return Pipeline(ws, KafkaSettings(), STREAMS)
 
 
 def test_calibration_bins_hold_the_windows_predictions_and_their_outcomes() -> None:

@@ -13,13 +13,13 @@ import pytest
 
 from eddyline.privacy.pseudonymize import HmacPseudonymizer
 from eddyline.privacy.repeats import CHUNK_KEYS, RepeatFilter, event_keys
-from eddyline.schemas.arrow import arrow_schema
-from eddyline.schemas.envelope import encode_arrow, encode_json
+from eddyline.schemas.envelope import encode_json
 from eddyline.schemas.events import InteractionEvent
 from eddyline.schemas.json_batch import JsonRun
 from eddyline.schemas.source import OFFSET_COLUMN, SourceRef
 from eddyline.streams.worker.budget_state import repeat_chunks, repeats_key
 from eddyline.streams.worker.privatizer import Privatizer
+from tests.unit.test_processing import _envelope, _event, _row
 
 DAY = 86_400.0
 T0 = time.time() // DAY * DAY  # the start of today's window
@@ -90,21 +90,8 @@ def test_keys_differ_by_user_and_event_and_both_hash_paths_agree() -> None:
 # -- the privacy stage ---------------------------------------------------------------------
 
 
-def _event(user: str = "u-1") -> InteractionEvent:
-    return InteractionEvent(
-        user_id=user,
-        app_id="a",
-        item_id="i",
-        item_category="news",
-        action="click",
-        dwell_time_s=3.0,
-    )
-
-
 def _arrow(*events: InteractionEvent) -> tuple[bytes, list[tuple[str, bytes]]]:
-    rows = [{**e.__dict__, "event_id": str(e.event_id)} for e in events]
-    table = pa.Table.from_pylist(rows, schema=arrow_schema(InteractionEvent))
-    return encode_arrow(table, "interaction:1")
+    return _envelope([_row(e) for e in events])
 
 
 @pytest.fixture
@@ -131,7 +118,7 @@ def test_an_event_sent_again_is_dropped_before_its_budget_is_charged(
 def test_two_users_may_send_one_event_id_and_a_replay_is_a_replay(
     privatizer: Privatizer,
 ) -> None:
-    a = _event("u-1")
+    a = _event(user_id="u-1")
     twin = a.model_copy(update={"user_id": "u-2"})  # another user, the same event_id
     out = privatizer.process(*_arrow(a, twin), SourceRef("raw", 0, 1), "interaction")
     assert out.repeated == 0 and out.private is not None and out.private.num_rows == 2
@@ -182,7 +169,7 @@ def test_a_filter_over_its_cap_is_logged_once(caplog: pytest.LogCaptureFixture) 
     privatizer = Privatizer(
         HmacPseudonymizer(b"k" * 32), np.random.default_rng(0), repeats=(86_400, 1_000)
     )
-    events = [_event(f"u-{i}") for i in range(1_200)]
+    events = [_event(user_id=f"u-{i}") for i in range(1_200)]
     privatizer.process(*_arrow(*events[:600]), SourceRef("raw", 0, 1), "interaction")
     privatizer.process(*_arrow(*events[600:]), SourceRef("raw", 0, 2), "interaction")
     with caplog.at_level("WARNING", "eddyline.worker"):

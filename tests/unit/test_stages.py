@@ -18,24 +18,10 @@ from eddyline.schemas.envelope import H_SOURCE, decode, encode_arrow, header_map
 from eddyline.schemas.events import InteractionEvent
 from eddyline.schemas.source import SourceRef
 from eddyline.simulate import TrafficSimulator
-from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
-from eddyline.streams.kafka.topics import STREAMS
 from eddyline.streams.worker.pipeline import Pipeline
 from eddyline.streams.worker.privatize import RawMessage
 
 RAW = "events.interaction"
-
-
-@pytest.fixture
-def p(tmp_path: Path) -> Pipeline:
-    ws = WorkerSettings(
-        lake_path=str(tmp_path / "lake"),
-        state_dir=tmp_path / "state",
-        pseudonym_key="k" * 32,
-        checkpoint_every_s=0.01,
-        learners="click",
-    )
-    return Pipeline(ws, KafkaSettings(), STREAMS)
 
 
 def _raw(n: int, offset: int, seed: int = 1) -> RawMessage:
