@@ -2,14 +2,16 @@
 
 ``RetrainJob.handle(drift_event)`` reads the data the event names from Delta by time travel
 (before the change: the table at ``lake_version_before``; after it: the rows added since),
-trains a logistic model on the post-change rows with Opacus (``PrivacyEngine``, a target ε
-and δ, Poisson sampling, RDP accountant), evaluates it against the champion on a holdout of
-the most recent post-change rows, and registers it (``consumers.registry``): as
-``challenger`` if it beats the champion there, else rejected. With no champion yet, it first
+trains the family its learner spec declares (logistic, linear or softmax over the spec's
+features: ``online_learning.scoring``) on the post-change rows with Opacus
+(``PrivacyEngine``, a target ε and δ, Poisson sampling, RDP accountant), evaluates it
+against the champion on a holdout of the most recent post-change rows, and registers it
+(``online_learning.registry``): as ``challenger`` if its loss beats the champion's there,
+else rejected. With no champion yet, it first
 trains one on the pre-change rows (a "bootstrap" version, charged like any other).
 
 The worker's ``online_learning.shadow.ShadowEvaluator`` then scores champion and challenger
-on live private traffic, promotes the challenger once its rolling log-loss beats the
+on live private traffic, promotes the challenger once its rolling loss beats the
 champion's, and rolls a promotion back if the new champion falls behind.
 
 Privacy across retrains: every run's accountant history is kept with its version; before
@@ -36,6 +38,7 @@ import pyarrow.compute as pc
 from eddyline.consumers.training import (
     TrainConfig,
     composed_epsilon,
+    labelled,
     planned_history,
     train_dp,
 )
@@ -46,7 +49,8 @@ from eddyline.online_learning.registry import (
     ModelVersion,
     registry_change,
 )
-from eddyline.online_learning.scoring import LinearScorer, evaluate
+from eddyline.online_learning.scoring import SpecScorer, evaluate
+from eddyline.online_learning.spec import LearnerSpec, load_spec
 from eddyline.schemas.errors import EddylineError, UserError
 from eddyline.schemas.events import DriftEvent, ModelEvent
 
@@ -70,13 +74,20 @@ class RetrainJob:
 
     lake: str | Path
     registry: ModelRegistry
-    model: str = "click"
-    stream: str = "interaction"
+    spec: LearnerSpec = field(default_factory=lambda: load_spec("click"))
     config: TrainConfig = field(default_factory=TrainConfig)
     total_epsilon: float = 10.0  # over every run on the stream's data
     min_rows: int = 2_000  # post-change rows needed to train and evaluate
     holdout: float = 0.2  # the most recent share of post-change rows, for evaluation
     publish: Callable[[ModelEvent], None] = lambda event: None
+
+    @property
+    def model(self) -> str:
+        return self.spec.name
+
+    @property
+    def stream(self) -> str:
+        return self.spec.stream
 
     def handle(self, event: DriftEvent) -> ModelVersion | None:
         """Retrain for ``event``; the version registered, or None when there is nothing to
@@ -108,7 +119,7 @@ class RetrainJob:
         cut = int(after.num_rows * (1 - self.holdout))
         train, holdout = after.slice(0, cut), after.slice(cut)
         champion = self._champion(holdout, event)
-        champion_metrics = evaluate(LinearScorer.load(champion.artifact), holdout)
+        champion_metrics = evaluate(SpecScorer.load(champion.artifact), holdout)
         version = self._train_and_register(
             train,
             holdout,
@@ -121,10 +132,10 @@ class RetrainJob:
                 "champion_version": champion.version,
             },
             drift_key=event.idempotency_key,
-            champion_holdout_log_loss=champion_metrics["log_loss"],
+            champion_holdout_loss=champion_metrics["loss"],
         )
         metrics = version.metrics
-        better = metrics["holdout_log_loss"] < champion_metrics["log_loss"]
+        better = metrics["holdout_loss"] < champion_metrics["loss"]
         if better:
             previous = self.registry.set_alias(
                 self.model, CHALLENGER, version.version, f"beat v{champion.version} on holdout"
@@ -147,8 +158,8 @@ class RetrainJob:
                     "rejected",
                     None,
                     None,
-                    f"holdout log-loss {metrics['holdout_log_loss']:.4f} >= champion's "
-                    f"{champion_metrics['log_loss']:.4f}",
+                    f"holdout loss {metrics['holdout_loss']:.4f} >= champion's "
+                    f"{champion_metrics['loss']:.4f}",
                 )
             )
         return version
@@ -166,7 +177,7 @@ class RetrainJob:
         seen = lake.read(self.stream, as_of=event.lake_version_before, columns=["event_id"])
         now = lake.read(self.stream, as_of=latest)
         fresh = pc.invert(pc.is_in(now["event_id"], value_set=seen["event_id"].combine_chunks()))
-        return now.filter(fresh), latest
+        return labelled(self.spec, now.filter(fresh)), latest
 
     def _champion(self, holdout: pa.Table, event: DriftEvent) -> ModelVersion:
         """The champion, bootstrapping one from the pre-change rows if there is none."""
@@ -174,6 +185,7 @@ class RetrainJob:
         if current is not None:
             return self.registry.get(self.model, current)
         before = self._lake().read(self.stream, as_of=event.lake_version_before)
+        before = labelled(self.spec, before)
         if before.num_rows < self.min_rows:
             raise NotEnoughDataError(f"no champion, and {before.num_rows} rows before the change")
         version = self._train_and_register(
@@ -203,7 +215,7 @@ class RetrainJob:
     ) -> ModelVersion:
         """Check the budget, train with DP on ``rows``, score on ``holdout``, register."""
         self._check_budget(rows.num_rows)
-        result = train_dp(rows, self.config)
+        result = train_dp(self.spec, rows, self.config)
         metrics = {f"holdout_{k}": v for k, v in evaluate(result.scorer, holdout).items()}
         return self.registry.register(
             self.model,
@@ -249,19 +261,27 @@ def run_service(
     stop: Any = None,
     handled_path: Path | None = None,
     signals: set[str] | None = None,
+    specs: list[LearnerSpec] | None = None,
 ) -> None:
     """Run the retraining job until ``stop`` (a threading.Event) is set: drift events from
     ``signals.drift`` (their own consumer group, commit after the handler, retries with
     backoff, a dead-letter for handlers that keep failing), registry changes published on
-    ``signals.models``. The workers shadow the challenger (``EDDYLINE_SHADOW``)."""
+    ``signals.models``. One job per learner spec (default: the worker's
+    ``EDDYLINE_LEARNERS``, after ``EDDYLINE_STREAMS``' event modules are imported). The
+    workers shadow the challengers (``EDDYLINE_SHADOW``)."""
     import threading
 
     from confluent_kafka import Producer
 
     from eddyline.consumers.drift import DriftSubscriber, HandledKeys
-    from eddyline.streams.kafka.settings import KafkaSettings
+    from eddyline.online_learning.spec import load_specs
+    from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
     from eddyline.streams.kafka.topics import Topics
 
+    if specs is None:
+        ws = WorkerSettings()
+        ws.load_streams()
+        specs = load_specs(ws.learners)
     ks: KafkaSettings = kafka or KafkaSettings()
     stop = stop or threading.Event()
     topics = Topics(ks.namespace)
@@ -283,21 +303,26 @@ def run_service(
         )
 
     registry = ModelRegistry(registry_root)
-    job = RetrainJob(
-        lake,
-        registry,
-        config=config or TrainConfig(),
-        total_epsilon=total_epsilon,
-        min_rows=min_rows,
-        publish=publish,
-    )
+    jobs = {
+        spec.name: RetrainJob(
+            lake,
+            registry,
+            spec,
+            config=config or TrainConfig(),
+            total_epsilon=total_epsilon,
+            min_rows=min_rows,
+            publish=publish,
+        )
+        for spec in specs
+    }
     with DriftSubscriber(
         group_id=group_id,
         kafka=ks,
-        models={job.model},
-        # concept drift by default: label-rate and feature drift are watched and published
-        # too, but a model retrained on them would mostly relearn the same concept
-        signals=signals if signals is not None else {"error_rate"},
+        models=set(jobs),
+        # concept drift by default (the error, or a regression's residual): label-rate and
+        # feature drift are watched and published too, but a model retrained on them would
+        # mostly relearn the same concept
+        signals=signals if signals is not None else {"error_rate", "residual"},
         handled=HandledKeys(handled_path),
     ) as sub:
-        sub.run(job.handle, stop=stop)
+        sub.run(lambda event: jobs[event.model].handle(event), stop=stop)

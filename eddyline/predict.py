@@ -20,12 +20,17 @@ from eddyline.schemas.errors import EddylineError
 
 @dataclass(frozen=True)
 class Prediction:
-    """A worker's answer: the online model's probability and which model state gave it."""
+    """A worker's answer and which model state gave it: ``probability`` (a binary spec),
+    ``value`` (a regression) or ``label`` and ``probabilities`` (a multi-class spec); the
+    others are None."""
 
     model: str
     model_version: int
     events_seen: int
-    probability: float
+    probability: float | None = None
+    value: float | None = None
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
 
 
 class PredictionError(EddylineError):
@@ -64,9 +69,12 @@ class Predictor:
             raise PredictionError(f"{model}: {reason} (HTTP {exc.code})", exc.code) from None
         except (urllib.error.URLError, TimeoutError) as exc:
             raise PredictionError(f"no answer from the worker at {self.url}: {exc}") from None
+        number = {k: float(body[k]) for k in ("probability", "value") if body.get(k) is not None}
         return Prediction(
             body["model"],
             int(body["model_version"]),
             int(body["events_seen"]),
-            float(body["probability"]),
+            label=body.get("class"),
+            probabilities=body.get("probabilities"),
+            **number,
         )

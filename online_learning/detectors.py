@@ -54,8 +54,16 @@ class AdwinDetector:
     #: finds tiny but real shifts in long streams, which tell a retraining job nothing it
     #: can act on. A shift too small still starts the cooldown.
     min_change: float = 0.0
+    #: "unit": the values are in [0, 1] already (0/1 errors, rates), as ADWIN's bound
+    #: assumes. "warmup": unbounded values (a regression's absolute residuals, heavy-tailed
+    #: when the target is noised): ADWIN starts after the warm-up and sees each value
+    #: divided by the warm-up values' 99th percentile, clipped to 1; alarms report means
+    #: in the values' own units (of the clipped values).
+    bound: Literal["unit", "warmup"] = "unit"
     seen: int = 0
     _adwin: drift.ADWIN = field(init=False, repr=False)
+    _scale: float = field(default=1.0, init=False, repr=False)
+    _pending: list[float] | None = field(default=None, init=False, repr=False)
     _last_alarm: int = field(default=-(10**12), init=False, repr=False)
     _recent: np.ndarray = field(default_factory=lambda: np.zeros(0), init=False, repr=False)
     _previous_alarm: int = field(default=0, init=False, repr=False)
@@ -63,14 +71,33 @@ class AdwinDetector:
 
     def __post_init__(self) -> None:
         self._adwin = drift.ADWIN(delta=self.delta, clock=self.clock)  # type: ignore[no-untyped-call]  # River is untyped
+        if self.bound == "warmup":
+            self._pending = []
 
     def update_many(self, values: np.ndarray) -> list[Alarm]:
         """Feed values in order; return the alarms they raise."""
+        if self._pending is not None:  # still measuring the warm-up's scale
+            room = max(self.warmup - self.seen, 0)
+            self._pending += values[:room].tolist()
+            self.seen += min(room, len(values))
+            values = values[room:]
+            if self.seen < self.warmup or not len(values):
+                return []
+            high = float(np.quantile(self._pending, 0.99)) if self._pending else 1.0
+            self._scale, self._pending = high if high > 0 else 1.0, None
+        if self.bound == "warmup":
+            values = np.minimum(values / self._scale, 1.0)
+        return [
+            Alarm(a.index, a.before * self._scale, a.after * self._scale, a.change_index)
+            for a in self._update_unit(values)
+        ]
+
+    def _update_unit(self, values: np.ndarray) -> list[Alarm]:
         first = self.seen  # values seen before this call
         alarms = self._unlocated(values)
         self._recent = np.concatenate([self._recent, values])[-self.recent_size :]
         located = [self._locate(a, first, len(values)) for a in alarms]
-        return [a for a in located if abs(a.after - a.before) >= self.min_change]
+        return [a for a in located if abs(a.after - a.before) * self._scale >= self.min_change]
 
     def _unlocated(self, values: np.ndarray) -> list[Alarm]:
         """Feed values to ADWIN; the alarms with ADWIN's own window means, not located."""

@@ -23,11 +23,10 @@ Examples:
 from __future__ import annotations
 
 import math
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -37,6 +36,7 @@ from pydantic import TypeAdapter
 from river import base
 
 from eddyline.online_learning.detectors import AdwinDetector, Alarm, BlockWatcher
+from eddyline.online_learning.features import feature_frame, target_values
 from eddyline.online_learning.spec import Detector, LearnerSpec, LearnerSpecError, load_spec
 from eddyline.schemas.events import base_kind
 from eddyline.schemas.registry import REGISTRY
@@ -59,8 +59,11 @@ class BatchOutcome:
     watched: list[tuple[str, str, Alarm]] = field(default_factory=list)
 
 
-def _detector(d: Detector, warmup: int, cooldown: int) -> AdwinDetector:
+def _detector(
+    d: Detector, warmup: int, cooldown: int, bound: Literal["unit", "warmup"] = "unit"
+) -> AdwinDetector:
     return AdwinDetector(
+        bound=bound,
         delta=d.delta,
         clock=d.clock,
         warmup=warmup if d.warmup is None else d.warmup,
@@ -102,9 +105,10 @@ class OnlineModel:
             w.key: BlockWatcher(_detector(w, warmup, cooldown), block=w.block)
             for w in spec.drift.watch
         }
-        return cls(
-            spec, spec.build_pipeline(), _detector(spec.drift.error, warmup, cooldown), watchers
-        )
+        # a regression's error is its absolute residual: unbounded (detectors.py, bound)
+        bound: Literal["unit", "warmup"] = "warmup" if spec.kind == "regression" else "unit"
+        error = _detector(spec.drift.error, warmup, cooldown, bound)
+        return cls(spec, spec.build_pipeline(), error, watchers)
 
     @classmethod
     def builtin(cls, name: str, **kwargs: Any) -> OnlineModel:
@@ -127,66 +131,30 @@ class OnlineModel:
     def minibatch(self) -> bool:
         """Whether every pipeline step learns and predicts on whole frames."""
         return all(
-            isinstance(s, base.MiniBatchTransformer | base.MiniBatchClassifier)
+            isinstance(
+                s, base.MiniBatchTransformer | base.MiniBatchClassifier | base.MiniBatchRegressor
+            )
             for s in self.pipeline.steps.values()
         )
 
     def features(self, batch: pa.Table) -> pl.DataFrame:
         """The model's input frame for a batch of private rows."""
-        exprs: list[pl.Expr] = []
-        extra: dict[str, Any] = {}
-        dummies: list[str] = []
-        for f in self.spec.features:
-            c = pl.col(f.column)
-            if f.kind == "numeric":
-                exprs.append(c.cast(pl.Float64).fill_null(0.0))
-            elif f.kind == "one_hot" and f.categories is not None:
-                exprs += [
-                    (c == v).fill_null(False).cast(pl.Float64).alias(f"{f.column}_{v}")
-                    for v in f.categories
-                ]
-            elif f.kind == "one_hot":
-                exprs.append(c)
-                dummies.append(f.column)
-            elif f.kind == "hashed":
-                name = f"{f.column}_h"
-                extra[name] = _hash_buckets(batch[f.column], f.buckets)
-                dummies.append(name)
-            else:  # hour_of_day, on the unit circle: 23:59 is next to 00:00
-                hour = c.dt.hour().cast(pl.Float64) + c.dt.minute().cast(pl.Float64) / 60.0
-                angle = hour * (2 * math.pi / 24)
-                exprs += [
-                    angle.sin().alias(f"{f.column}_hour_sin"),
-                    angle.cos().alias(f"{f.column}_hour_cos"),
-                ]
-        frame = pl.from_arrow(batch.select(list({f.column for f in self.spec.features})))
-        assert isinstance(frame, pl.DataFrame)
-        out = frame.select(exprs + [pl.lit(v).alias(k) for k, v in extra.items()])
-        if not dummies:
-            return out
-        # to_dummies makes UInt8 columns, and River 0.26's StandardScaler.transform_many
-        # scales a frame whose first column is UInt8 in float16 (it takes the compute dtype
-        # from a set of zero scalars, where float16(0) == float64(0)): ~3 significant
-        # digits, at twice the cost. The indicators go in as Float64 (the same values).
-        return out.to_dummies(dummies).cast(pl.Float64)
+        return feature_frame(self.spec, batch)
 
     def target(self, batch: pa.Table) -> pl.Series:
-        """The 0/1 label per row: the first rule whose column is set decides (null where
-        none is). Arrow kernels, not a polars query: a few µs instead of ~0.5 ms a batch."""
-        tests = []
-        for rule in self.spec.target:
-            col = batch[rule.column]
-            if rule.is_in is not None:
-                test = pc.is_in(col, pa.array(rule.is_in, col.type))
-            else:
-                test = pc.greater_equal(col, rule.at_least)
-            tests.append(pc.if_else(pc.is_valid(col), test, pa.scalar(None, pa.bool_())))
-        y = tests[0] if len(tests) == 1 else pc.coalesce(*tests)
-        return pl.Series("y", y, dtype=pl.Boolean)
+        """The label per row (null where there is none): ``features.target_values``."""
+        return target_values(self.spec.kind, self.spec.target, batch)
 
     def predict_one(self, values: dict[str, Any]) -> float:
-        """Probability of the positive label for one row of feature values (strings are
-        parsed by the event's field types, as a query string would send them); raises
+        """Probability of the positive label (binary specs) or the predicted number
+        (regression) for one row of feature values: see :meth:`predict`."""
+        out = self.predict(values)
+        return float(out.get("probability", out.get("value", math.nan)))
+
+    def predict(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The model's answer for one row of feature values (strings are parsed by the
+        event's field types, as a query string would send them): ``probability`` (binary),
+        ``value`` (regression) or ``class`` and ``probabilities`` (multiclass). Raises
         :class:`LearnerSpecError` naming a missing or malformed feature."""
         event = REGISTRY.latest(self.stream)
         needs = [f.column for f in self.spec.features]
@@ -217,18 +185,27 @@ class OnlineModel:
                     f"{kind.__name__} value, got {raw!r}"
                 ) from None
         x = self.features(pa.Table.from_pylist([row])).to_dicts()[0]
-        return float(self.pipeline.predict_proba_one(x).get(True, 0.0))
+        if self.spec.kind == "regression":
+            return {"value": float(self.pipeline.predict_one(x) or 0.0)}
+        proba = self.pipeline.predict_proba_one(x)
+        if self.spec.kind == "binary":
+            return {"probability": float(proba.get(True, 0.0))}
+        probabilities = {str(k): float(v) for k, v in proba.items()}
+        best = max(probabilities, key=probabilities.__getitem__) if probabilities else None
+        return {"class": best, "probabilities": probabilities}
 
     def rolling_metrics(self) -> dict[str, float]:
         """The spec's progressive metrics over the last METRICS_WINDOW events."""
         if not self.recent_errors:
             return {}
-        error = float(np.mean(self.recent_errors))
+        error = float(np.mean(self.recent_errors))  # mean 0/1 error, or absolute residual
         every = {
             "error_rate": lambda: error,
             "accuracy": lambda: 1.0 - error,
             "log_loss": lambda: float(np.mean(self.recent_losses)),
             "brier": lambda: float(np.mean(self.recent_brier)),
+            "mae": lambda: error,
+            "rmse": lambda: math.sqrt(float(np.mean(self.recent_losses))),
         }
         out: dict[str, float] = {m: every[m]() for m in self.spec.metrics}
         out["events"] = float(len(self.recent_errors))
@@ -238,7 +215,10 @@ class OnlineModel:
         """The rolling window's predictions in ``bins`` equal-width probability bins: per
         bin ``[count, mean predicted probability, observed positive rate]`` (the last two 0
         for an empty bin). The counts are the prediction distribution; the means against the
-        rates are the reliability diagram. Aggregates only: no event can be told apart."""
+        rates are the reliability diagram. Aggregates only: no event can be told apart.
+        Binary specs only (empty for the others)."""
+        if self.spec.kind != "binary":
+            return []
         proba = np.asarray(self.__dict__.get("recent_proba", ()), dtype=np.float64)
         if proba.size == 0:
             return []
@@ -261,28 +241,22 @@ class OnlineModel:
             if batch.num_rows == 0:
                 return BatchOutcome(np.zeros(0), [])
         x = self.features(batch)
-        if self.minibatch:
-            proba = self.pipeline.predict_proba_many(x)
-            p_true = proba["True"].to_numpy() if "True" in proba.columns else np.zeros(len(x))
-            self.pipeline.learn_many(x, y)
-        else:  # e.g. a Hoeffding tree: no mini-batch API, so a tight per-row loop
-            p_true = np.empty(len(x))
-            for i, (xi, yi) in enumerate(zip(x.iter_rows(named=True), y, strict=True)):
-                p_true[i] = self.pipeline.predict_proba_one(xi).get(True, 0.0)
-                self.pipeline.learn_one(xi, yi)
-        truth = y.to_numpy().astype(bool)
-        errors = ((p_true > 0.5) != truth).astype(np.float64)
-        q = np.clip(p_true, 1e-7, 1 - 1e-7)
+        kind = self.spec.kind
+        errors, losses, p_true = _score_and_learn(kind, self.pipeline, x, y, self.minibatch)
         self.recent_errors.extend(errors.tolist())
-        self.recent_losses.extend((-np.where(truth, np.log(q), np.log(1 - q))).tolist())
-        self.__dict__.setdefault("recent_proba", _window())  # checkpoints from before it
-        self.recent_proba.extend(p_true.tolist())
-        if "brier" in self.spec.metrics:
-            self.recent_brier.extend(((p_true - truth) ** 2).tolist())
+        self.recent_losses.extend(losses.tolist())
+        truth = y.to_numpy() if self.spec.kind == "binary" else None
+        if truth is not None:
+            truth = truth.astype(bool)
+            self.__dict__.setdefault("recent_proba", _window())  # checkpoints from before it
+            self.recent_proba.extend(p_true.tolist())
+            if "brier" in self.spec.metrics:
+                self.recent_brier.extend(((p_true - truth) ** 2).tolist())
         self.seen += batch.num_rows
         watched: list[tuple[str, str, Alarm]] = []
         for w in self.spec.drift.watch:
-            if w.column is None:
+            if w.column is None:  # the label rate: binary specs only (spec.py)
+                assert truth is not None
                 values = truth.astype(np.float64)
             else:
                 col = pc.drop_null(batch[w.column])
@@ -292,13 +266,43 @@ class OnlineModel:
         return BatchOutcome(errors, self.detector.update_many(errors), watched)
 
 
-def _hash_buckets(column: pa.ChunkedArray, buckets: int) -> pl.Series:
-    """Stable buckets (CRC-32 of the text, the same in every process and release) of each
-    value: one hash per distinct value in the batch, then a gather."""
-    encoded = pc.dictionary_encode(column).combine_chunks()
-    table = np.array(
-        [zlib.crc32(str(v).encode()) % buckets for v in encoded.dictionary.to_pylist()],
-        dtype=np.int32,
-    )
-    indices = encoded.indices.to_numpy(zero_copy_only=False)
-    return pl.Series(table[indices] if len(table) else np.zeros(len(indices), np.int32))
+def _score_and_learn(
+    kind: str, pipeline: Any, x: pl.DataFrame, y: pl.Series, minibatch: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Predict every row, then learn the batch: (per-row error, per-row loss, P(true)).
+    The error is what the drift detector watches and the loss feeds the loss metric: 0/1
+    error and log-loss (binary, multiclass), absolute residual and squared error
+    (regression). P(true) is for binary specs (zeros otherwise)."""
+    n = len(x)
+    if kind == "regression":
+        if minibatch:
+            pred = pipeline.predict_many(x).to_numpy().astype(np.float64)
+            pipeline.learn_many(x, y)
+        else:
+            pred = np.empty(n)
+            for i, (xi, yi) in enumerate(zip(x.iter_rows(named=True), y, strict=True)):
+                pred[i] = pipeline.predict_one(xi) or 0.0
+                pipeline.learn_one(xi, yi)
+        residual = y.to_numpy().astype(np.float64) - pred
+        return np.abs(residual), residual**2, np.zeros(n)
+    if kind == "multiclass":  # River's multi-class models learn one row at a time
+        wrong, p_y = np.empty(n), np.empty(n)
+        for i, (xi, yi) in enumerate(zip(x.iter_rows(named=True), y, strict=True)):
+            proba = pipeline.predict_proba_one(xi)
+            best = max(proba, key=proba.__getitem__) if proba else None
+            wrong[i], p_y[i] = best != yi, proba.get(yi, 0.0)
+            pipeline.learn_one(xi, yi)
+        return wrong, -np.log(np.clip(p_y, 1e-7, 1.0)), np.zeros(n)
+    if minibatch:
+        proba = pipeline.predict_proba_many(x)
+        p_true = proba["True"].to_numpy() if "True" in proba.columns else np.zeros(n)
+        pipeline.learn_many(x, y)
+    else:  # e.g. a Hoeffding tree: no mini-batch API, so a tight per-row loop
+        p_true = np.empty(n)
+        for i, (xi, yi) in enumerate(zip(x.iter_rows(named=True), y, strict=True)):
+            p_true[i] = pipeline.predict_proba_one(xi).get(True, 0.0)
+            pipeline.learn_one(xi, yi)
+    truth = y.to_numpy().astype(bool)
+    q = np.clip(p_true, 1e-7, 1 - 1e-7)
+    errors = ((p_true > 0.5) != truth).astype(np.float64)
+    return errors, -np.where(truth, np.log(q), np.log(1 - q)), p_true

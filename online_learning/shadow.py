@@ -2,7 +2,8 @@
 
 The worker runs a ``ShadowEvaluator`` per model whose spec asks for it: the champion and the
 challenger (and, after a promotion, the version it replaced) score every live private batch,
-never answering anyone; the challenger is promoted once its rolling log-loss beats the
+never answering anyone; the challenger is promoted once its rolling loss (log-loss,
+squared error or cross-entropy, by the spec's kind) beats the
 champion's, and a promotion is rolled back if the new champion falls behind the one it
 replaced. Each change is a ``ModelEvent`` on ``signals.models``.
 """
@@ -27,7 +28,7 @@ from eddyline.online_learning.registry import (
     ModelRegistry,
     registry_change,
 )
-from eddyline.online_learning.scoring import LinearScorer, labels, log_losses
+from eddyline.online_learning.scoring import SpecScorer
 from eddyline.schemas.events import ModelEvent
 
 log = logging.getLogger("eddyline.shadow")
@@ -36,7 +37,7 @@ log = logging.getLogger("eddyline.shadow")
 @dataclass
 class ShadowEvaluator:
     """Scores the champion and the challenger (and, after a promotion, the version it
-    replaced) on live traffic; promotes and rolls back by their rolling log-loss."""
+    replaced) on live traffic; promotes and rolls back by their rolling loss."""
 
     registry: ModelRegistry
     model: str = "click"
@@ -44,7 +45,7 @@ class ShadowEvaluator:
     min_events: int = 1_000  # live events before a decision
     margin: float = 0.0  # how much better (lower) a loss must be to win
     publish: Callable[[ModelEvent], None] = lambda event: None
-    _scorers: dict[str, tuple[int, LinearScorer]] = field(default_factory=dict)
+    _scorers: dict[str, tuple[int, SpecScorer]] = field(default_factory=dict)
     _losses: dict[str, deque[float]] = field(default_factory=dict)
     _refreshed: float = -math.inf
 
@@ -58,12 +59,12 @@ class ShadowEvaluator:
                 self._losses.pop(alias, None)
             elif loaded is None or loaded[0] != version:
                 artifact = self.registry.get(self.model, version).artifact
-                self._scorers[alias] = (version, LinearScorer.load(artifact))
+                self._scorers[alias] = (version, SpecScorer.load(artifact))
                 self._losses[alias] = deque(maxlen=self.window)
         self._refreshed = time.monotonic()
 
     def aliases(self) -> dict[str, dict[str, Any]]:
-        """Each alias scored now: its registry version and rolling live log-loss."""
+        """Each alias scored now: its registry version and rolling live loss."""
         return {
             alias: {"version": version, "live_loss": self.live_loss(alias)}
             for alias, (version, _) in sorted(self._scorers.items())
@@ -79,9 +80,8 @@ class ShadowEvaluator:
             self.refresh()
         if table.num_rows == 0 or CHAMPION not in self._scorers:
             return []
-        y = labels(table)
         for alias, (_, scorer) in self._scorers.items():
-            self._losses[alias].extend(log_losses(scorer.predict_proba(table), y).tolist())
+            self._losses[alias].extend(scorer.losses(table).tolist())
         events = self._decide()
         for e in events:
             self.publish(e)
@@ -91,7 +91,7 @@ class ShadowEvaluator:
         champ, chall, prev = (self.live_loss(a) for a in (CHAMPION, CHALLENGER, PREVIOUS))
         if chall is not None and champ is not None and chall < champ - self.margin:
             old, new = self._scorers[CHAMPION][0], self._scorers[CHALLENGER][0]
-            why = f"live log-loss {chall:.4f} < champion v{old}'s {champ:.4f}"
+            why = f"live loss {chall:.4f} < champion v{old}'s {champ:.4f}"
             self.registry.set_alias(self.model, PREVIOUS, old, f"replaced by v{new}")
             self.registry.set_alias(self.model, CHAMPION, new, why)
             self.registry.set_alias(self.model, CHALLENGER, None, "promoted")
@@ -100,7 +100,7 @@ class ShadowEvaluator:
             return [registry_change(self.model, new, "promoted", CHAMPION, old, why)]
         if prev is not None and champ is not None and champ > prev + self.margin:
             bad, good = self._scorers[CHAMPION][0], self._scorers[PREVIOUS][0]
-            why = f"live log-loss {champ:.4f} > previous v{good}'s {prev:.4f}"
+            why = f"live loss {champ:.4f} > previous v{good}'s {prev:.4f}"
             self.registry.set_alias(self.model, CHAMPION, good, f"rollback: {why}")
             self.registry.set_alias(self.model, PREVIOUS, None, "rolled back to")
             self.refresh()

@@ -41,10 +41,18 @@ from eddyline.schemas.events import BaseEvent, base_kind
 from eddyline.schemas.registry import REGISTRY
 
 SPECS_DIR = Path(__file__).parent / "specs"
-BUILTIN = ("click", "satisfaction")
+BUILTIN = ("click", "satisfaction", "dwell", "action")
+#: what a spec predicts: a 0/1 label, a number, or one of several classes
+Kind = Literal["binary", "regression", "multiclass"]
 #: rolling progressive metrics a spec may ask for (over the last 10,000 events)
-Metric = Literal["error_rate", "accuracy", "log_loss", "brier"]
-_DEFAULT_METRICS: tuple[Metric, ...] = ("error_rate", "accuracy", "log_loss")
+Metric = Literal["error_rate", "accuracy", "log_loss", "brier", "mae", "rmse"]
+#: the metrics each kind may ask for; the first three (two) are its default
+METRICS: dict[str, tuple[Metric, ...]] = {
+    "binary": ("error_rate", "accuracy", "log_loss", "brier"),
+    "multiclass": ("error_rate", "accuracy", "log_loss"),
+    "regression": ("mae", "rmse"),
+}
+_DEFAULT_METRICS = {"binary": 3, "multiclass": 3, "regression": 2}
 _CLASS_KEY = re.compile(r"^[a-z_]+\.[A-Z]\w*$")
 _NAME = r"^[a-z][a-z0-9_]{0,63}$"
 
@@ -70,17 +78,16 @@ class Feature(_Spec):
 
 
 class TargetRule(_Spec):
-    """Positive when ``column`` is one of ``is_in``, or at least ``at_least``."""
+    """Binary specs: positive when ``column`` is one of ``is_in``, or at least ``at_least``.
+    Regression and multi-class specs: the column's value itself (neither test)."""
 
     column: str
     is_in: list[str | bool | int] | None = None
     at_least: float | None = None
 
-    @model_validator(mode="after")
-    def _one_test(self) -> TargetRule:
-        if (self.is_in is None) == (self.at_least is None):
-            raise ValueError(f"target rule on {self.column!r} needs exactly one of is_in, at_least")
-        return self
+    @property
+    def is_test(self) -> bool:
+        return self.is_in is not None or self.at_least is not None
 
 
 class Detector(_Spec):
@@ -133,35 +140,72 @@ class LearnerSpec(_Spec):
     name: str = Field(pattern=_NAME)
     version: int = Field(default=1, ge=1)
     stream: str
+    #: binary (a 0/1 label: logistic family), regression (a number: linear family, drift on
+    #: the absolute residual) or multiclass (one of several values: softmax family)
+    kind: Kind = "binary"
     description: str = ""
     features: list[Feature] = Field(min_length=1)
     #: the label: the first rule whose column is not null decides; rows where every rule's
     #: column is null are not learned
     target: list[TargetRule] = Field(min_length=1)
     pipeline: list[Any] = Field(min_length=1)
-    metrics: list[Metric] = Field(default_factory=lambda: [*_DEFAULT_METRICS])
+    #: default: the kind's first metrics (METRICS)
+    metrics: list[Metric] = Field(default_factory=list)
     drift: Drift = Drift()
     #: score the registry's retrained versions of this model on live batches (retraining)
-    shadow: bool = False
+    #: (every kind: the retraining job trains its family, docs/retraining.md)
+    shadow: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_metrics(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("metrics"):
+            kind = data.get("kind", "binary")
+            if kind in METRICS:
+                data = {**data, "metrics": list(METRICS[kind][: _DEFAULT_METRICS[kind]])}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> LearnerSpec:
+        self._check_kind()
         try:
             event = REGISTRY.latest(self.stream)
         except UnknownSchemaError:
             raise LearnerSpecError(
                 f"learner {self.name!r}: no event type {self.stream!r} "
-                f"(registered: {', '.join(REGISTRY.names())})"
+                f"(registered: {', '.join(REGISTRY.names())}; an event module defines others: "
+                "EDDYLINE_EVENT_MODULES, or --module for `eddyline learners check`)"
             ) from None
         for f in self.features:
             _check_column(self, event, f.column, f.kind, "feature")
         for rule in self.target:
-            _check_column(self, event, rule.column, "target", "target column")
+            kind = "numeric" if self.kind == "regression" else "target"
+            _check_column(self, event, rule.column, kind, "target column")
         for w in self.drift.watch:
             if w.column is not None:
                 _check_column(self, event, w.column, "numeric", "watched column")
         self.build_pipeline()  # fails here, with the step, not in the worker
         return self
+
+    def _check_kind(self) -> None:
+        where = f"learner {self.name!r} ({self.kind})"
+        for rule in self.target:
+            if self.kind == "binary" and (rule.is_in is None) == (rule.at_least is None):
+                raise LearnerSpecError(
+                    f"{where}: target rule on {rule.column!r} needs exactly one of is_in, at_least"
+                )
+            if self.kind != "binary" and rule.is_test:
+                raise LearnerSpecError(
+                    f"{where}: target {rule.column!r} is the value itself; is_in and at_least "
+                    "are for binary specs"
+                )
+        wrong = [m for m in self.metrics if m not in METRICS[self.kind]]
+        if wrong:
+            raise LearnerSpecError(
+                f"{where}: metric {wrong[0]!r} is not one of {', '.join(METRICS[self.kind])}"
+            )
+        if self.kind != "binary" and any(w.signal == "label_rate" for w in self.drift.watch):
+            raise LearnerSpecError(f"{where}: a label_rate watch needs a binary spec")
 
     def build_pipeline(self) -> Any:
         """A fresh River pipeline from the ``pipeline`` steps."""
@@ -174,16 +218,29 @@ class LearnerSpec(_Spec):
                     f"learner {self.name!r}: pipeline step {type(step).__name__} is not a River "
                     "estimator"
                 )
-        if not isinstance(steps[-1], base.Classifier):
+        last, wanted = (
+            steps[-1],
+            {
+                "binary": (base.Classifier, "a River classifier (the target is a 0/1 label)"),
+                "multiclass": (base.Classifier, "a multi-class River classifier"),
+                "regression": (base.Regressor, "a River regressor (the target is a number)"),
+            }[self.kind],
+        )
+        if not isinstance(last, wanted[0]) or (
+            self.kind == "multiclass" and not getattr(last, "_multiclass", False)
+        ):
             raise LearnerSpecError(
-                f"learner {self.name!r}: the last pipeline step must be a River classifier "
-                f"(the target is a 0/1 label); got {type(steps[-1]).__name__}"
+                f"learner {self.name!r}: the last pipeline step must be {wanted[1]}; "
+                f"got {type(last).__name__}"
             )
         return compose.Pipeline(*steps)
 
     def fingerprint(self) -> str:
         """SHA-256 of the spec's canonical JSON: a checkpoint of another spec is not reused."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        if data["kind"] == "binary":  # specs from before kinds keep their checkpoints
+            del data["kind"]
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @classmethod
@@ -202,10 +259,13 @@ class LearnerSpec(_Spec):
             return cls.model_validate(data)
         except ValidationError as exc:
             raise LearnerSpecError(f"{path}: {_explain(exc)}") from None
+        except LearnerSpecError as exc:
+            raise LearnerSpecError(f"{path}: {exc}") from None
 
 
 def load_spec(name_or_path: str | Path) -> LearnerSpec:
-    """A built-in spec by name (``click``, ``satisfaction``) or a YAML file by path."""
+    """A built-in spec by name (``click``, ``satisfaction``, ``dwell``, ``action``) or a
+    YAML file by path."""
     text = str(name_or_path)
     if text in BUILTIN:
         return LearnerSpec.from_yaml(SPECS_DIR / f"{text}.yaml")

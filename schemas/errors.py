@@ -11,6 +11,7 @@ wraps a library's error it inherits from that error too, so either can be caught
     │   ├── EventValidationError     ValueError too: an event failed validation at ``emit``
     │   ├── MissingExtraError        ImportError too: an optional extra is not installed
     │   ├── LearnerSpecError         a learner spec that cannot work
+    │   ├── StreamConfigError        a stream without an event type, an event module that fails
     │   ├── MappingError             a collector mapping that cannot work (names the file)
     │   ├── LakeError                DeltaError too: a table or version cannot be read
     │   │   └── TableNotFoundError   deltalake's TableNotFoundError too
@@ -30,8 +31,9 @@ a missing extra: the message says what to change), 1 for a failure (Kafka away, 
 request, a full spool).
 
 The classes live where they are raised (the tree names each module in ``__module__``:
-``eddyline.streams.sdk.spool``, ``eddyline.online_learning.spec``, ``eddyline.consumers.lake``,
-``eddyline.consumers.retrain``, ``eddyline.predict``); the rest are here. This module sits
+``eddyline.streams.sdk.spool``, ``eddyline.online_learning.spec``,
+``eddyline.schemas.streams``, ``eddyline.consumers.lake``, ``eddyline.consumers.retrain``,
+``eddyline.predict``); the rest are here. This module sits
 in ``schemas`` (the bottom layer) so every package can raise these;
 ``eddyline`` re-exports the ones an app or a data scientist catches. The errors of the
 [query] extra are defined beside the library they wrap, so the base install never imports

@@ -268,7 +268,9 @@ class DriftEvent(BaseModel):
     model: str
     model_version: int
     stream: str
-    signal: Literal["error_rate", "feature", "label_rate"]
+    #: error_rate (a classifier's 0/1 error) or residual (a regression's absolute error):
+    #: concept drift; label_rate: prior drift; feature: data drift
+    signal: Literal["error_rate", "residual", "feature", "label_rate"]
     feature: str | None = None  # the column, for signal "feature"
     detector: str
     severity: float

@@ -58,6 +58,8 @@ MODEL_METRICS_SCHEMA = pa.schema(
         ("window_events", pa.int64()),
         ("brier", pa.float64()),  # added with learner specs: older tables merge it in
         ("calibration", pa.string()),  # JSON [[count, mean predicted, observed rate], ...]
+        ("mae", pa.float64()),  # regression specs (added with them: older tables merge them in)
+        ("rmse", pa.float64()),
         ("alias", pa.string()),
         ("previous_version", pa.int64()),
         ("reason", pa.string()),
@@ -86,6 +88,8 @@ def model_metrics_table(events: list[bytes]) -> pa.Table:
                 "window_events": int(m["events"]) if "events" in m else None,
                 "brier": m.get("brier"),
                 "calibration": json.dumps(d["calibration"]) if d.get("calibration") else None,
+                "mae": m.get("mae"),
+                "rmse": m.get("rmse"),
                 "alias": d.get("alias"),
                 "previous_version": d.get("previous_version"),
                 "reason": d.get("reason"),

@@ -80,10 +80,11 @@ def broker_status(
 
 @topics_app.command("create")
 def topics_create() -> None:
-    """Create the eddyline topics that are missing (partitions from EDDYLINE_PARTITIONS)."""
-    from eddyline.streams.kafka.topics import STREAMS, ensure_topics
+    """Create the eddyline topics that are missing (partitions from EDDYLINE_PARTITIONS;
+    streams from EDDYLINE_STREAMS)."""
+    from eddyline.streams.kafka.topics import ensure_topics
 
-    created = ensure_topics(KafkaSettings(), STREAMS)
+    created = ensure_topics(KafkaSettings(), WorkerSettings().load_streams())
     err.print(f"created {len(created)} topics" + (f": {', '.join(created)}" if created else ""))
 
 
@@ -106,10 +107,12 @@ def collector_run(
     import asyncio
     import logging
 
+    from eddyline.schemas.streams import load_event_modules
     from eddyline.streams.collector.mapping import load_mapping
     from eddyline.streams.collector.server import Collector, CollectorSettings, serve
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(levelname)s] %(message)s")
+    load_event_modules(WorkerSettings().event_modules)  # streams a mapping may name
     settings = CollectorSettings()
     overrides = {k: v for k, v in (("mapping", mapping), ("port", port)) if v is not None}
     settings = settings.model_copy(update=overrides)

@@ -72,8 +72,10 @@ def retrain_status(
         {
             "version": v.version,
             "aliases": [a for a, n in aliases.items() if n == v.version],
-            "holdout_log_loss": v.metrics.get(
-                "holdout_log_loss", v.metrics.get("log_loss", float("nan"))
+            # the spec kind's loss (log-loss, squared error, cross-entropy); older versions
+            # recorded their log-loss only
+            "holdout_loss": v.metrics.get(
+                "holdout_loss", v.metrics.get("holdout_log_loss", float("nan"))
             ),
             "epsilon": v.epsilon,
             "drift": v.drift_key or "bootstrap",
@@ -85,12 +87,12 @@ def retrain_status(
         for row in rows:
             print(json.dumps(row, default=str))
         return
-    table = Table("version", "aliases", "holdout log-loss", "ε", "drift", "trained on")
+    table = Table("version", "aliases", "holdout loss", "ε", "drift", "trained on")
     for row in rows:
         table.add_row(
             str(row["version"]),
             ", ".join(row["aliases"]),
-            f"{row['holdout_log_loss']:.4f}",
+            f"{row['holdout_loss']:.4f}",
             f"{row['epsilon']:.3f}",
             escape(str(row["drift"])),
             escape(json.dumps(row["trained_on"], default=str)),
@@ -104,16 +106,26 @@ def learners_check(
         list[str] | None,
         typer.Argument(help="built-in names or YAML files; default: EDDYLINE_LEARNERS"),
     ] = None,
+    module: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="an event module (module name or .py file) defining the specs' event types; "
+            "repeatable; default: EDDYLINE_EVENT_MODULES"
+        ),
+    ] = None,
 ) -> None:
     """Load and check learner specs as the worker would; exit 2 naming the first problem."""
     from eddyline.online_learning.spec import load_specs
+    from eddyline.schemas.streams import load_event_modules
 
-    loaded = load_specs(specs or WorkerSettings().learners)
+    ws = WorkerSettings()
+    load_event_modules(module or ws.event_modules)
+    loaded = load_specs(specs or ws.learners)
     for spec in loaded:
         features = ", ".join(f"{f.column} ({f.kind})" for f in spec.features)
         watchers = ", ".join(w.key for w in spec.drift.watch) or "none"
         out.print(
-            f"[bold]{escape(spec.name)}[/bold] v{spec.version} over {spec.stream}: "
+            f"[bold]{escape(spec.name)}[/bold] v{spec.version} ({spec.kind}) over {spec.stream}: "
             f"{escape(spec.description)}\n"
             + escape(
                 f"  features: {features}\n"

@@ -88,6 +88,14 @@ class WorkerSettings(BaseSettings):
 
     model_config = _ENV
 
+    def load_streams(self) -> list[str]:
+        """Import the event modules, then the stream names, each checked against the
+        registry (``StreamConfigError`` naming the first problem)."""
+        from eddyline.schemas.streams import check_streams, load_event_modules
+
+        load_event_modules(self.event_modules)
+        return check_streams(self.streams)
+
     app_id: str = "eddyline"
     lake_path: str = "./lake"
     web_host: str = "127.0.0.1"
@@ -120,6 +128,12 @@ class WorkerSettings(BaseSettings):
     intake_max_messages: int = Field(default=20_000, ge=1)
     intake_max_wait_s: float = Field(default=0.1, gt=0)
     intake_max_run: int = Field(default=10_000, ge=1)
+    # The event streams this worker processes, comma-separated: each an event type's name
+    # (one raw and one private topic, one Delta table each). Event types that are not built
+    # in come from event_modules: module names or .py paths whose BaseEvent subclasses
+    # define them, imported at start-up (schemas/streams.py, docs/streams.md).
+    streams: str = "interaction,feedback"
+    event_modules: str = ""
     # Online models: built-in learner spec names and/or paths to YAML specs, comma-separated
     # (online_learning/spec.py, docs/learning.md).
     learners: str = "click,satisfaction"

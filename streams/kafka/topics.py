@@ -19,7 +19,8 @@ from eddyline.schemas.errors import BrokerError
 from eddyline.streams.kafka.clients import ClientErrors, metadata
 from eddyline.streams.kafka.settings import KafkaSettings
 
-# The built-in event streams: one raw and one private topic, and one Delta table, each.
+# The built-in event streams: one raw and one private topic, and one Delta table, each
+# (a worker's are EDDYLINE_STREAMS: schemas/streams.py).
 STREAMS = ["interaction", "feedback"]
 
 # Raw events hold personal data: keep them only as long as a worker could be behind.

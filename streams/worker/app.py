@@ -25,7 +25,6 @@ from typing import Any
 import faust
 
 from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
-from eddyline.streams.kafka.topics import STREAMS
 from eddyline.streams.kafka.transport import kafka_transport
 from eddyline.streams.worker import timers, web
 from eddyline.streams.worker.agents import (
@@ -55,7 +54,7 @@ def build_app(
 ) -> tuple[faust.App, Pipeline]:
     """The Faust app and its pipeline, for these settings."""
     ws, ks = ws or WorkerSettings(), ks or KafkaSettings()
-    p = Pipeline(ws, ks, streams or STREAMS)
+    p = Pipeline(ws, ks, streams or ws.load_streams())
     app = _faust_app(ws, ks)
     app.transport = kafka_transport(app, ws.fetch_max_wait_ms)  # before any topic
     w = Wiring(

@@ -185,7 +185,9 @@ class LearnStage:
                 out.changes += await asyncio.to_thread(shadow.observe, table)
             except Exception:
                 log.exception("shadow evaluation of %s failed on a batch", model.name)
-        alarms = [("error_rate", None, a) for a in outcome.alarms] + outcome.watched
+        # the error detector: 0/1 errors (classifiers), absolute residuals (regression)
+        error = "residual" if model.spec.kind == "regression" else "error_rate"
+        alarms = [(error, None, a) for a in outcome.alarms] + outcome.watched
         for signal, watched, alarm in alarms:
             event = await asyncio.to_thread(self.drift_event, model, alarm, signal, watched)
             out.drift.append(event)
@@ -201,7 +203,7 @@ class LearnStage:
         watched: str | None = None,
     ) -> DriftEvent:
         """A drift event naming the offsets of the data after the change. ``signal``:
-        error_rate (concept drift), label_rate (prior drift) or feature (data drift, the
+        error_rate or residual (concept drift), label_rate (prior drift) or feature (data drift, the
         feature named by ``watched``, e.g. ``feature:position``)."""
         start = alarm.change_index
         after: dict[int, tuple[int, int]] = {}

@@ -29,6 +29,8 @@ _MODEL_QUALITY = {
     "accuracy": "Accuracy (0-1)",
     "log_loss": "Log loss",
     "brier": "Brier score",
+    "mae": "Mean absolute error (regression)",
+    "rmse": "Root mean squared error (regression)",
     "window_events": "Events in the rolling window",
 }
 _ROWS = (1, 10, 100, 500, 1000, 2000, 5000, 20000, 100000)

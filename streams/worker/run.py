@@ -14,7 +14,7 @@ import faust
 
 from eddyline.streams.kafka.logs import quieten_handlers
 from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
-from eddyline.streams.kafka.topics import STREAMS, cluster_replication, ensure_topics
+from eddyline.streams.kafka.topics import cluster_replication, ensure_topics
 from eddyline.streams.worker.app import build_app
 
 log = logging.getLogger("eddyline.worker")
@@ -26,7 +26,7 @@ def run_worker(
     """Create missing topics, then run one worker until SIGTERM/SIGINT."""
     ws, ks = ws or WorkerSettings(), ks or KafkaSettings()
     ks = cluster_replication(ks)  # Faust creates its changelogs with it
-    ensure_topics(ks, STREAMS)
+    ensure_topics(ks, ws.load_streams())
     app, _ = build_app(ws, ks)
     _Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
 

@@ -1,7 +1,8 @@
 """The worker's web pages, on ``EDDYLINE_WEB_PORT``: ``/`` (the live page: ``page/``,
 drawn from ``/live``, ``streams.worker.live``), ``/metrics`` (Prometheus), ``/status``
 (where each partition and agent stands: what to look at when a worker lags or stalls) and
-``/predict/<model>`` (the online model's probability for the features in the query).
+``/predict/<model>`` (the online model's answer for the features in the query: a
+probability, a number or a class, by the spec's kind).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def register(app: faust.App, p: Pipeline) -> None:
             known = ", ".join(p.learn.models)
             return web.json({"error": f"unknown model {model!r} (models: {known})"}, status=404)
         try:
-            proba = online.predict_one(dict(request.query))
+            answer = online.predict(dict(request.query))
         except LearnerSpecError as exc:
             return web.json({"error": f"bad query: {exc}"}, status=400)
         p.metrics.predict.observe(time.perf_counter() - started)
@@ -49,7 +50,7 @@ def register(app: faust.App, p: Pipeline) -> None:
                 "model": online.name,
                 "model_version": online.version,
                 "events_seen": online.seen,
-                "probability": proba,
+                **answer,  # probability, value, or class and probabilities (by spec kind)
             }
         )
 

@@ -150,7 +150,7 @@ def test_drift_retrains_shadows_and_promotes_a_better_model(
         assert changes == [("promoted", 1), ("registered", 2), ("promoted", 2)]
         new = registry.get("click", 2)
         # the new model beats the pre-drift model on post-drift data, and says why it exists
-        assert new.metrics["holdout_log_loss"] < new.metrics["champion_holdout_log_loss"]
+        assert new.metrics["holdout_loss"] < new.metrics["champion_holdout_loss"]
         assert new.drift_key and new.lineage["trained_on"]["after_version"] >= 0
     finally:
         stop.set()

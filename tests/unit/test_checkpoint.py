@@ -5,15 +5,17 @@ import pytest
 
 from eddyline.online_learning.checkpoint import ModelStore
 from eddyline.online_learning.learner import OnlineModel
+from eddyline.online_learning.spec import BUILTIN, load_spec
 from eddyline.simulate import TrafficSimulator
 
 
-def _batch(sim: TrafficSimulator, stream: str, n: int) -> pa.Table:
-    events = sim.interactions(n) if stream == "click" else sim.feedback(n)
+def _batch(sim: TrafficSimulator, spec: str, n: int) -> pa.Table:
+    stream = load_spec(spec).stream
+    events = sim.interactions(n) if stream == "interaction" else sim.feedback(n)
     return pa.Table.from_pylist([e.model_dump() for e in events])
 
 
-@pytest.mark.parametrize("spec", ["click", "satisfaction"])
+@pytest.mark.parametrize("spec", BUILTIN)  # every shipped spec, so every spec kind
 def test_a_restored_model_predicts_and_detects_exactly_as_the_original(tmp_path, spec) -> None:
     sim = TrafficSimulator(users=50, seed=4, drift_at=3_000)
     model = OnlineModel.builtin(spec)
@@ -30,8 +32,8 @@ def test_a_restored_model_predicts_and_detects_exactly_as_the_original(tmp_path,
     a, b = model.process(probe), clone.process(probe)
     assert (a.errors == b.errors).all()
     assert [x.index for x in a.alarms] == [x.index for x in b.alarms]
-    x = model.features(probe)
-    assert model.pipeline.predict_proba_many(x).equals(clone.pipeline.predict_proba_many(x))
+    row = {c: probe[c][0].as_py() for c in {f.column for f in model.spec.features}}
+    assert model.predict(row) == clone.predict(row)
     assert clone.rolling_metrics() == model.rolling_metrics()
 
 

@@ -15,13 +15,15 @@ from deltalake import DeltaTable, write_deltalake
 from eddyline.consumers.retrain import RetrainBudgetError, RetrainJob
 from eddyline.consumers.training import TrainConfig, composed_epsilon, train_dp
 from eddyline.online_learning.registry import CHALLENGER, CHAMPION, ModelRegistry
-from eddyline.online_learning.scoring import LinearScorer, evaluate
+from eddyline.online_learning.scoring import SpecScorer, evaluate
 from eddyline.online_learning.shadow import ShadowEvaluator
+from eddyline.online_learning.spec import load_spec
 from eddyline.schemas.events import DriftEvent, ModelEvent
 from eddyline.simulate import TrafficSimulator
 from tests.factories import drift_event
 
 DRIFT_AT = 6_000
+CLICK = load_spec("click")
 
 
 def _rows(n: int, start: int = 0, seed: int = 3) -> pa.Table:
@@ -75,7 +77,7 @@ def _job(lake: Path, tmp_path: Path, events: list[ModelEvent], **kw: object) -> 
 
 def test_the_recorded_epsilon_is_opacus_accountants_for_the_run() -> None:
     cfg = TrainConfig(epsilon=2.0, delta=1e-5, epochs=2)
-    result = train_dp(_rows(4_000), cfg)
+    result = train_dp(CLICK, _rows(4_000), cfg)
     assert result.epsilon == pytest.approx(composed_epsilon(result.history, cfg.delta))
     assert cfg.epsilon * 0.9 <= result.epsilon <= cfg.epsilon * 1.01  # Opacus hit the target
     assert result.history and result.history[0][1] == pytest.approx(1 / np.ceil(4_000 / 256))
@@ -98,7 +100,7 @@ def test_a_drift_event_retrains_from_the_named_window_and_registers_a_better_cha
         and version.lineage["table"] == "interaction"
     )
     # on post-drift data the new model beats the pre-drift one
-    assert version.metrics["holdout_log_loss"] < version.metrics["champion_holdout_log_loss"]
+    assert version.metrics["holdout_loss"] < version.metrics["champion_holdout_loss"]
     assert version.epsilon == pytest.approx(composed_epsilon(version.accountant_history, 1e-5))
     assert [(e.kind, e.alias, e.model_version) for e in events] == [
         ("promoted", CHAMPION, 1),
@@ -131,25 +133,25 @@ def test_a_crash_while_registering_leaves_no_half_registered_model(
     events: list[ModelEvent] = []
     job = _job(lake, tmp_path, events)
     job.handle(_drift("first"))  # a champion exists now
-    real_save = LinearScorer.save
+    real_save = SpecScorer.save
 
-    def crash(self: LinearScorer, folder: Path) -> None:
+    def crash(self: SpecScorer, folder: Path) -> None:
         real_save(self, folder)
         raise OSError("disk full")  # the artifact half written, the handler dies
 
-    monkeypatch.setattr(LinearScorer, "save", crash)
+    monkeypatch.setattr(SpecScorer, "save", crash)
     with pytest.raises(OSError):
         job.handle(_drift("second", datetime.now(UTC) + timedelta(seconds=1)))
     assert [v.version for v in job.registry.versions("click")] == [1, 2]
     assert job.registry.orphans() == []  # the failed artifact folder was removed
-    monkeypatch.setattr(LinearScorer, "save", real_save)
+    monkeypatch.setattr(SpecScorer, "save", real_save)
     version = job.handle(_drift("second", datetime.now(UTC) + timedelta(seconds=1)))  # retry
     assert version is not None and version.version == 3
     assert job.registry.by_drift_key("second") == version
 
 
 def _register(reg: ModelRegistry, table: pa.Table, seed: int = 0) -> int:
-    result = train_dp(table, TrainConfig(epsilon=5.0, seed=seed))
+    result = train_dp(CLICK, table, TrainConfig(epsilon=5.0, seed=seed))
     v = reg.register(
         "click",
         result.scorer.save,
