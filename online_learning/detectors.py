@@ -2,7 +2,9 @@
 
 ``AdwinDetector`` wraps River's ADWIN with what a retraining job needs from an alarm:
 a warm-up (no alarm while the model is still learning), a cooldown (one alarm per change),
-and a direction (an error rate that *improves* is not an alarm).
+and a direction (an error rate that *improves* is not an alarm). It watches the label rate
+and features (``BlockWatcher``), and a spec's error when the spec says ``method: adwin``;
+the error's default detector is ``online_learning.cusum.CusumDetector``.
 
 Examples:
     >>> import numpy as np

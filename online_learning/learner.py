@@ -3,7 +3,8 @@
 An :class:`OnlineModel` runs one :class:`~online_learning.spec.LearnerSpec`: features from
 the batch's private columns (polars), the River pipeline with ``predict_proba_many`` /
 ``learn_many`` when every step has them (else a tight per-row loop), rolling progressive
-metrics, ADWIN on the 0/1 error and the spec's watchers.
+metrics, a CUSUM detector on the error (``online_learning.cusum``; the 0/1 error, or a
+regression's absolute residual) and the spec's watchers (ADWIN).
 
 Examples:
     >>> import pyarrow as pa
@@ -35,6 +36,7 @@ import pyarrow.compute as pc
 from pydantic import TypeAdapter
 from river import base
 
+from eddyline.online_learning.cusum import CusumDetector
 from eddyline.online_learning.detectors import AdwinDetector, Alarm, BlockWatcher
 from eddyline.online_learning.features import feature_frame, target_values
 from eddyline.online_learning.spec import Detector, LearnerSpec, LearnerSpecError, load_spec
@@ -61,6 +63,21 @@ class BatchOutcome:
 
 def _detector(
     d: Detector, warmup: int, cooldown: int, bound: Literal["unit", "warmup"] = "unit"
+) -> AdwinDetector | CusumDetector:
+    if d.method == "cusum":
+        return CusumDetector(
+            threshold=d.threshold,
+            warmup=warmup if d.warmup is None else d.warmup,
+            cooldown=cooldown if d.cooldown is None else d.cooldown,
+            direction=d.direction,
+            min_change=d.min_change,
+            bound=bound,
+        )
+    return _adwin(d, warmup, cooldown, bound)
+
+
+def _adwin(
+    d: Detector, warmup: int, cooldown: int, bound: Literal["unit", "warmup"] = "unit"
 ) -> AdwinDetector:
     return AdwinDetector(
         bound=bound,
@@ -83,7 +100,7 @@ class OnlineModel:
 
     spec: LearnerSpec
     pipeline: Any
-    detector: AdwinDetector
+    detector: AdwinDetector | CusumDetector
     #: detectors on other signals than the error: "label_rate", "feature:<column>"
     watchers: dict[str, BlockWatcher]
     seen: int = 0
@@ -102,7 +119,7 @@ class OnlineModel:
     ) -> OnlineModel:
         """A fresh model; ``warmup``/``cooldown`` apply where the spec leaves them unset."""
         watchers = {
-            w.key: BlockWatcher(_detector(w, warmup, cooldown), block=w.block)
+            w.key: BlockWatcher(_adwin(w, warmup, cooldown), block=w.block)
             for w in spec.drift.watch
         }
         # a regression's error is its absolute residual: unbounded (detectors.py, bound)

@@ -91,10 +91,15 @@ class TargetRule(_Spec):
 
 
 class Detector(_Spec):
-    """River ADWIN behind a warm-up, a cooldown, a direction and a minimum move
-    (``online_learning/detectors.py``). Warm-up and cooldown default to the worker's
-    ``EDDYLINE_DRIFT_WARMUP`` / ``EDDYLINE_DRIFT_COOLDOWN``."""
+    """The error's detector: CUSUM tests against a trailing reference
+    (``online_learning/cusum.py``: ``threshold``), or River's ADWIN (``method: adwin``:
+    ``delta``, ``clock``; ``online_learning/detectors.py``), behind a warm-up, a cooldown, a
+    direction and a minimum move. Warm-up and cooldown default to the worker's
+    ``EDDYLINE_DRIFT_WARMUP`` (the fewest values before the learning-curve rule may end it)
+    / ``EDDYLINE_DRIFT_COOLDOWN`` (values after an alarm tested more strictly)."""
 
+    method: Literal["cusum", "adwin"] = "cusum"
+    threshold: float = Field(default=13.5, gt=0)  # cusum: larger is quieter and slower
     delta: float = Field(default=0.01, gt=0, lt=1)
     clock: int = Field(default=2, ge=1)
     warmup: int | None = Field(default=None, ge=0)
@@ -110,6 +115,7 @@ class Watch(Detector):
     signals move by chance over long streams, and a model that still predicts well
     rarely needs retraining for them."""
 
+    method: Literal["adwin"] = "adwin"  # block means of any range: ADWIN, deaf in cooldown
     delta: float = Field(default=0.002, gt=0, lt=1)
     signal: Literal["label_rate", "feature"]
     column: str | None = None
@@ -237,10 +243,7 @@ class LearnerSpec(_Spec):
 
     def fingerprint(self) -> str:
         """SHA-256 of the spec's canonical JSON: a checkpoint of another spec is not reused."""
-        data = self.model_dump(mode="json")
-        if data["kind"] == "binary":  # specs from before kinds keep their checkpoints
-            del data["kind"]
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @classmethod

@@ -137,8 +137,10 @@ class WorkerSettings(BaseSettings):
     # Online models: built-in learner spec names and/or paths to YAML specs, comma-separated
     # (online_learning/spec.py, docs/learning.md).
     learners: str = "click,satisfaction"
-    # Online learning: no drift alarm before this many events, none within the cooldown
-    # (for every detector whose spec leaves them unset).
+    # Online learning, for every detector whose spec leaves them unset: the fewest events
+    # before the warm-up may end (the error detector's ends when the model's error stops
+    # falling: online_learning/cusum.py), and the events after an alarm tested at a
+    # stricter threshold (ADWIN watchers: no alarm at all).
     drift_warmup: int = Field(default=1_000, ge=0)
     drift_cooldown: int = Field(default=2_000, ge=0)
     # The per-user privacy budget, per stream and window, composed by dp-accounting's PLD

@@ -127,9 +127,14 @@ def test_a_stream_and_a_regression_spec_from_configuration_drift_retrain_and_pro
     registry = ModelRegistry(lake / "_registry")
     try:
         rides = Rides(kafka, seed=5)
-        # as live traffic does: the lake commits the old prices before the change arrives,
-        # so a Delta version holds only them (the drift event names it)
-        rides.send(6_000, per_km=2.0)
+        # as live traffic does: a first ride once the worker is up, then a steady flow the
+        # worker keeps up with (a backlog would reach the model in a few large batches, few
+        # learning steps: it would still be learning at the change, inside its warm-up);
+        # the lake commits the old prices before the change arrives, so a Delta version
+        # holds only them (the drift event names it)
+        rides.send(200, per_km=2.0)
+        wait_for(lambda: len(delta_ids(lake, "ride")) >= 200, 60, "the first rides in Delta")
+        rides.send(5_800, per_km=2.0)
         wait_for(lambda: len(delta_ids(lake, "ride")) >= 6_000, 120, "6,000 rides in Delta")
         rides.send(6_000, per_km=5.0)  # prices per km go up
         wait_for(lambda: len(delta_ids(lake, "ride")) >= 12_000, 120, "12,000 rides in Delta")

@@ -112,7 +112,7 @@ function render(s) {
       box.append(el("h3", {}, `${name}`), el("p", { class: "about" }), el("div", { class: "grid" }));
       host.append(box);
     }
-    const aliases = Object.entries(m.aliases).map(([a, v]) => `${a} v${v.version} (live log-loss ${fmt(v.live_loss, 4)})`);
+    const aliases = Object.entries(m.aliases).map(([a, v]) => `${a} v${v.version} (live loss ${fmt(v.live_loss, 4)})`);
     box.querySelector(".about").textContent = `online v${m.version} on ${m.stream}, ${fmt(m.seen, 0)} events learned; ` +
       (aliases.length ? `registry: ${aliases.join(", ")}` : "no registered champion yet");
     const grid = box.querySelector(".grid");
