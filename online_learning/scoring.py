@@ -169,7 +169,10 @@ class SpecScorer:
 
     @classmethod
     def load(cls, folder: Path) -> SpecScorer:
-        return cls(**json.loads((folder / "scorer.json").read_text()))
+        data = json.loads((folder / "scorer.json").read_text())
+        if "kind" not in data:  # a click scorer registered before spec kinds
+            data = _click_scorer_v0(data)
+        return cls(**data)
 
     def _numeric(self, table: pa.Table) -> np.ndarray:
         cols = [
@@ -178,6 +181,26 @@ class SpecScorer:
             if f.kind == "numeric"
         ]
         return np.column_stack(cols) if cols else np.zeros((table.num_rows, 0))
+
+
+def _click_scorer_v0(old: dict[str, Any]) -> dict[str, Any]:
+    """The click model's scorer as registries held it before spec kinds (one-hot
+    ``item_category``, then ``position`` and ``dwell_time_s`` standardised; a logistic
+    model), in this form: the same inputs in the same order, so the same predictions."""
+    return {
+        "kind": "binary",
+        "features": [
+            {"column": "item_category", "kind": "one_hot"},
+            {"column": "position"},
+            {"column": "dwell_time_s"},
+        ],
+        "target": [{"column": "action", "is_in": ["click", "purchase"]}],
+        "categories": {"item_category": old["categories"]},
+        "means": old["means"],
+        "stds": old["stds"],
+        "weights": [[w] for w in old["weights"]],
+        "bias": [old["bias"]],
+    }
 
 
 def _one_hot(column: pa.ChunkedArray, categories: list[str]) -> np.ndarray:

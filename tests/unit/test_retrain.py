@@ -4,6 +4,7 @@ shadow evaluator's promotion and rollback."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -216,3 +217,27 @@ def test_a_worse_challenger_is_never_promoted(tmp_path: Path) -> None:
         shadow.observe(batch)
     assert events == [] and reg.alias("click", CHAMPION) == good
     assert shadow.live_loss(CHALLENGER) > shadow.live_loss(CHAMPION)  # type: ignore[operator]
+
+
+def test_a_click_scorer_registered_before_spec_kinds_still_loads_and_scores(tmp_path) -> None:
+    # the pre-kinds artifact: categories, means and deviations of (position, dwell time),
+    # one weight per input, one bias
+    old = {
+        "categories": ["music", "news"],
+        "means": [5.0, 30.0],
+        "stds": [2.0, 10.0],
+        "weights": [0.5, -0.5, 0.2, 0.1],
+        "bias": -0.3,
+    }
+    (tmp_path / "scorer.json").write_text(json.dumps(old))
+    rows = _rows(50)
+    scorer = SpecScorer.load(tmp_path)
+    cats = rows["item_category"].to_numpy(zero_copy_only=False)
+    z = (
+        0.5 * (cats == "music")
+        - 0.5 * (cats == "news")
+        + 0.2 * (rows["position"].to_numpy() - 5.0) / 2.0
+        + 0.1 * (rows["dwell_time_s"].to_numpy() - 30.0) / 10.0
+        - 0.3
+    )
+    assert np.allclose(scorer.predict(rows), 1 / (1 + np.exp(-z)), atol=1e-6)
