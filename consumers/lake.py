@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from eddyline.schemas.errors import UserError, require_extra
+from eddyline.schemas.storage import Folder, StorageOptions
 
 require_extra("query", "eddyline.consumers.lake", "deltalake", "duckdb", "polars")
 
@@ -52,14 +53,20 @@ class Lake:
         self, root: str | Path = "./lake", *, storage_options: dict[str, str] | None = None
     ) -> None:
         self.root = str(root).rstrip("/")
-        self.storage_options = storage_options
+        # None: the worker's own settings, EDDYLINE_STORAGE_* (schemas/storage.py)
+        options = (
+            StorageOptions.of(storage_options) if storage_options else StorageOptions.from_env()
+        )
+        self._folder = Folder(self.root, options)
+        self.storage_options = options.for_delta()
 
     def tables(self) -> list[str]:
-        """The tables present (local roots only)."""
-        root = Path(self.root)
-        if not root.is_dir():
-            return []
-        return sorted(p.name for p in root.iterdir() if (p / "_delta_log").is_dir())
+        """The tables present (a local folder or an object-store URI)."""
+        return [
+            name
+            for name in self._folder.subfolders()
+            if DeltaTable.is_deltatable(f"{self.root}/{name}", self.storage_options)
+        ]
 
     def table(self, name: str, *, as_of: AsOf = None) -> DeltaTable:
         """The Delta table of ``name``: latest, or as of a version number or a timestamp."""

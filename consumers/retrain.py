@@ -119,7 +119,7 @@ class RetrainJob:
         cut = int(after.num_rows * (1 - self.holdout))
         train, holdout = after.slice(0, cut), after.slice(cut)
         champion = self._champion(holdout, event)
-        champion_metrics = evaluate(SpecScorer.load(champion.artifact), holdout)
+        champion_metrics = evaluate(SpecScorer.load(self.registry.artifact_dir(champion)), holdout)
         version = self._train_and_register(
             train,
             holdout,

@@ -30,6 +30,7 @@ from eddyline.schemas import (
     TopicNotFoundError,
     UserError,
 )
+from eddyline.schemas.storage import StorageError
 from eddyline.streams.kafka.settings import KafkaSettings, ProducerSettings, WorkerSettings
 from eddyline.streams.sdk.aio import AsyncEventProducer
 from eddyline.streams.sdk.producer import DeliveryReport, EventProducer
@@ -66,6 +67,7 @@ __all__ = [
     "Redact",
     "SchemaError",
     "SpoolFullError",
+    "StorageError",
     "TableNotFoundError",
     "TopicNotFoundError",
     "UserError",

@@ -22,15 +22,17 @@ from eddyline.schemas.errors import EddylineError
 class Prediction:
     """A worker's answer and which model state gave it: ``probability`` (a binary spec),
     ``value`` (a regression) or ``label`` and ``probabilities`` (a multi-class spec); the
-    others are None."""
+    others are None. ``served``: ``online`` (the model learning live; ``events_seen`` is how
+    many it has learned), or the registry alias or version asked for (``events_seen`` None)."""
 
     model: str
     model_version: int
-    events_seen: int
+    events_seen: int | None
     probability: float | None = None
     value: float | None = None
     label: str | None = None
     probabilities: dict[str, float] | None = None
+    served: str = "online"
 
 
 class PredictionError(EddylineError):
@@ -55,9 +57,14 @@ class Predictor:
         query = urllib.parse.urlencode(features)
         return f"{self.url}/predict/{urllib.parse.quote(model)}?{query}"
 
-    def predict(self, model: str, **features: Any) -> Prediction:
-        """One prediction; raises :class:`PredictionError` with the worker's reason."""
-        url = self.url_for(model, features)
+    def predict(
+        self, model: str, *, version: str | int | None = None, **features: Any
+    ) -> Prediction:
+        """One prediction; raises :class:`PredictionError` with the worker's reason.
+        ``version``: None or ``"online"`` (the live model), ``"champion"``, ``"challenger"``,
+        ``"previous"`` or a registry version number."""
+        query = features if version is None else {**features, "version": version}
+        url = self.url_for(model, query)
         try:
             with urllib.request.urlopen(url, timeout=self.timeout) as resp:  # noqa: S310 - http(s) URL we built
                 body = json.loads(resp.read())
@@ -73,8 +80,9 @@ class Predictor:
         return Prediction(
             body["model"],
             int(body["model_version"]),
-            int(body["events_seen"]),
+            None if body.get("events_seen") is None else int(body["events_seen"]),
             label=body.get("class"),
             probabilities=body.get("probabilities"),
+            served=str(body.get("served", "online")),
             **number,
         )

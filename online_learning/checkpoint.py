@@ -1,11 +1,13 @@
 """Model checkpoints: a model (with its detector) and the stream offsets it has learned.
 
-A checkpoint is one pickle written atomically (temp file, fsync, rename), so a crash leaves
-the previous checkpoint or the new one, never half of one. A restarted worker loads it and
+A checkpoint is one pickle written atomically (locally: temp file, fsync, rename; on an
+object store: one PUT), so a crash leaves the previous checkpoint or the new one, never half
+of one. A restarted worker loads it and
 skips the messages at or below its offsets: it neither starts from scratch nor learns an
 event twice.
 
-Pickles run code when loaded: the store trusts its own folder only.
+Pickles run code when loaded: the store trusts its own folder or bucket only (keep write
+access to it as narrow as to the worker itself).
 
 Examples:
     >>> import tempfile
@@ -17,13 +19,13 @@ Examples:
 
 from __future__ import annotations
 
-import os
 import pickle
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from eddyline.schemas.storage import Folder, StorageOptions
 
 
 @dataclass(frozen=True)
@@ -37,35 +39,35 @@ class Checkpoint:
 
 
 class ModelStore:
-    """Latest checkpoint per model name, in a local folder."""
+    """Latest checkpoint per model name, in a local folder or under an object-store URI
+    (``schemas/storage.py``): every worker of a group can read what the model's owner saved."""
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path, options: StorageOptions | None = None) -> None:
+        self.folder = Folder(root, options)
 
-    def path(self, name: str) -> Path:
-        return self.root / f"{name}.ckpt"
+    @property
+    def root(self) -> str:
+        return self.folder.root
+
+    @staticmethod
+    def name_of(name: str) -> str:
+        return f"{name}.ckpt"
 
     def save(
         self, name: str, model: Any, offsets: dict[int, int], epochs: dict[int, str] | None = None
     ) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
         checkpoint = Checkpoint(model, dict(offsets), time.time(), dict(epochs or {}))
-        data = pickle.dumps(checkpoint, protocol=pickle.HIGHEST_PROTOCOL)
-        # A temp name of its own: two workers sharing a state folder must not rename each
-        # other's half-written file.
-        tmp = self.path(name).with_suffix(f".{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path(name))
+        self.folder.put(self.name_of(name), pickle.dumps(checkpoint, pickle.HIGHEST_PROTOCOL))
+
+    def modified(self, name: str) -> float | None:
+        """When ``name``'s checkpoint was last written (the store's clock), None if never."""
+        return self.folder.modified(self.name_of(name))
 
     def load(self, name: str) -> Checkpoint | None:
-        try:
-            data = self.path(name).read_bytes()
-        except FileNotFoundError:
+        data = self.folder.get(self.name_of(name))
+        if data is None:
             return None
-        checkpoint = pickle.loads(data)  # noqa: S301 - our own folder, written by save()
+        checkpoint = pickle.loads(data)  # noqa: S301 - our own store, written by save()
         assert isinstance(checkpoint, Checkpoint)
         if "epochs" not in checkpoint.__dict__:  # saved before epochs were recorded
             object.__setattr__(checkpoint, "epochs", {})

@@ -173,6 +173,19 @@ class OnlineModel:
         event's field types, as a query string would send them): ``probability`` (binary),
         ``value`` (regression) or ``class`` and ``probabilities`` (multiclass). Raises
         :class:`LearnerSpecError` naming a missing or malformed feature."""
+        x = self.features(pa.Table.from_pylist([self.parse_row(values)])).to_dicts()[0]
+        if self.spec.kind == "regression":
+            return {"value": float(self.pipeline.predict_one(x) or 0.0)}
+        proba = self.pipeline.predict_proba_one(x)
+        if self.spec.kind == "binary":
+            return {"probability": float(proba.get(True, 0.0))}
+        probabilities = {str(k): float(v) for k, v in proba.items()}
+        best = max(probabilities, key=probabilities.__getitem__) if probabilities else None
+        return {"class": best, "probabilities": probabilities}
+
+    def parse_row(self, values: dict[str, Any]) -> dict[str, Any]:
+        """One row of the spec's feature columns, typed by the event's fields (strings
+        parsed as a query string sends them); ``LearnerSpecError`` names a bad feature."""
         event = REGISTRY.latest(self.stream)
         needs = [f.column for f in self.spec.features]
         unknown = sorted(set(values) - set(needs))
@@ -201,15 +214,7 @@ class OnlineModel:
                     f"model {self.name!r}: feature {f.column!r} needs a {f.kind} "
                     f"{kind.__name__} value, got {raw!r}"
                 ) from None
-        x = self.features(pa.Table.from_pylist([row])).to_dicts()[0]
-        if self.spec.kind == "regression":
-            return {"value": float(self.pipeline.predict_one(x) or 0.0)}
-        proba = self.pipeline.predict_proba_one(x)
-        if self.spec.kind == "binary":
-            return {"probability": float(proba.get(True, 0.0))}
-        probabilities = {str(k): float(v) for k, v in proba.items()}
-        best = max(probabilities, key=probabilities.__getitem__) if probabilities else None
-        return {"class": best, "probabilities": probabilities}
+        return row
 
     def rolling_metrics(self) -> dict[str, float]:
         """The spec's progressive metrics over the last METRICS_WINDOW events."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
 from eddyline.schemas.events import ModelEvent
+from eddyline.schemas.storage import Folder, StorageOptions, join
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 
@@ -73,7 +75,7 @@ class ModelVersion:
 
     name: str
     version: int
-    artifact: Path
+    artifact: str  # a folder or an object-store URI: ``ModelRegistry.artifact_dir`` reads it
     drift_key: str | None
     lineage: dict[str, Any]
     metrics: dict[str, float]
@@ -102,21 +104,47 @@ def code_version() -> str:
 
 
 class ModelRegistry:
-    """Registered model versions and their aliases, under ``root``."""
+    """Registered model versions and their aliases, under ``root``: a folder or an
+    object-store URI (``schemas/storage.py``; options: ``EDDYLINE_STORAGE_*`` by default)."""
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.models_uri = str(self.root / "models")
-        self.aliases_uri = str(self.root / "aliases")
-        self.artifacts = self.root / "artifacts"
+    def __init__(self, root: str | Path, options: StorageOptions | None = None) -> None:
+        self.root = str(root).rstrip("/")
+        self.options = options if options is not None else StorageOptions.from_env()
+        self._delta = self.options.for_delta()
+        self.models_uri = join(self.root, "models")
+        self.aliases_uri = join(self.root, "aliases")
+        self.artifacts = Folder(join(self.root, "artifacts"), self.options)
+        self._downloaded: dict[str, Path] = {}  # artifact URI -> local copy
 
     # -- reading ---------------------------------------------------------------------------
 
     def _rows(self, uri: str) -> list[dict[str, Any]]:
-        if not DeltaTable.is_deltatable(uri):
+        if not DeltaTable.is_deltatable(uri, self._delta):
             return []
-        rows: list[dict[str, Any]] = DeltaTable(uri).to_pyarrow_table().to_pylist()
+        table = DeltaTable(uri, storage_options=self._delta).to_pyarrow_table()
+        rows: list[dict[str, Any]] = table.to_pylist()
         return rows
+
+    def artifact_dir(self, version: ModelVersion) -> Path:
+        """A local folder holding ``version``'s files: the artifact folder itself, or (on an
+        object store) a copy downloaded once into a cache folder."""
+        if not self.artifacts.remote:
+            return Path(version.artifact)
+        local = self._downloaded.get(version.artifact)
+        if local is not None:
+            return local
+        # a private folder of this process (artifacts are code-bearing: never a shared path)
+        local = Path(tempfile.mkdtemp(prefix="eddyline-artifact-"))
+        prefix = version.artifact[len(self.artifacts.root) + 1 :]
+        for name in self.artifacts.names(prefix):
+            data = self.artifacts.get(name)
+            if data is None:
+                raise FileNotFoundError(f"{join(self.artifacts.root, name)} vanished")
+            target = local / name[len(prefix) + 1 :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        self._downloaded[version.artifact] = local
+        return local
 
     def versions(self, name: str) -> list[ModelVersion]:
         rows = sorted(
@@ -179,18 +207,12 @@ class ModelRegistry:
         drift_key: str | None = None,
     ) -> ModelVersion:
         """Write the artifact (``write_artifact(folder)``), then commit the version row."""
-        folder = self.artifacts / name / uuid.uuid4().hex
-        folder.mkdir(parents=True)
-        try:
-            write_artifact(folder)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+        folder = self._write_artifact(name, write_artifact)
         version = max((v.version for v in self.versions(name)), default=0) + 1
         row = {
             "name": name,
             "version": version,
-            "artifact": str(folder),
+            "artifact": folder,
             "drift_key": drift_key,
             "lineage": json.dumps(lineage, default=str),
             "metrics": json.dumps(metrics),
@@ -202,8 +224,30 @@ class ModelRegistry:
             "created_at": datetime.now(UTC),
         }
         # The commit point: before it, the version does not exist.
-        write_deltalake(self.models_uri, pa.Table.from_pylist([row], _MODELS), mode="append")
+        rows = pa.Table.from_pylist([row], _MODELS)
+        write_deltalake(self.models_uri, rows, mode="append", storage_options=self._delta)
         return self._version(row)
+
+    def _write_artifact(self, name: str, write_artifact: Callable[[Path], None]) -> str:
+        """The artifact's location: a fresh folder, written locally then (on an object
+        store) uploaded file by file; nothing refers to it until the version row commits."""
+        folder = join(self.artifacts.root, name, uuid.uuid4().hex)
+        local = Path(folder) if not self.artifacts.remote else Path(tempfile.mkdtemp())
+        local.mkdir(parents=True, exist_ok=True)
+        try:
+            write_artifact(local)
+            if self.artifacts.remote:
+                prefix = folder[len(self.artifacts.root) + 1 :]
+                for path in sorted(p for p in local.rglob("*") if p.is_file()):
+                    self.artifacts.put(f"{prefix}/{path.relative_to(local)}", path.read_bytes())
+        except BaseException:
+            if not self.artifacts.remote:
+                shutil.rmtree(local, ignore_errors=True)
+            raise
+        finally:
+            if self.artifacts.remote:
+                shutil.rmtree(local, ignore_errors=True)
+        return folder
 
     def set_alias(self, name: str, alias: str, version: int | None, reason: str) -> int | None:
         """Point ``alias`` at ``version`` (None: clear it); the version it pointed to."""
@@ -216,22 +260,22 @@ class ModelRegistry:
             "reason": reason,
             "created_at": datetime.now(UTC),
         }
-        write_deltalake(self.aliases_uri, pa.Table.from_pylist([row], _ALIASES), mode="append")
+        rows = pa.Table.from_pylist([row], _ALIASES)
+        write_deltalake(self.aliases_uri, rows, mode="append", storage_options=self._delta)
         return previous
 
-    def orphans(self) -> list[Path]:
+    def orphans(self) -> list[str]:
         """Artifact folders no version refers to (left by a crash before registering)."""
         used = {r["artifact"] for r in self._rows(self.models_uri)}
-        if not self.artifacts.exists():
-            return []
-        return [p for p in self.artifacts.glob("*/*") if p.is_dir() and str(p) not in used]
+        folders = {"/".join(n.split("/")[:2]) for n in self.artifacts.names() if n.count("/") >= 2}
+        return sorted(f for f in (join(self.artifacts.root, x) for x in folders) if f not in used)
 
     @staticmethod
     def _version(r: dict[str, Any]) -> ModelVersion:
         return ModelVersion(
             r["name"],
             int(r["version"]),
-            Path(r["artifact"]),
+            r["artifact"],
             r["drift_key"],
             json.loads(r["lineage"]),
             json.loads(r["metrics"]),

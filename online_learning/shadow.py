@@ -58,7 +58,7 @@ class ShadowEvaluator:
                 self._scorers.pop(alias, None)
                 self._losses.pop(alias, None)
             elif loaded is None or loaded[0] != version:
-                artifact = self.registry.get(self.model, version).artifact
+                artifact = self.registry.artifact_dir(self.registry.get(self.model, version))
                 self._scorers[alias] = (version, SpecScorer.load(artifact))
                 self._losses[alias] = deque(maxlen=self.window)
         self._refreshed = time.monotonic()

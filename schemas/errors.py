@@ -16,6 +16,7 @@ wraps a library's error it inherits from that error too, so either can be caught
     │   ├── LakeError                DeltaError too: a table or version cannot be read
     │   │   └── TableNotFoundError   deltalake's TableNotFoundError too
     │   ├── QueryError               duckdb's Error too: SQL over the lake failed
+    │   ├── StorageError             a storage location or object store that cannot work
     │   └── RetrainBudgetError       retraining would pass the total ε
     ├── EnvelopeError                a Kafka message that is not a valid envelope (has ``reason``)
     ├── BrokerError                  Kafka could not be reached or refused a request
@@ -32,8 +33,8 @@ request, a full spool).
 
 The classes live where they are raised (the tree names each module in ``__module__``:
 ``eddyline.streams.sdk.spool``, ``eddyline.online_learning.spec``,
-``eddyline.schemas.streams``, ``eddyline.consumers.lake``, ``eddyline.consumers.retrain``,
-``eddyline.predict``); the rest are here. This module sits
+``eddyline.schemas.streams``, ``eddyline.schemas.storage``, ``eddyline.consumers.lake``,
+``eddyline.consumers.retrain``, ``eddyline.predict``); the rest are here. This module sits
 in ``schemas`` (the bottom layer) so every package can raise these;
 ``eddyline`` re-exports the ones an app or a data scientist catches. The errors of the
 [query] extra are defined beside the library they wrap, so the base install never imports

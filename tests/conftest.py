@@ -13,6 +13,7 @@ import pytest
 from eddyline.streams.kafka.broker import LocalBroker, free_port
 from eddyline.streams.kafka.settings import KafkaSettings
 from eddyline.streams.kafka.topics import STREAMS, ensure_topics
+from tests.azurite import Azurite
 
 if TYPE_CHECKING:
     from eddyline.streams.kafka.cluster import LocalCluster
@@ -115,3 +116,23 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """The object-store server of the session: Azurite (tests/azurite.py says why)."""
+    server = Azurite(tmp_path_factory.mktemp("azurite"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def object_store(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh container on the session's Azurite, with EDDYLINE_STORAGE_* set for it in
+    this process; its URI (``az://<container>``)."""
+    for key, value in azurite.env().items():
+        monkeypatch.setenv(key, value)
+    return azurite.create_container(f"t{uuid.uuid4().hex[:12]}")

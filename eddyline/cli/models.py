@@ -12,6 +12,7 @@ from rich.table import Table
 
 from eddyline.cli.common import err, learners_app, out, retrain_app
 from eddyline.schemas.errors import EddylineError
+from eddyline.schemas.storage import is_remote
 from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
 
 
@@ -51,7 +52,9 @@ def retrain_run(
             total_epsilon=total_epsilon,
             min_rows=min_rows,
             stop=stop,
-            handled_path=Path(registry) / "handled_drift_keys.txt",
+            # beside a local registry; for one on an object store, in the working folder
+            handled_path=(Path(".eddyline") / "retrain" if is_remote(registry) else Path(registry))
+            / "handled_drift_keys.txt",
         )
     except KeyboardInterrupt:
         stop.set()

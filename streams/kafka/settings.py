@@ -10,8 +10,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from eddyline.schemas.storage import StorageOptions, is_remote
 
 _ENV = SettingsConfigDict(env_prefix="EDDYLINE_", frozen=True, extra="ignore")
 
@@ -96,8 +98,26 @@ class WorkerSettings(BaseSettings):
         load_event_modules(self.event_modules)
         return check_streams(self.streams)
 
+    def storage(self) -> StorageOptions:
+        """The object-store options, from ``EDDYLINE_STORAGE_*`` (schemas/storage.py)."""
+        return StorageOptions.from_env()
+
+    def checkpoints(self) -> str:
+        """Where model checkpoints go: ``checkpoint_path``, else ``<state_dir>/models``."""
+        return self.checkpoint_path or str(self.state_dir / "models")
+
+    @field_validator("lake_path", "checkpoint_path", "registry_path")
+    @classmethod
+    def _known_scheme(cls, location: str | None) -> str | None:
+        if location is not None:
+            is_remote(location)  # StorageError (one line) for a scheme no store speaks
+        return location
+
     app_id: str = "eddyline"
+    # A folder or an object-store URI (s3://, az://, abfss://, gs://), like checkpoint_path
+    # and registry_path; their credentials: EDDYLINE_STORAGE_* (docs/storage.md).
     lake_path: str = "./lake"
+    checkpoint_path: str | None = None
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     # The HMAC key for pseudonyms. Unset: a key is made once and kept in ``state_dir``.
@@ -173,8 +193,12 @@ class WorkerSettings(BaseSettings):
     fetch_max_wait_ms: int = Field(default=100, ge=0)
     # A worker killed with -9 holds its partitions until this expires; keep it short.
     session_timeout_s: float = Field(default=10.0, gt=1)
-    # Model checkpoints (with the offsets they cover) go to state_dir/models this often.
+    # Model checkpoints (with the offsets they cover) go to checkpoint_path this often.
     checkpoint_every_s: float = Field(default=5.0, gt=0)
+    # A worker that does not own a model (another worker holds its learn partition) reloads
+    # it from the owner's newest checkpoint this often, for /predict: its answers lag the
+    # owner's by at most checkpoint_every_s + model_refresh_s.
+    model_refresh_s: float = Field(default=5.0, gt=0)
     seed: int | None = None  # fixed randomness, for tests only
     # What a core-hour costs (your currency): the stages' cost per million events in
     # /metrics (eddyline_worker_cost_per_million_events; 0.05 is about a cloud vCPU).

@@ -58,6 +58,12 @@ class Topics:
     def private(self, stream: str) -> str:
         return self._name(f"events.{stream}.private")
 
+    def learn(self, stream: str) -> str:
+        """The private envelopes of ``stream`` again, in ONE partition: the group gives it
+        to one worker, which alone learns the stream's models (docs/architecture.md,
+        "Scale-out")."""
+        return self._name(f"events.{stream}.learn")
+
     @property
     def deadletter(self) -> str:
         return self._name("events.deadletter")
@@ -93,6 +99,7 @@ class Topics:
 
     def all(self, streams: list[str]) -> list[str]:
         names = [self.raw(s) for s in streams] + [self.private(s) for s in streams]
+        names += [self.learn(s) for s in streams]
         signals = [self.deadletter, self.drift, self.models, self.costs, self.drift_deadletter]
         return [*names, *signals, self.suppressed, self.requests]
 
@@ -107,6 +114,7 @@ def ensure_topics(settings: KafkaSettings, streams: list[str], timeout: float = 
     meta = metadata(admin, errors, settings.bootstrap, timeout)
     existing, copies = set(meta.topics), replication_for(settings, len(meta.brokers))
     wanted = []
+    single = {topics.learn(s) for s in streams}  # one owner each: one partition
     for name in topics.all(streams):
         if name in existing:
             continue
@@ -116,7 +124,8 @@ def ensure_topics(settings: KafkaSettings, streams: list[str], timeout: float = 
             config["cleanup.policy"] = "compact"  # the latest entry of each subject
         if copies >= 3:
             config["min.insync.replicas"] = "2"
-        wanted.append(NewTopic(name, settings.partitions, copies, config=config))
+        partitions = 1 if name in single else settings.partitions
+        wanted.append(NewTopic(name, partitions, copies, config=config))
     if not wanted:
         return []
     for name, future in admin.create_topics(wanted, operation_timeout=timeout).items():
@@ -125,9 +134,8 @@ def ensure_topics(settings: KafkaSettings, streams: list[str], timeout: float = 
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise BrokerError(f"cannot create topic {name!r}: {exc}") from exc
-    created = [t.topic for t in wanted]
-    _wait_until_ready(admin, created, settings.partitions, timeout)
-    return created
+    _wait_until_ready(admin, {t.topic: t.num_partitions for t in wanted}, timeout)
+    return [t.topic for t in wanted]
 
 
 def admin_client(settings: KafkaSettings) -> tuple[AdminClient, ClientErrors]:
@@ -151,9 +159,7 @@ def cluster_replication(settings: KafkaSettings, timeout: float = 30.0) -> Kafka
     return settings.model_copy(update={"replication": replication_for(settings, brokers)})
 
 
-def _wait_until_ready(
-    admin: AdminClient, names: list[str], partitions: int, timeout: float
-) -> None:
+def _wait_until_ready(admin: AdminClient, names: dict[str, int], timeout: float) -> None:
     """Until the broker's metadata shows every topic with a leader for each partition.
 
     The controller acknowledges a creation before the broker serves the topic: a producer
@@ -169,7 +175,7 @@ def _wait_until_ready(
             for name in names
             if name not in meta
             or meta[name].error is not None
-            or len(meta[name].partitions) < partitions
+            or len(meta[name].partitions) < names[name]
             or any(p.leader < 0 for p in meta[name].partitions.values())
         ]
         if not pending:

@@ -186,10 +186,28 @@ def _table_agent(w: Wiring, topic: faust.TopicT, table: str) -> None:
 
 
 def learn_agents(w: Wiring, raw_topic: Any) -> None:
-    """The learn agent of each stream with models: its private topic -> its models. One agent
-    per stream: its acks wait only for its own models' checkpoint."""
-    for name in sorted(w.p.learn.models_of):
-        _learn_agent(w, raw_topic(w.app, w.p.topics.private(name)), name)
+    """The learn agent of each stream with models: its learn topic (one partition: one
+    worker of the group holds it) -> its models. One agent per stream: its acks wait only
+    for its own models' checkpoint. The group's rebalances say who owns which models."""
+    p = w.p
+    learn_topics = {p.topics.learn(s): s for s in p.learn.models_of}
+    for topic, name in sorted(learn_topics.items()):
+        _learn_agent(w, raw_topic(w.app, topic), name)
+
+    @w.app.on_partitions_revoked.connect  # type: ignore[arg-type]  # Faust types handlers narrowly
+    async def models_revoked(app: Any, revoked: Any, **_: Any) -> None:
+        lost = {learn_topics[tp.topic] for tp in revoked if tp.topic in learn_topics}
+        if lost:
+            p.learn.revoke(lost)
+            log.info("models of %s: no longer learned here", ", ".join(sorted(lost)))
+
+    @w.app.on_partitions_assigned.connect  # type: ignore[arg-type]  # Faust types handlers narrowly
+    async def models_assigned(app: Any, assigned: Any, **_: Any) -> None:
+        owned = {learn_topics[tp.topic] for tp in assigned if tp.topic in learn_topics}
+        p.learn.assign(owned)
+        log.info("models learned here: %s", ", ".join(sorted(owned)) or "none (following)")
+
+    del models_revoked, models_assigned
 
 
 def _learn_agent(w: Wiring, topic: faust.TopicT, name: str) -> None:
@@ -204,22 +222,47 @@ def _learn_agent(w: Wiring, topic: faust.TopicT, name: str) -> None:
         for model in p.learn.models_of[name]:  # logged here: logging is set up by now
             seen = f"resumed at {model.seen:,} events" if model.seen else "fresh"
             log.info("model %s v%d over %s: %s", model.name, model.version, model.stream, seen)
-        offsets = w.guard(agent_name, stream, [p.topics.private(name)])
+        offsets = w.guard(agent_name, stream, [p.topics.learn(name)])
         queue = stream.channel.queue  # type: ignore[attr-defined]
-        async for event in manual.events():
-            await _yield_to_data_path(p, queue)
-            if not await w.admitted(agent_name, offsets, event.message):
-                continue
-            unacked.append(event)
-            learned = await p.learn.learn(name, event.value, event.message.headers)
-            await w.announce(learned.drift, learned.changes)
-            w.finished(agent_name, event.message)
+        lock = asyncio.Lock()  # one learn or checkpoint at a time (copies must be consistent)
+
+        async def checkpoint() -> None:
             announced = await p.learn.maybe_checkpoint(name)
             if announced:
                 for done in unacked:
                     await manual.ack(done)
                 unacked.clear()
                 await w.announce([], announced)
+
+        async def when_idle() -> None:
+            # The last events before a pause are checkpointed too: what other workers answer
+            # /predict with, and where the next owner resumes, is never more than two
+            # checkpoint intervals behind.
+            while True:
+                await asyncio.sleep(p.ws.checkpoint_every_s)
+                async with lock:
+                    if unacked and p.learn.owns(name):
+                        await checkpoint()
+
+        idler = asyncio.ensure_future(when_idle())
+        try:
+            async for event in manual.events():
+                await _yield_to_data_path(p, queue)
+                if not await w.admitted(agent_name, offsets, event.message):
+                    continue
+                if not p.learn.owns(name):
+                    continue  # fetched before a revoke: its new owner learns it (never acked)
+                async with lock:
+                    if p.learn.reload_due(name):  # (re)assigned: from the shared checkpoint on
+                        await asyncio.to_thread(p.learn.reload, name)
+                        unacked.clear()  # Kafka resumes at the checkpoint: these come again
+                    unacked.append(event)
+                    learned = await p.learn.learn(name, event.value, event.message.headers)
+                    await w.announce(learned.drift, learned.changes)
+                    w.finished(agent_name, event.message)
+                    await checkpoint()
+        finally:
+            idler.cancel()
 
 
 async def _yield_to_data_path(p: Pipeline, own: Any) -> None:

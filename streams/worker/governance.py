@@ -40,6 +40,7 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
 from eddyline.privacy.governance import Scope, Subject, Suppression
+from eddyline.schemas.storage import Folder, join
 from eddyline.schemas.tables import governance_row
 from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
 from eddyline.streams.kafka.topics import Topics
@@ -150,23 +151,29 @@ class Governance:
         if producer.flush(30):
             raise TimeoutError("the suppression entry was not acknowledged by Kafka")
 
+    def _uri(self, table: str) -> str:
+        return join(self.ws.lake_path, table)
+
+    def _dt(self, table: str) -> DeltaTable:
+        return DeltaTable(self._uri(table), storage_options=self.ws.storage().for_delta())
+
     def _tables(self) -> list[str]:
-        root = Path(self.ws.lake_path)
-        if not root.is_dir():
-            return []
+        """The lake's tables that hold a ``user_pid`` column (local folder or object store)."""
+        options = self.ws.storage()
         names = []
-        for path in sorted(p for p in root.iterdir() if (p / "_delta_log").is_dir()):
-            if "user_pid" in DeltaTable(str(path)).schema().to_arrow().names:
-                names.append(path.name)
+        for name in Folder(self.ws.lake_path, options).subfolders():
+            if not DeltaTable.is_deltatable(self._uri(name), options.for_delta()):
+                continue
+            if "user_pid" in self._dt(name).schema().to_arrow().names:
+                names.append(name)
         return names
 
     def _delete(self, table: str, pids: tuple[str, ...], vacuum_now: bool) -> dict[str, int]:
         """Delete the rows of ``pids`` in ``table`` until none is left; what was done."""
-        uri = f"{Path(self.ws.lake_path)}/{table}"
         predicate = "user_pid IN (" + ", ".join(f"'{p}'" for p in pids) + ")"  # hex only
-        before, done = DeltaTable(uri).version(), {"rows": 0, "files": 0, "copied": 0}
+        before, done = self._dt(table).version(), {"rows": 0, "files": 0, "copied": 0}
         for _ in range(20):  # a concurrent append or compaction may win a commit race
-            dt = DeltaTable(uri)
+            dt = self._dt(table)
             try:
                 metrics = dt.delete(predicate)
                 done["rows"] += int(metrics.get("num_deleted_rows", 0))
@@ -175,11 +182,11 @@ class Governance:
             except CommitFailedError:
                 time.sleep(0.5)
                 continue
-            if _count(DeltaTable(uri), pids) == 0:
+            if _count(self._dt(table), pids) == 0:
                 break
         else:
             raise RuntimeError(f"rows of the subject remain in {table} after 20 deletes")
-        dt = DeltaTable(uri)
+        dt = self._dt(table)
         if vacuum_now:
             dt.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False)
         return {
@@ -191,10 +198,9 @@ class Governance:
         }
 
     def _logged(self, request_id: str) -> dict[str, Any] | None:
-        uri = f"{Path(self.ws.lake_path)}/{LOG_TABLE}"
-        if not DeltaTable.is_deltatable(uri):
+        if not DeltaTable.is_deltatable(self._uri(LOG_TABLE), self.ws.storage().for_delta()):
             return None
-        rows = DeltaTable(uri).to_pyarrow_table()
+        rows = self._dt(LOG_TABLE).to_pyarrow_table()
         found = rows.filter(pc.equal(rows["request_id"], request_id)).to_pylist()
         return found[0] if found else None
 
@@ -221,7 +227,9 @@ class Governance:
             removed_from_storage_by=gone_by if tables else None,
             detail="ledgers: each worker forgets the subject when the request reaches it",
         )
-        write_deltalake(f"{Path(self.ws.lake_path)}/{LOG_TABLE}", row, mode="append")
+        write_deltalake(
+            self._uri(LOG_TABLE), row, mode="append", storage_options=self.ws.storage().for_delta()
+        )
         journal.remove()
         done: dict[str, Any] = row.to_pylist()[0]
         log.info("governance %s done: %d rows removed", subject.request_id, done["rows_removed"])

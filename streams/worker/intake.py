@@ -1,4 +1,4 @@
-"""The intake: raw topics -> the privacy stage -> private topics, in batches, beside Faust.
+"""The intake: raw topics -> the privacy stage -> private (and learn) topics, in batches.
 
 Faust costs ~60 µs a message here (a no-op agent drains ~16.8k msg/s), so a raw topic of
 one JSON event per message cannot go through a Faust agent at batch speed. The intake reads
@@ -8,7 +8,8 @@ aiokafka's ``getmany``; bench/RESULTS.md), in its own consumer group
 (``<app id>-intake``), on its own thread. Each fetch is cut into units
 (``streams.worker.units``): an Arrow envelope alone, or a run of single-event JSON messages
 read as one table (``schemas.json_batch``) and privatised as one batch: one private envelope
-per run, holding each row's raw offset.
+per run, holding each row's raw offset, sent to the private topic (the lake) and, for a stream
+with models, to its one-partition learn topic (the models' owner).
 
 Exactly once: the budget ledger charges rows by their own raw offsets, the noise of a row is
 a function of its identity (``privacy.draws``), and the lake and the models keep only rows
@@ -19,8 +20,7 @@ flushed (``streams.worker.state``), every ``checkpoint_every_s``, when partition
 and at a stop.
 
 Partitions move with the group (cooperative rebalancing): an assigned partition's state is
-read before its first message; a revoked one is saved and committed; a lost one dropped.
-"""
+read before its first message; a revoked one is saved and committed; a lost one dropped."""
 
 from __future__ import annotations
 
@@ -99,13 +99,11 @@ class Intake:
     def state(self) -> dict[str, Any]:
         """What /status shows of the intake: its partitions, where each stands, its lag."""
         done, committed = dict(self._done), dict(self._committed)  # copies: another thread
-        return {
-            "alive": self.alive,
-            "failed": None if self.failed is None else type(self.failed).__name__,
+        failed = None if self.failed is None else type(self.failed).__name__
+        return {"alive": self.alive, "failed": failed, "lag": self._lag} | {
             "assigned": sorted(f"{t}/{n}" for t, n in set(self._owned)),
             "done": {f"{t}/{n}": o for (t, n), o in sorted(done.items())},
             "committed": {f"{t}/{n}": o for (t, n), o in sorted(committed.items())},
-            "lag": self._lag,
         }
 
     def qsize(self) -> int:
@@ -217,9 +215,10 @@ class Intake:
     def _send(self, out: Privatized, topic: str, partition: int) -> None:
         for letter in out.dead:
             self._produce(self.p.topics.deadletter, letter.to_json(), _JSON_HEADERS, None)
-        if out.private is not None:
-            value, headers = out.private
-            self._produce(topic, value, headers, partition)
+        if out.private is not None:  # to the lake, and to the owner of the stream's models
+            self._produce(topic, *out.private, partition)
+            if self.p.learn.models_of.get(out.stream):
+                self._produce(self.p.topics.learn(out.stream), *out.private, 0)
 
     def _produce(
         self,

@@ -33,6 +33,7 @@ from eddyline.privacy.governance import Suppression
 from eddyline.schemas.envelope import H_SOURCE, decode, header_map
 from eddyline.schemas.events import DriftEvent, ModelEvent
 from eddyline.schemas.source import SourceRef, rows_after
+from eddyline.schemas.storage import join
 from eddyline.streams.kafka.settings import WorkerSettings
 from eddyline.streams.kafka.topics import Topics
 from eddyline.streams.worker.lake_stage import without_pids
@@ -64,18 +65,21 @@ class LearnStage:
     ) -> None:
         self.ws, self.metrics, self.sink, self.topics = ws, metrics, sink, topics
         self.suppression = suppression or Suppression()
-        self.store = ModelStore(ws.state_dir / "models")
+        self.store = ModelStore(ws.checkpoints(), ws.storage())
         self.models: dict[str, OnlineModel] = {}
         # model -> raw partition -> last raw offset it has learned (from its checkpoint), and
         # the epoch (topic id) those offsets count in
         self.offsets: dict[str, dict[int, int]] = {}
         self.epochs: dict[str, dict[int, str]] = {}
+        self.specs: dict[str, LearnerSpec] = {}
+        self.saved_at: dict[str, float] = {}  # model -> its loaded checkpoint's store time
         for spec in load_specs(ws.learners):
             if spec.stream not in streams:
                 raise LearnerSpecError(
                     f"learner {spec.name!r} reads {spec.stream!r}, which this worker does not "
                     f"process (streams: {', '.join(streams)})"
                 )
+            self.specs[spec.name] = spec
             model, self.offsets[spec.name], self.epochs[spec.name] = self._restore(spec)
             self.models[spec.name] = model
             # from the checkpoint: a model whose checkpoint holds its whole stream learns
@@ -85,11 +89,17 @@ class LearnStage:
         for model in self.models.values():
             self.models_of[model.stream].append(model)
         self._last_checkpoint = dict.fromkeys(self.models_of, time.monotonic())
+        # Streams whose learn partition this worker holds: it alone learns their models
+        # (the group's first assignment narrows this; a worker alone keeps them all).
+        self.owned: set[str] = set(self.models_of)
+        self._reload_due: set[str] = set()
         # registry versions (retrained offline), scored on the live batches of their model
         self.shadows: dict[str, ShadowEvaluator] = {}
         for model in self.models.values():
             if ws.shadow and model.spec.shadow:
-                registry = ModelRegistry(ws.registry_path or f"{ws.lake_path}/_registry")
+                registry = ModelRegistry(
+                    ws.registry_path or join(ws.lake_path, "_registry"), ws.storage()
+                )
                 self.shadows[model.name] = ShadowEvaluator(
                     registry, model.name, window=ws.shadow_window, min_events=ws.shadow_min_events
                 )
@@ -106,6 +116,7 @@ class LearnStage:
         ws = self.ws
         fresh = OnlineModel.from_spec(spec, warmup=ws.drift_warmup, cooldown=ws.drift_cooldown)
         try:
+            self.saved_at[spec.name] = self.store.modified(spec.name) or 0.0
             restored = self.store.load(spec.name)
         except Exception as exc:  # an unreadable checkpoint must not stop the worker
             log.warning("model %s: checkpoint unreadable (%s); starting fresh", spec.name, exc)
@@ -121,6 +132,55 @@ class LearnStage:
             )
             return fresh, {}, {}
         return model, restored.offsets, restored.epochs
+
+    # -- ownership (one learner per model across the group) ---------------------------------
+
+    def assign(self, streams: set[str]) -> None:
+        """The group's assignment now holds the learn partitions of ``streams``: this worker
+        owns their models, from their latest checkpoint on the shared store (another owner
+        may have advanced them; after any rebalance Kafka resumes at the last checkpoint)."""
+        self.owned = streams & set(self.models_of)
+        self._reload_due = set(self.owned)
+
+    def revoke(self, streams: set[str]) -> None:
+        """Learn partitions taken away: their models are no longer learned or saved here."""
+        self.owned -= streams
+
+    def owns(self, stream: str) -> bool:
+        return stream in self.owned
+
+    def reload_due(self, stream: str) -> bool:
+        return stream in self._reload_due
+
+    def reload(self, stream: str) -> None:
+        """Replace ``stream``'s models with their checkpoints (fresh models if none)."""
+        models = []
+        for old in self.models_of[stream]:
+            spec = self.specs[old.name]
+            model, self.offsets[spec.name], self.epochs[spec.name] = self._restore(spec)
+            self.models[spec.name] = model
+            self.learned[spec.name].clear()
+            self.metrics.model_seen.labels(spec.name).set(model.seen)
+            models.append(model)
+        self.models_of[stream] = models
+        self._reload_due.discard(stream)
+        log.info("models of %s loaded from their checkpoints: %s", stream, self._describe(models))
+
+    def refresh_followed(self) -> list[str]:
+        """Reload the models of the streams this worker does not own when their owner has
+        saved a newer checkpoint (what ``/predict`` answers with here); the streams reloaded."""
+        done = []
+        for stream in sorted(set(self.models_of) - self.owned):
+            names = [m.name for m in self.models_of[stream]]
+            newest = {n: self.store.modified(n) for n in names}
+            if any(t is not None and t > self.saved_at.get(n, 0.0) for n, t in newest.items()):
+                self.reload(stream)
+                done.append(stream)
+        return done
+
+    @staticmethod
+    def _describe(models: list[OnlineModel]) -> str:
+        return ", ".join(f"{m.name} v{m.version} at {m.seen:,} events" for m in models)
 
     # -- learning -------------------------------------------------------------------------
 
@@ -243,6 +303,8 @@ class LearnStage:
     async def maybe_checkpoint(self, stream: str) -> list[ModelEvent]:
         """Checkpoint the models of ``stream`` and their offsets if ``checkpoint_every_s``
         has passed; the ``ModelEvent`` announcing each (none if it was not time yet)."""
+        if stream not in self.owned or stream in self._reload_due:
+            return []  # its owner's checkpoint may be newer than this copy: never overwrite it
         if time.monotonic() - self._last_checkpoint[stream] < self.ws.checkpoint_every_s:
             return []
         self._last_checkpoint[stream] = time.monotonic()

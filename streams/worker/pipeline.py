@@ -16,6 +16,7 @@ import numpy as np
 from eddyline.privacy.governance import Suppression
 from eddyline.schemas.deadletter import deadletter_table
 from eddyline.schemas.events import TimeWindow
+from eddyline.schemas.storage import Folder, is_remote
 from eddyline.schemas.tables import costs_table, drift_table, model_metrics_table
 from eddyline.streams.kafka.health import HealthProbe
 from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
@@ -39,6 +40,8 @@ class Pipeline:
 
     def __init__(self, ws: WorkerSettings, ks: KafkaSettings, streams: list[str]) -> None:
         self.ws, self.ks, self.streams = ws, ks, streams
+        if is_remote(ws.lake_path):  # wrong credentials: one line now, not a retry loop later
+            Folder(ws.lake_path, ws.storage()).subfolders()
         self.topics = Topics(ks.namespace)
         self.stream_of = {self.topics.raw(s): s for s in streams}
         self.stream_of.update({self.topics.private(s): s for s in streams})
@@ -47,6 +50,7 @@ class Pipeline:
         )
         self.sink = DeltaSink(
             ws.lake_path,
+            storage_options=ws.storage().for_delta(),
             upkeep=UpkeepPolicy(retention_days=ws.retention_days),
             retention=ws.retention,
         )

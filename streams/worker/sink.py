@@ -15,7 +15,6 @@ import json
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 
@@ -62,9 +61,6 @@ class DeltaSink:
             )
             self._upkeeper.start()
         self._tables: dict[str, DeltaTable] = {}
-        # Per table, recent (version, source offsets committed up to and including it), by
-        # source key (``SourceRef.key``).
-        self._history: dict[str, deque[tuple[int, dict[str, int]]]] = {}
         self._lock = threading.Lock()
 
     def uri(self, table: str) -> str:
@@ -93,20 +89,35 @@ class DeltaSink:
             dt = self._table(table)
             return None if dt is None else dt.version()
 
-    def _remember(self, table: str, version: int, last: dict[str, int]) -> None:
-        history = self._history.setdefault(table, deque(maxlen=10_000))
-        offsets = dict(history[-1][1]) if history else {}
-        offsets.update(last)
-        history.append((version, offsets))
-
     def version_before(self, table: str, starts: dict[str, int]) -> int | None:
-        """The newest version (committed by this sink) holding nothing at or past ``starts``:
-        time travel to it reads only data from before those source offsets."""
-        with self._lock:
-            for version, offsets in reversed(self._history.get(table, ())):
-                if all(offsets.get(key, -1) < start for key, start in starts.items()):
-                    return version
-        return None
+        """The newest version holding nothing at or past ``starts`` (source key -> first raw
+        offset): time travel to it reads only data from before those source offsets. None:
+        even the first readable version holds some.
+
+        Read from the table itself (the app transactions each commit records, which only
+        grow from version to version), so any process computes the same answer: a worker
+        that restarted, or one that learns partitions another worker wrote. A binary search:
+        about log2(versions) snapshot loads, each from the nearest Delta checkpoint.
+        """
+        latest = self.version(table)
+        if latest is None or not starts:
+            return latest
+        dt = DeltaTable(self.uri(table), storage_options=self.storage_options)
+
+        def clean(version: int) -> bool:
+            dt.load_as_version(version)
+            return all(_committed(dt, key) < start for key, start in starts.items())
+
+        if clean(latest):
+            return latest
+        lo = _oldest_readable(dt, latest)
+        if not clean(lo):
+            return None
+        hi = latest  # clean(lo) and not clean(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if clean(mid) else (lo, mid)
+        return lo
 
     def files(self, table: str) -> int:
         """Data files in the table's current version."""
@@ -124,14 +135,15 @@ class DeltaSink:
         """
         with self._lock:
             dt = self._table(table)
+            if dt is None:
+                dt = self._create(table, _uncommitted(None, batches)[0])
             fresh, last = _uncommitted(dt, batches)
             if not last:
                 return 0
-            data = pa.concat_tables(fresh, promote_options="default")
-            data = data.append_column("event_date", pc.cast(data["occurred_at"], pa.date32()))
+            data = _with_date(pa.concat_tables(fresh, promote_options="default"))
             txns = [Transaction(key, off) for key, off in last.items()]
             write_deltalake(
-                dt if dt is not None else self.uri(table),
+                dt,
                 data,
                 mode="append",
                 partition_by=["event_date"],
@@ -139,11 +151,6 @@ class DeltaSink:
                 storage_options=self.storage_options,
                 commit_properties=CommitProperties(app_transactions=txns),
             )
-            if dt is None:  # the first write created the table
-                dt = self._tables[table] = DeltaTable(
-                    self.uri(table), storage_options=self.storage_options
-                )
-            self._remember(table, dt.version(), last)
             if self._upkeeper is None:
                 self._run_upkeep(table, dt, 1)  # ``write_deltalake`` left ``dt`` at its commit
             else:
@@ -152,10 +159,33 @@ class DeltaSink:
                     self._wake.notify()
             return int(data.num_rows)
 
+    def _create(self, table: str, rows: list[pa.Table]) -> DeltaTable:
+        """Create ``table`` empty (version 0: schema only, no source offsets), then return it.
+
+        Data never goes into the creating commit: a create has no snapshot to check source
+        offsets against, so two workers creating the table at once would both commit the
+        same offsets (seen on Azurite). Of two racing creates one wins; the other's fails
+        and it reads the winner's table; every data commit then has a snapshot, and the
+        offsets committed in it, to be checked against."""
+        schema = pa.concat_tables(rows, promote_options="default")
+        try:
+            write_deltalake(
+                self.uri(table),
+                _with_date(schema.slice(0, 0)),
+                mode="append",
+                partition_by=["event_date"],
+                storage_options=self.storage_options,
+            )
+        except Exception:  # another writer created it first: use theirs
+            if not DeltaTable.is_deltatable(self.uri(table), self.storage_options):
+                raise
+        dt = self._tables[table] = DeltaTable(self.uri(table), storage_options=self.storage_options)
+        return dt
+
     def _new_upkeep(self, table: str) -> TableUpkeep:
         days = self.retention.get(table, self.upkeep_policy.retention_days)
         policy = dataclasses.replace(self.upkeep_policy, retention_days=days)
-        log_row = _log_retention(self.root, table)
+        log_row = _log_retention(self.root, table, self.storage_options)
         return TableUpkeep(policy, wall_clock=self._wall_clock, on_retention=log_row)
 
     def upkeep_idle(self, timeout: float = 60.0) -> bool:
@@ -193,7 +223,9 @@ class DeltaSink:
             log.exception("upkeep of %s failed; it will run again later", table)
 
 
-def _log_retention(root: str, table: str) -> Callable[[int, int, date], None]:
+def _log_retention(
+    root: str, table: str, storage_options: dict[str, str] | None
+) -> Callable[[int, int, date], None]:
     """What a retention delete leaves in the ``governance_log`` table."""
 
     def log_row(version: int, rows: int, cutoff: date) -> None:
@@ -210,9 +242,36 @@ def _log_retention(root: str, table: str) -> Callable[[int, int, date], None]:
             detail=f"rows with event_date before {cutoff.isoformat()}; versions before "
             f"{version} still hold them until vacuum (a model's lineage may name them)",
         )
-        write_deltalake(f"{root}/governance_log", row, mode="append")
+        write_deltalake(
+            f"{root}/governance_log", row, mode="append", storage_options=storage_options
+        )
 
     return log_row
+
+
+def _with_date(data: pa.Table) -> pa.Table:
+    """``data`` with its partition column, ``event_date`` (the UTC date of ``occurred_at``)."""
+    return data.append_column("event_date", pc.cast(data["occurred_at"], pa.date32()))
+
+
+def _oldest_readable(dt: DeltaTable, latest: int) -> int:
+    """The oldest version whose snapshot still loads (log cleanup removes the commits a
+    Delta checkpoint covers once they pass the log retention)."""
+
+    def loads(version: int) -> bool:
+        try:
+            dt.load_as_version(version)
+        except Exception:
+            return False
+        return True
+
+    if loads(0):
+        return 0
+    lo, hi = 0, latest  # not loadable at lo, loadable at hi (the latest always is)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if loads(mid) else (mid, hi)
+    return hi
 
 
 def _committed(dt: DeltaTable | None, key: str) -> int:

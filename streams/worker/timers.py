@@ -72,7 +72,13 @@ def register(app: faust.App, p: Pipeline) -> None:
     async def sample_live() -> None:
         await p.live.sample()
 
-    del check_skipped, report_lag, report_cluster, sample_live
+    @app.timer(interval=p.ws.model_refresh_s)  # type: ignore[untyped-decorator]  # Faust
+    @survives
+    async def follow_models() -> None:
+        # The models another worker owns, from its checkpoints: what /predict answers here.
+        await asyncio.to_thread(p.learn.refresh_followed)
+
+    del check_skipped, report_lag, report_cluster, sample_live, follow_models
 
 
 def _check_progress(

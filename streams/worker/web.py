@@ -2,11 +2,13 @@
 drawn from ``/live``, ``streams.worker.live``), ``/metrics`` (Prometheus), ``/status``
 (where each partition and agent stands: what to look at when a worker lags or stalls) and
 ``/predict/<model>`` (the online model's answer for the features in the query: a
-probability, a number or a class, by the spec's kind).
+probability, a number or a class, by the spec's kind; ``?version=champion`` and the like
+answer with a registry version instead: ``online_learning/serving.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,15 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from eddyline.online_learning.registry import ModelRegistry
+from eddyline.online_learning.serving import (
+    ONLINE,
+    RegistryServing,
+    VersionNotServedError,
+    parse_version,
+)
 from eddyline.online_learning.spec import LearnerSpecError
+from eddyline.schemas.storage import join
 from eddyline.streams.worker.pipeline import Pipeline
 
 PAGE = Path(__file__).parent / "page"
@@ -30,25 +40,40 @@ _FILES = {
 def register(app: faust.App, p: Pipeline) -> None:
     """Add the pages to ``app``."""
 
+    ws = p.ws
+    serving = RegistryServing(
+        ModelRegistry(ws.registry_path or join(ws.lake_path, "_registry"), ws.storage())
+    )
+
     @app.page("/predict/{model}")
     async def predict(web: Any, request: Any, model: str) -> Any:
         """``GET /predict/click?item_category=news&position=3&dwell_time_s=12``: the query
-        holds the model's features (its spec's columns)."""
+        holds the model's features (its spec's columns), and optionally ``version``:
+        ``online`` (default), ``champion``, ``challenger``, ``previous`` or a number."""
         started, cpu = time.perf_counter(), time.thread_time()
         online = p.learn.models.get(model)
         if online is None:
             known = ", ".join(p.learn.models)
             return web.json({"error": f"unknown model {model!r} (models: {known})"}, status=404)
+        values = {k: v for k, v in request.query.items() if k != "version"}
         try:
-            answer = online.predict(dict(request.query))
-        except LearnerSpecError as exc:
+            which = parse_version(request.query.get("version"))
+            if which != ONLINE:
+                served = await asyncio.to_thread(serving.answer, online, which, values)
+                p.metrics.predict.observe(time.perf_counter() - started)
+                return web.json(served)
+            answer = online.predict(values)
+        except (LearnerSpecError, ValueError) as exc:
             return web.json({"error": f"bad query: {exc}"}, status=400)
+        except VersionNotServedError as exc:
+            return web.json({"error": str(exc)}, status=404)
         p.metrics.predict.observe(time.perf_counter() - started)
         p.metrics.charge("predict", cpu, 1)
         return web.json(
             {
                 "model": online.name,
                 "model_version": online.version,
+                "served": ONLINE,
                 "events_seen": online.seen,
                 **answer,  # probability, value, or class and probabilities (by spec kind)
             }

@@ -32,18 +32,25 @@ class Stream(threading.Thread):
     2,000 events (``"mixed"``)."""
 
     def __init__(
-        self, kafka: KafkaSettings, total: int, rate: float, seed: int, wire: str = "sdk"
+        self,
+        kafka: KafkaSettings,
+        total: int,
+        rate: float,
+        seed: int,
+        wire: str = "sdk",
+        drift_at: int | None = None,
     ) -> None:
         super().__init__(daemon=True)
         self.kafka, self.total, self.rate, self.seed = kafka, total, rate, seed
-        self.wire = wire
+        self.wire, self.drift_at = wire, drift_at
         self.sent: list[str] = []
         self.invalid: list[str] = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            sim, step = TrafficSimulator(users=5_000, seed=self.seed), 2_000
+            sim = TrafficSimulator(users=5_000, seed=self.seed, drift_at=self.drift_at)
+            step = 2_000
             plain = Producer(self.kafka.librdkafka({"enable.idempotence": True, "linger.ms": 20}))
             topic = Topics(self.kafka.namespace).raw("interaction")
             with EventProducer(kafka=self.kafka, registry=CollectorRegistry()) as producer:

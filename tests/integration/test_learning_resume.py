@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from eddyline.consumers.lake import Lake
 from eddyline.online_learning.checkpoint import ModelStore
+from eddyline.schemas.storage import join
 from eddyline.simulate import TrafficSimulator
 from eddyline.streams.kafka.broker import free_port
 from eddyline.streams.kafka.settings import KafkaSettings
@@ -34,14 +36,29 @@ def _learned(model: str, worker: WorkerProcess) -> float:
     return _value("events_learned_total", model, worker)
 
 
-@pytest.mark.parametrize("when", ["mid-stream", "right after the first checkpoints"])
+ON_STORE = "mid-stream, lake and checkpoints on the object store"
+
+
+@pytest.mark.parametrize("when", ["mid-stream", "right after the first checkpoints", ON_STORE])
 def test_kill_9_resumes_from_the_checkpoint_without_replaying(
-    kafka: KafkaSettings, worker_env: dict[str, str], tmp_path: Path, when: str
+    kafka: KafkaSettings,
+    worker_env: dict[str, str],
+    tmp_path: Path,
+    when: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     # "right after the first checkpoints" once stalled a restarted worker (~1 run in 4-8)
     # while the budget changelog went through Faust's producer buffer (streams/app.py).
     env = {**worker_env, "EDDYLINE_CHECKPOINT_EVERY_S": "1", "EDDYLINE_SESSION_TIMEOUT_S": "6"}
-    store = ModelStore(Path(env["EDDYLINE_STATE_DIR"]) / "models")
+    if when == ON_STORE:  # as on another machine: nothing of the worker's on its own disk
+        container = request.getfixturevalue("object_store")  # sets EDDYLINE_STORAGE_* here
+        azurite = request.getfixturevalue("azurite")
+        env.update(azurite.env())
+        env["EDDYLINE_LAKE_PATH"] = join(container, "lake")
+        env["EDDYLINE_CHECKPOINT_PATH"] = join(container, "checkpoints")
+    store = ModelStore(
+        env.get("EDDYLINE_CHECKPOINT_PATH") or Path(env["EDDYLINE_STATE_DIR"]) / "models"
+    )
     total = {"click": 40_000, "satisfaction": 4_000}
     sim = TrafficSimulator(users=2_000, seed=17)  # 20 events a user: within budget
 
@@ -53,11 +70,11 @@ def test_kill_9_resumes_from_the_checkpoint_without_replaying(
                 producer.emit(feedback)
 
     def checkpointed() -> bool:
-        return all(store.path(m).exists() for m in total)
+        return all(store.load(m) is not None for m in total)
 
     first = WorkerProcess(env, tmp_path / "w0.log", free_port()).start()
     emit_half()
-    if when == "mid-stream":
+    if when != "right after the first checkpoints":
         ready = lambda: (  # noqa: E731
             _seen("click", first) >= 20_000 and _seen("satisfaction", first) >= 2_000
         )
@@ -91,7 +108,19 @@ def test_kill_9_resumes_from_the_checkpoint_without_replaying(
             # and the restarted worker learned exactly what its checkpoint did not hold
             assert _seen(m, second) == n
             assert _learned(m, second) == n - resumed[m]
-        if when == "mid-stream":
+        if when != "right after the first checkpoints":
             assert resumed["click"] > 0  # it did not start from scratch
+        if when == ON_STORE:  # and the lake on the store holds each event once
+            lake = Lake(env["EDDYLINE_LAKE_PATH"])
+            wait_for(
+                lambda: (
+                    lake.sql("SELECT count(*) AS n FROM interaction")["n"][0].as_py()
+                    >= total["click"]
+                ),
+                60,
+                "the lake",
+            )
+            ids = lake.read("interaction", columns=["event_id"])["event_id"]
+            assert len(ids) == total["click"] == len(set(ids.to_pylist()))
     finally:
         second.stop()

@@ -10,12 +10,15 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
 from eddyline.consumers.drift import DriftSubscriber, HandledKeys
 from eddyline.online_learning.registry import ModelRegistry
+from eddyline.online_learning.scoring import SpecScorer
+from eddyline.predict import Predictor
 from eddyline.schemas.events import DriftEvent, ModelEvent
 from eddyline.simulate import TrafficSimulator
 from eddyline.streams.kafka.broker import free_port
@@ -152,6 +155,31 @@ def test_drift_retrains_shadows_and_promotes_a_better_model(
         # the new model beats the pre-drift model on post-drift data, and says why it exists
         assert new.metrics["holdout_loss"] < new.metrics["champion_holdout_loss"]
         assert new.drift_key and new.lineage["trained_on"]["after_version"] >= 0
+        # the worker serves the champion (and the version it replaced) beside the online model
+        query = "/predict/click?item_category=news&position=2&dwell_time_s=8"
+        row = {"item_category": "news", "position": 2, "dwell_time_s": 8.0}
+        for alias, version in (("champion", 2), ("previous", 1)):
+            wait_for(
+                lambda a=alias, v=version: (
+                    json.loads(worker.get(f"{query}&version={a}") or "{}").get("model_version") == v
+                ),
+                15,
+                f"the {alias} served",
+            )
+            served = json.loads(worker.get(f"{query}&version={alias}") or "{}")
+            scorer = SpecScorer.load(registry.artifact_dir(registry.get("click", version)))
+            expected = float(scorer.predict(pa.Table.from_pylist([row]))[0])
+            assert served["probability"] == pytest.approx(expected), served
+        online = json.loads(worker.get(query) or "{}")
+        assert online["served"] == "online" and online["model_version"] >= 1
+        champion = Predictor(f"http://127.0.0.1:{worker.web_port}").predict(
+            "click", version="champion", item_category="news", position=2, dwell_time_s=8
+        )
+        assert (champion.served, champion.model_version, champion.events_seen) == (
+            "champion",
+            2,
+            None,
+        )
     finally:
         stop.set()
         service.join(30)

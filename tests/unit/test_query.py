@@ -32,11 +32,12 @@ def test_time_travel_filters_polars_and_duckdb(tmp_path) -> None:
     lake = Lake(tmp_path)
     assert lake.tables() == ["interaction"]
     assert lake.read("interaction").num_rows == 3
-    assert lake.read("interaction", as_of=0).num_rows == 2  # by version
+    assert lake.read("interaction", as_of=0).num_rows == 0  # version 0 creates it, empty
+    assert lake.read("interaction", as_of=1).num_rows == 2  # by version
     assert lake.read("interaction", as_of=between).num_rows == 2  # by timestamp
     day2 = lake.read("interaction", filters=[("event_date", "=", date(2026, 11, 2))])
     assert day2["event_id"].to_pylist() == ["c"]
-    assert lake.polars("interaction", as_of=0).collect().height == 2
+    assert lake.polars("interaction", as_of=1).collect().height == 2
     counts = lake.sql("SELECT action, count(*) AS n FROM interaction GROUP BY 1 ORDER BY 1")
     assert counts.to_pylist() == [{"action": "click", "n": 2}, {"action": "skip", "n": 1}]
-    assert [h["version"] for h in lake.history("interaction")][:2] == [1, 0]
+    assert [h["version"] for h in lake.history("interaction")][:3] == [2, 1, 0]

@@ -53,7 +53,7 @@ def test_a_checkpoint_of_another_spec_or_an_unreadable_one_starts_fresh(tmp_path
         p = Pipeline(ws, KafkaSettings(), STREAMS)
     assert p.learn.models["click"].seen == 0 and p.learn.offsets["click"] == {}
     assert "taken of another spec" in caplog.text
-    store.path("click").write_bytes(b"not a pickle")
+    store.folder.put(store.name_of("click"), b"not a pickle")
     with caplog.at_level(logging.WARNING, "eddyline.learn"):
         p = Pipeline(ws, KafkaSettings(), STREAMS)
     assert p.learn.models["click"].seen == 0 and "checkpoint unreadable" in caplog.text

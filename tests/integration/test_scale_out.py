@@ -1,0 +1,127 @@
+"""Many workers, as on many machines: their own state folders, sharing only Kafka and the
+object store (the lake and the model checkpoints on Azurite). While 300,000 events stream
+in, one worker is killed -9 and another stopped and restarted. Afterwards: every valid event
+is in Delta exactly once; the click model, learned by one worker at a time (the owner of its
+learn partition), has learned each event exactly once over its life; one drift event for the
+injected change, whose Delta version range the retraining job trains from; and every
+surviving worker answers /predict/click from the same model state."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from eddyline.consumers.drift import DriftSubscriber
+from eddyline.consumers.lake import Lake
+from eddyline.consumers.retrain import RetrainJob, TrainConfig
+from eddyline.online_learning.registry import ModelRegistry
+from eddyline.schemas.events import DriftEvent
+from eddyline.schemas.storage import join
+from eddyline.streams.kafka.broker import free_port
+from eddyline.streams.kafka.settings import KafkaSettings
+from eddyline.streams.worker.process import WorkerProcess
+from tests.azurite import Azurite
+from tests.integration.helpers import deadlettered_rows, wait_for
+from tests.integration.test_exactly_once import Stream
+
+pytestmark = pytest.mark.integration
+TOTAL, DRIFT_AT = 300_000, 150_000
+QUERY = "/predict/click?item_category=news&position=2&dwell_time_s=8"
+
+
+def _drifts(kafka: KafkaSettings) -> list[DriftEvent]:
+    found: list[DriftEvent] = []
+    with DriftSubscriber(group_id=f"{kafka.namespace}-scale", kafka=kafka) as sub:
+        while (event := sub.poll(3.0)) is not None:
+            found.append(event)
+    return found
+
+
+def _answer(worker: WorkerProcess) -> dict:
+    return json.loads(worker.get(QUERY) or "{}")
+
+
+def test_three_machines_one_logical_model_and_one_lake_on_the_object_store(
+    kafka: KafkaSettings,
+    worker_env: dict[str, str],
+    object_store: str,
+    azurite: Azurite,
+    tmp_path: Path,
+) -> None:
+    lake_uri = join(object_store, "lake")
+    base = {
+        **worker_env,
+        **azurite.env(),
+        "EDDYLINE_LAKE_PATH": lake_uri,
+        "EDDYLINE_CHECKPOINT_PATH": join(object_store, "checkpoints"),
+        "EDDYLINE_SESSION_TIMEOUT_S": "6",
+        "EDDYLINE_BUDGET_EPSILON": "1e6",  # replays are charged again: this is about delivery
+        "EDDYLINE_MODEL_REFRESH_S": "1",
+    }
+
+    def start(n: int, run: int = 0) -> WorkerProcess:
+        env = {**base, "EDDYLINE_STATE_DIR": str(tmp_path / f"machine-{n}")}
+        return WorkerProcess(env, tmp_path / f"worker-{n}-{run}.log", free_port()).start(90)
+
+    workers = [start(n) for n in range(3)]
+    stream = Stream(kafka, TOTAL, rate=10_000, seed=41, drift_at=DRIFT_AT)
+    stream.start()
+    time.sleep(6)
+    workers[0].kill()  # machine 0 dies
+    time.sleep(5)
+    assert workers[1].stop() == 0  # machine 1 is stopped for maintenance ...
+    time.sleep(4)
+    workers[1] = start(1, run=1)  # ... and comes back
+    stream.join()
+    assert stream.error is None, stream.error
+    alive = workers[1:]
+    lake = Lake(lake_uri)
+
+    def ids() -> list[str]:
+        if "interaction" not in lake.tables():
+            return []
+        return lake.read("interaction", columns=["event_id"])["event_id"].to_pylist()
+
+    try:
+        wait_for(lambda: len(ids()) >= TOTAL, 300, "every event in Delta", every=3)
+        # one logical model: it learned each event once over its life, and every surviving
+        # worker (the owner, and the follower from its checkpoints) answers from that state
+        wait_for(
+            lambda: all(_answer(w).get("events_seen", 0) >= TOTAL for w in alive),
+            180,
+            "both workers answering from the whole stream",
+            status=lambda: str([_answer(w).get("events_seen") for w in alive]),
+        )
+        answers = [_answer(w) for w in alive]
+        assert [a["events_seen"] for a in answers] == [TOTAL, TOTAL], answers
+        assert answers[0]["model_version"] == answers[1]["model_version"]
+        assert answers[0]["probability"] == pytest.approx(answers[1]["probability"])
+        time.sleep(3)  # a late duplicate would land now
+        written = Counter(ids())
+        assert set(written) == set(stream.sent)
+        assert max(written.values()) == 1, f"{sum(written.values()) - len(written)} duplicates"
+        wait_for(
+            lambda: len(deadlettered_rows(kafka)) == len(stream.invalid),
+            60,
+            "every invalid event dead-lettered",
+        )
+        # one drift event for the change (a replay after a crash repeats its key, not a new one)
+        drifts = [d for d in _drifts(kafka) if d.model == "click" and d.signal == "error_rate"]
+        keys = {d.idempotency_key for d in drifts}
+        assert len(keys) == 1, [(d.events_seen, d.idempotency_key) for d in drifts]
+        drift = drifts[0]
+        assert drift.events_seen > DRIFT_AT and drift.lake_version_before is not None
+        registry = ModelRegistry(join(object_store, "_registry"))
+        job = RetrainJob(lake_uri, registry, config=TrainConfig(epsilon=3.0, epochs=2))
+        version = job.handle(drift)
+        assert version is not None
+        assert version.lineage["trained_on"]["after_version"] == drift.lake_version_before
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{alive[0].dump()}\n{alive[1].dump()}") from exc
+    finally:
+        for w in alive:
+            w.stop()
