@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from pydantic import TypeAdapter
 from river import base
 
+from eddyline.online_learning.changes import ChangeReports
 from eddyline.online_learning.cusum import CusumDetector
 from eddyline.online_learning.detectors import AdwinDetector, Alarm, BlockWatcher
 from eddyline.online_learning.features import feature_frame, target_values
@@ -285,7 +286,21 @@ class OnlineModel:
                 values = col.to_numpy(zero_copy_only=False).astype(np.float64) / w.scale
             for alarm in self.watchers[w.key].update_many(values):
                 watched.append((w.signal, w.key, alarm))
-        return BatchOutcome(errors, self.detector.update_many(errors), watched)
+        # one report per change, placed in event time (online_learning/changes.py)
+        reports: ChangeReports = self.__dict__.setdefault("reports", ChangeReports())
+        start = getattr(self.detector, "seen", self.seen)  # the detector's own count
+        alarms = self.detector.update_many(errors)
+        reports.learned(start, start + len(errors), *_event_times(batch, start))
+        return BatchOutcome(errors, reports.new(alarms), watched)
+
+
+def _event_times(batch: pa.Table, start: int) -> tuple[int, int]:
+    """The batch's first and last ``occurred_at`` in µs (its counts where it has none)."""
+    if "occurred_at" not in batch.column_names:
+        return start, start + batch.num_rows - 1
+    at = pc.cast(pc.cast(batch["occurred_at"], pa.timestamp("us", tz="UTC")), pa.int64())
+    low, high = pc.min_max(at).values()
+    return int(low.as_py() or 0), int(high.as_py() or 0)
 
 
 def _score_and_learn(
