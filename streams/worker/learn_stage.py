@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -93,6 +94,9 @@ class LearnStage:
         # (the group's first assignment narrows this; a worker alone keeps them all).
         self.owned: set[str] = set(self.models_of)
         self._reload_due: set[str] = set()
+        # Reloads run in threads (the owner's, on assignment; a follower's refresh): one at a
+        # time, and a refresh never installs a copy over a stream this worker now owns.
+        self._reloading = threading.Lock()
         # registry versions (retrained offline), scored on the live batches of their model
         self.shadows: dict[str, ShadowEvaluator] = {}
         for model in self.models.values():
@@ -154,6 +158,10 @@ class LearnStage:
 
     def reload(self, stream: str) -> None:
         """Replace ``stream``'s models with their checkpoints (fresh models if none)."""
+        with self._reloading:
+            self._reload(stream)
+
+    def _reload(self, stream: str) -> None:
         models = []
         for old in self.models_of[stream]:
             spec = self.specs[old.name]
@@ -173,9 +181,13 @@ class LearnStage:
         for stream in sorted(set(self.models_of) - self.owned):
             names = [m.name for m in self.models_of[stream]]
             newest = {n: self.store.modified(n) for n in names}
-            if any(t is not None and t > self.saved_at.get(n, 0.0) for n, t in newest.items()):
-                self.reload(stream)
-                done.append(stream)
+            if not any(t is not None and t > self.saved_at.get(n, 0.0) for n, t in newest.items()):
+                continue
+            with self._reloading:  # checked again under the lock: assigned meanwhile?
+                if stream in self.owned or stream in self._reload_due:
+                    continue  # its owner's reload (after this one) reads the same store
+                self._reload(stream)
+            done.append(stream)
         return done
 
     @staticmethod

@@ -3,6 +3,7 @@ same spec (unit test of streams.app.Pipeline; no broker: the pipeline connects l
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pyarrow as pa
@@ -62,3 +63,58 @@ def test_a_checkpoint_of_another_spec_or_an_unreadable_one_starts_fresh(tmp_path
 def test_a_spec_for_a_stream_the_worker_does_not_process_stops_it(tmp_path) -> None:
     with pytest.raises(LearnerSpecError, match="which this worker does not process"):
         Pipeline(_settings(tmp_path, learners="satisfaction"), KafkaSettings(), ["interaction"])
+
+
+def test_a_follower_takes_the_owners_checkpoints_and_an_owner_never_takes_a_copy(
+    tmp_path,
+) -> None:
+    """Ownership of a stream's models (docs/architecture.md, "Scale-out"): a worker that does
+    not hold the learn partition reloads the owner's newer checkpoints; one that holds it and
+    has reloaded never has its live models replaced by a refresh (it would lose what it
+    learned since), and saves only while it owns them."""
+    import os
+    import time
+
+    ws = _settings(tmp_path, learners="click")
+    store = ModelStore(ws.state_dir / "models")
+    p = Pipeline(ws, KafkaSettings(), STREAMS)
+    learn = p.learn
+
+    def owner_saves(seen_offset: int) -> None:  # another worker's checkpoint, newer
+        store.save("click", _trained(load_spec("click")), {0: seen_offset})
+        later = time.time() + 1 + seen_offset
+        os.utime(store.folder.local(store.name_of("click")), (later, later))
+
+    learn.assign(set())  # the group gave this worker no learn partition: a follower
+    owner_saves(1)
+    assert learn.refresh_followed() == ["interaction"]
+    assert learn.models["click"].seen == 500 and learn.offsets["click"] == {0: 1}
+    assert learn.refresh_followed() == []  # nothing newer
+
+    learn.assign({"interaction"})  # now the owner: it reloads before its next message
+    assert learn.reload_due("interaction")
+    learn.reload("interaction")
+    live = learn.models["click"]
+    owner_saves(2)  # e.g. the previous owner's last checkpoint, racing the hand-over
+    assert learn.refresh_followed() == []
+    assert learn.models["click"] is live
+
+    learn.revoke({"interaction"})
+    assert asyncio.run(learn.maybe_checkpoint("interaction")) == []  # never saves a copy
+
+
+def test_a_refresh_racing_an_assignment_leaves_the_models_to_the_new_owner(tmp_path) -> None:
+    ws = _settings(tmp_path, learners="click")
+    store = ModelStore(ws.state_dir / "models")
+    learn = Pipeline(ws, KafkaSettings(), STREAMS).learn
+    learn.assign(set())
+    store.save("click", _trained(load_spec("click")), {0: 7})
+    modified = learn.store.modified
+
+    def assigned_meanwhile(name: str) -> float | None:  # the rebalance lands mid-refresh
+        learn.assign({"interaction"})
+        return modified(name)
+
+    learn.store.modified = assigned_meanwhile  # type: ignore[method-assign]
+    assert learn.refresh_followed() == []  # it is the owner's to load, on its next message
+    assert learn.reload_due("interaction") and learn.models["click"].seen == 0
