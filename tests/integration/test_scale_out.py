@@ -121,7 +121,11 @@ def test_machines_share_one_logical_model_and_one_lake_on_the_object_store(
         keys = {d.idempotency_key for d in drifts}
         assert len(keys) == 1, [(d.events_seen, d.idempotency_key) for d in drifts]
         drift = drifts[0]
-        assert drift.events_seen > DRIFT_AT and drift.lake_version_before is not None
+        # The injected change (error 0.23 -> ~0.7), not a false alarm. Its count may be under
+        # DRIFT_AT: the partitions are learned out of step, so one partition's post-change
+        # rows can reach the model before 150,000 rows in all have.
+        assert drift.stat_after - drift.stat_before > 0.3, drift
+        assert drift.events_seen > DRIFT_AT - 30_000 and drift.lake_version_before is not None
         registry = ModelRegistry(join(object_store, "_registry"))
         job = RetrainJob(lake_uri, registry, config=TrainConfig(epsilon=3.0, epochs=2))
         version = job.handle(drift)
