@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import threading
@@ -30,38 +29,18 @@ import uuid
 from pathlib import Path
 
 from deltalake import DeltaTable
-from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _broker import fresh_namespace, kafka_for_bench
+from pipeline import _emit, _metric, log  # the pipeline bench's SDK filler and scraping
 
-from eddyline.schemas.events import InteractionEvent
 from eddyline.schemas.storage import StorageOptions, join
-from eddyline.simulate import TrafficSimulator
 from eddyline.streams.kafka.broker import free_port
-from eddyline.streams.kafka.settings import KafkaSettings, ProducerSettings
+from eddyline.streams.kafka.settings import KafkaSettings
 from eddyline.streams.kafka.topics import ensure_topics
-from eddyline.streams.sdk.producer import EventProducer
 from eddyline.streams.worker.process import WorkerProcess
 from tests.azurite import Azurite
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _metric(text: str, name: str) -> float:
-    return sum(float(m) for m in re.findall(rf"^{name}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M))
-
-
-def _fill(kafka: KafkaSettings, n: int, spool: Path) -> None:
-    sim = TrafficSimulator(users=20_000, seed=1)
-    settings = ProducerSettings(spool_dir=spool)
-    with EventProducer(settings, kafka=kafka, registry=CollectorRegistry()) as producer:
-        for start in range(0, n, 5_000):
-            producer.emit_many(InteractionEvent, sim.interaction_columns(min(5_000, n - start)))
-        assert producer.flush(300) == 0
 
 
 def drain(
@@ -72,7 +51,7 @@ def drain(
         kafka = KafkaSettings(bootstrap=bootstrap, namespace=namespace)
         ensure_topics(kafka, ["interaction", "feedback"])
         log(f"{workers} worker(s), lake {lake}: pre-filling {n:,} events")
-        _fill(kafka, n, root / f"spool-{namespace}")
+        _emit(kafka, n, 1, None, str(root / f"spool-{namespace}"))
         procs = []
         for i in range(workers):
             proc_env = {
