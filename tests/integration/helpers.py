@@ -7,7 +7,9 @@ from pathlib import Path
 
 from deltalake import DeltaTable
 
+from eddyline.consumers.drift import DriftSubscriber
 from eddyline.schemas.envelope import decode
+from eddyline.schemas.events import DriftEvent
 from eddyline.streams.kafka.settings import KafkaSettings
 from eddyline.streams.kafka.topics import Topics, read_all
 
@@ -60,3 +62,20 @@ def topic_event_ids(kafka: KafkaSettings, topic: str) -> list[str]:
         assert env.table is not None
         ids += env.table["event_id"].to_pylist()
     return ids
+
+
+def drift_events(kafka: KafkaSettings) -> list[DriftEvent]:
+    """Every drift event on the namespace's signals.drift (waits up to 60 s for the first)."""
+    found: list[DriftEvent] = []
+    with DriftSubscriber(group_id=f"{kafka.namespace}-test", kafka=kafka) as sub:
+
+        def got_one() -> bool:
+            event = sub.poll(1.0)
+            if event is not None:
+                found.append(event)
+            return bool(found)
+
+        wait_for(got_one, 60, "a drift event", every=0)
+        while (event := sub.poll(2.0)) is not None:
+            found.append(event)
+    return found

@@ -14,12 +14,11 @@ import pytest
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
-from eddyline.consumers.drift import DriftSubscriber
 from eddyline.consumers.lake import Lake
 from eddyline.predict import PredictionError, Predictor
 from eddyline.schemas.arrow import arrow_schema
 from eddyline.schemas.envelope import ARROW, encode_arrow, encode_json
-from eddyline.schemas.events import DriftEvent, InteractionEvent, ModelEvent
+from eddyline.schemas.events import InteractionEvent, ModelEvent
 from eddyline.simulate import TrafficSimulator
 from eddyline.streams.kafka.broker import free_port
 from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
@@ -27,7 +26,13 @@ from eddyline.streams.kafka.topics import Topics, read_all, read_latest
 from eddyline.streams.sdk.producer import EventProducer
 from eddyline.streams.worker.budget_state import changelog_topic
 from eddyline.streams.worker.process import WorkerProcess
-from tests.integration.helpers import deadlettered_rows, deadletters, delta_ids, wait_for
+from tests.integration.helpers import (
+    deadlettered_rows,
+    deadletters,
+    delta_ids,
+    drift_events,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 CANARY_TEXT = "canary-comment-4c1d"
@@ -134,7 +139,7 @@ def test_ten_thousand_events_exactly_once_private_deadlettered_and_drift(
     }
     assert all(d["source"]["topic"].endswith("events.interaction") for d in letters)
 
-    drifts = _drift_events(kafka)
+    drifts = drift_events(kafka)
     assert drifts, "no drift event after the injected drift"
     assert all(d.events_seen > 4_500 for d in drifts), "a drift alarm before the drift"
     assert drifts[0].offsets_after and drifts[0].lake_version is not None
@@ -214,22 +219,6 @@ def test_ten_thousand_events_exactly_once_private_deadlettered_and_drift(
     _assert_no_raw_personal_data(
         kafka, lake, [sim.user_id(i) for i in range(sim.users)], logs_and_metrics
     )
-
-
-def _drift_events(kafka: KafkaSettings) -> list[DriftEvent]:
-    found: list[DriftEvent] = []
-    with DriftSubscriber(group_id=f"{kafka.namespace}-test", kafka=kafka) as sub:
-
-        def got_one() -> bool:
-            event = sub.poll(1.0)
-            if event is not None:
-                found.append(event)
-            return bool(found)
-
-        wait_for(got_one, 60, "a drift event", every=0)
-        while (event := sub.poll(2.0)) is not None:
-            found.append(event)
-    return found
 
 
 def _assert_no_raw_personal_data(

@@ -16,30 +16,20 @@ from pathlib import Path
 
 import pytest
 
-from eddyline.consumers.drift import DriftSubscriber
 from eddyline.consumers.lake import Lake
 from eddyline.consumers.retrain import RetrainJob, TrainConfig
 from eddyline.online_learning.registry import ModelRegistry
-from eddyline.schemas.events import DriftEvent
 from eddyline.schemas.storage import join
 from eddyline.streams.kafka.broker import free_port
 from eddyline.streams.kafka.settings import KafkaSettings
 from eddyline.streams.worker.process import WorkerProcess
 from tests.azurite import Azurite
-from tests.integration.helpers import deadlettered_rows, wait_for
+from tests.integration.helpers import deadlettered_rows, drift_events, wait_for
 from tests.integration.test_exactly_once import Stream
 
 pytestmark = pytest.mark.integration
 TOTAL, DRIFT_AT = 300_000, 150_000
 QUERY = "/predict/click?item_category=news&position=2&dwell_time_s=8"
-
-
-def _drifts(kafka: KafkaSettings) -> list[DriftEvent]:
-    found: list[DriftEvent] = []
-    with DriftSubscriber(group_id=f"{kafka.namespace}-scale", kafka=kafka) as sub:
-        while (event := sub.poll(3.0)) is not None:
-            found.append(event)
-    return found
 
 
 def _answer(worker: WorkerProcess) -> dict:
@@ -117,7 +107,7 @@ def test_machines_share_one_logical_model_and_one_lake_on_the_object_store(
             "every invalid event dead-lettered",
         )
         # one drift event for the change (a replay after a crash repeats its key, not a new one)
-        drifts = [d for d in _drifts(kafka) if d.model == "click" and d.signal == "error_rate"]
+        drifts = [d for d in drift_events(kafka) if d.model == "click" and d.signal == "error_rate"]
         keys = {d.idempotency_key for d in drifts}
         assert len(keys) == 1, [(d.events_seen, d.idempotency_key) for d in drifts]
         drift = drifts[0]
