@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
 import math
 import time
@@ -32,16 +31,16 @@ from prometheus_client import (
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from eddyline.schemas.deadletter import DeadLetter, Reason
+from eddyline.schemas.deadletter import DeadLetter
 from eddyline.schemas.envelope import ARROW, decode
 from eddyline.schemas.errors import EddylineError, EventValidationError
-from eddyline.schemas.events import BaseEvent
 from eddyline.schemas.registry import REGISTRY
 from eddyline.schemas.source import SourceRef
 from eddyline.streams.collector.committer import Committer, not_durable
+from eddyline.streams.collector.gather import gather
 from eddyline.streams.collector.limits import Bucket, HttpError, parse_json, read_body
 from eddyline.streams.collector.mapping import Mapping, WriteKey
-from eddyline.streams.collector.segment import CALLS, Converted, convert, parse_time
+from eddyline.streams.collector.segment import CALLS
 from eddyline.streams.collector.sending import rows_to_columns
 from eddyline.streams.kafka.settings import KafkaSettings, ProducerSettings
 from eddyline.streams.kafka.topics import Topics
@@ -261,39 +260,21 @@ class Collector:
         received = datetime.now(UTC)
         self._requests += 1
         source = SourceRef(f"collector/{key.name}", 0, self._requests)
-        dead: list[DeadLetter] = []
-        converted: dict[type[BaseEvent], list[tuple[int, dict[str, Any]]]] = {}
         small = request.get("body_bytes", 0) <= self.settings.max_event_bytes  # all fit
-        sent_at = parse_time(body.get("sentAt"))  # the batch's, read once
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict) or message.get("type") not in CALLS:
-                dead.append(
-                    DeadLetter(Reason.EVENT_UNMAPPED, "not a Segment call", source, rows=str(i))
-                )
-                continue
-            call = message["type"]
-            if not small and len(json.dumps(message)) > self.settings.max_event_bytes:
-                dead.append(
-                    DeadLetter(
-                        Reason.EVENT_TOO_LARGE,
-                        f"over {self.settings.max_event_bytes:,} bytes",
-                        source,
-                        rows=str(i),
-                    )
-                )
-                continue
-            result = convert(message, call, key, self.mapping, sent_at, received)
-            if result is None:
-                self.m["dropped"].labels(key.name, call).inc()
-                continue
-            if not isinstance(result, Converted):
-                dead.append(
-                    DeadLetter(
-                        result.reason, result.detail, source, field=result.field, rows=str(i)
-                    )
-                )
-                continue
-            converted.setdefault(result.model, []).append((i, result.values))
+        converted, rejected, dropped = gather(
+            messages,
+            key,
+            self.mapping,
+            body.get("sentAt"),
+            received,
+            None if small else self.settings.max_event_bytes,
+        )
+        for call, n in dropped.items():
+            self.m["dropped"].labels(key.name, call).inc(n)
+        dead = [
+            DeadLetter(why.reason, why.detail, source, field=why.field, rows=str(i))
+            for i, why in rejected
+        ]
         taken = await self.committer.submit(converted, source, dead) if converted else {}
         for model, n in taken.items():
             self.m["events"].labels(key.name, model.event_name).inc(n)

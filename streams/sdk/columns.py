@@ -172,6 +172,8 @@ def with_defaults(model: type[BaseEvent], table: pa.Table) -> pa.Table:
     for ``event_id``, the default (or its factory's one value: ``occurred_at`` = now)
     for the rest. Columns without a default are left for ``conform`` to report."""
     schema = arrow_schema(model)
+    if table.num_columns == len(schema) and table.schema.equals(schema):
+        return table  # every column there (what the collector sends): nothing to fill
     for name, info in model.model_fields.items():
         if name in table.column_names or info.is_required():
             continue
@@ -197,6 +199,9 @@ def vectorised(model: type[BaseEvent]) -> bool:
 def checked(model: type[BaseEvent], table: pa.Table) -> pa.Table:
     """``table`` conformed to the model's Arrow schema and validated; else raise."""
     name = model.event_name
+    schema = arrow_schema(model)
+    if table.schema.equals(schema):  # the model's own types: nothing to check or cast
+        return _validated(model, table)
     for f in table.schema:
         if pa.types.is_timestamp(f.type) and f.type.tz is None:
             raise EventValidationError(
@@ -204,7 +209,6 @@ def checked(model: type[BaseEvent], table: pa.Table) -> pa.Table:
                 field=f.name,
                 reason="timezone_aware",
             )
-    schema = arrow_schema(model)
     unknown = sorted(set(table.column_names) - set(schema.names))
     if unknown:  # named here: the app's own columns, in the app's own process
         raise EventValidationError(
@@ -225,6 +229,12 @@ def checked(model: type[BaseEvent], table: pa.Table) -> pa.Table:
         raise EventValidationError(
             f"invalid {name} batch: {exc}", field=None, reason="columns"
         ) from None
+    return _validated(model, table)
+
+
+def _validated(model: type[BaseEvent], table: pa.Table) -> pa.Table:
+    """``table`` (in the model's schema) if every row keeps the model's rules; else raise."""
+    name = model.event_name
     if not vectorised(model):  # custom validators: pydantic row by row
         for i, row in enumerate(table.to_pylist()):
             try:

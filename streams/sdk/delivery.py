@@ -28,6 +28,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from eddyline.schemas.envelope import KafkaHeaders
 from eddyline.streams.kafka.clients import RETRY_LATER, ClientErrors, is_fatal, take_back
 from eddyline.streams.kafka.settings import KafkaSettings, ProducerSettings
+from eddyline.streams.sdk.durable import Durability
 from eddyline.streams.sdk.metrics import ProducerMetrics
 from eddyline.streams.sdk.outgoing import ClientStats, DeliveryReport, Outgoing
 from eddyline.streams.sdk.partitions import PartitionCounts
@@ -70,10 +71,9 @@ class Delivery:
         self._spool_high = int(settings.spool_max_bytes * 0.9)
         self._inflight: dict[tuple[str, int], int] = defaultdict(int)
         self._draining: dict[int, tuple[str, int]] = {}
-        self._exposed: set[int] = set()  # sent, not yet acknowledged or spooled: at risk
+        self.durable = Durability(lock)  # numbers envelopes; who waits for which
         self._producer: Any = None
         self._spool: Spool | None = None
-        self._seq = 0
         self._offline = False
         # The error that made librdkafka's producer unusable (None: it is fine), and when
         # the background thread may next replace it (backing off if it keeps failing).
@@ -99,7 +99,7 @@ class Delivery:
         """The librdkafka producer, made (with the spool and the thread) on first use."""
         if self._producer is None:
             self._spool = Spool.open(self.spool_root(), max_bytes=self.settings.spool_max_bytes)
-            self._seq = self._spool.max_seq() + 1
+            self.durable.sequence = self._spool.max_seq() + 1
             self.partitions.load()
             self._producer = self._new_client()
             self._thread = threading.Thread(
@@ -126,8 +126,7 @@ class Delivery:
         return Path(self.settings.spool_dir) / cluster
 
     def next_seq(self) -> int:
-        self._seq += 1
-        return self._seq - 1  # spool order
+        return self.durable.number()
 
     def partition_count(self, topic: str) -> int:
         """How many partitions ``topic`` has (``streams.sdk.partitions``)."""
@@ -187,7 +186,7 @@ class Delivery:
             self._draining[env.seq] = env.key
         else:
             self._inflight[env.key] += 1
-            self._exposed.add(env.seq)
+            self.durable.expose(env.seq)
 
     def _to_spool(self, env: Outgoing) -> None:
         assert self._spool is not None
@@ -230,8 +229,10 @@ class Delivery:
                     self._to_spool(env)
             else:
                 self._refused(env, err, from_spool)
-            self._exposed.discard(env.seq)  # acknowledged, spooled, or refused for good
+            due = self.durable.settle(env.seq)  # acknowledged, spooled, or refused for good
             self.room.notify_all()
+        for callback in due:
+            callback()
         if self._on_delivery is not None:
             error = None if err is None else err.str()
             self._on_delivery(
@@ -347,20 +348,6 @@ class Delivery:
                         break
 
     # -- flushing and closing -------------------------------------------------------------
-
-    @property
-    def sequence(self) -> int:
-        """The sequence number the next envelope will get."""
-        return self._seq
-
-    def durable_before(self, mark: int, deadline: float) -> bool:
-        """Wait until every envelope numbered below ``mark`` is acknowledged or in the
-        spool (or refused for good: counted in ``failed``), or ``deadline``; whether it is."""
-        with self.room:
-            return self.room.wait_for(
-                lambda: not any(seq < mark for seq in self._exposed),
-                timeout=max(0.0, deadline - time.monotonic()),
-            )
 
     def wait(self, deadline: float) -> int:
         """Serve reports and drain until nothing is pending or ``deadline``; what is left."""

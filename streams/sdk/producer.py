@@ -234,12 +234,18 @@ class EventProducer:
         with self._lock:
             for buf in list(self._buffers.values()):
                 self._send(buf)
-            return self._delivery.sequence
+            return self._delivery.durable.sequence
 
     def wait_durable(self, mark: int, timeout: float = 30.0) -> bool:
         """Wait until every event sealed before ``mark`` (``seal``) is acknowledged by Kafka
         or written to the spool; False if ``timeout`` passed first."""
-        return self._delivery.durable_before(mark, time.monotonic() + timeout)
+        return self._delivery.durable.wait(mark, time.monotonic() + timeout)
+
+    def when_durable(self, mark: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every event sealed before ``mark`` is acknowledged by
+        Kafka or written to the spool (``wait_durable`` without a waiting thread; it runs
+        on the producer's reporting thread, or at once if they already are)."""
+        self._delivery.durable.when(mark, callback)
 
     def pending(self) -> int:
         """Envelopes not yet acknowledged: in flight, or waiting in the spool."""
