@@ -123,7 +123,7 @@ def gather(
     dropped: Counter[str] = Counter()
     for i, message in enumerate(messages):
         call = message.get("type") if type(message) is dict else None
-        if call not in CALLS:
+        if type(call) is not str or call not in CALLS:  # (a list is no key of a set)
             rejected.append((i, Rejected(Reason.EVENT_UNMAPPED, "not a Segment call")))
             continue
         if max_event_bytes is not None and len(json.dumps(message)) > max_event_bytes:

@@ -35,7 +35,7 @@ EVENTS = ["Product Clicked", "Product Viewed", "Feedback Given", "Unknown Thing"
 def _call(rng: random.Random, n: int) -> Any:
     kind = rng.choice(["track"] * 6 + ["page", "screen", "identify", "alias", "bogus"])
     if rng.random() < 0.02:
-        return rng.choice(["not a call", 3, None, ["x"]])
+        return rng.choice(["not a call", 3, None, ["x"], {"type": ["track"]}, {"type": {}}])
     call: dict[str, Any] = {"type": kind}
     if kind == "track":
         call["event"] = rng.choice(EVENTS)
@@ -103,7 +103,8 @@ def test_gather_makes_what_convert_makes_call_by_call(
     expected_rejected: list[tuple[int, Rejected]] = []
     expected_dropped: dict[str, int] = {}
     for i, call in enumerate(calls):
-        if not isinstance(call, dict) or call.get("type") not in {
+        kind = call.get("type") if isinstance(call, dict) else None
+        if not isinstance(kind, str) or kind not in {
             "track",
             "page",
             "screen",
