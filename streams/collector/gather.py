@@ -82,8 +82,11 @@ class Gathered:
             return
         order = sorted(range(len(index)), key=index.__getitem__)
         where = {row: new for new, row in enumerate(order)}
-        for values in (self.calls, self.index, self.ids, self.stamps, self.sent):
-            values[:] = [values[row] for row in order]
+        self.calls = [self.calls[row] for row in order]
+        self.index = [self.index[row] for row in order]
+        self.ids = [self.ids[row] for row in order]
+        self.stamps = [self.stamps[row] for row in order]
+        self.sent = [self.sent[row] for row in order]
         for name, column in self.columns.items():
             self.columns[name] = [column[row] for row in order]
         self.random = sorted(where[row] for row in self.random)
@@ -200,12 +203,12 @@ def _add(
     into.columns.setdefault("app_id", [None] * before).extend([into.key.app_id] * n)
     prefix = _NAMESPACE_BYTES + into.key.name.encode() + b"\x00"
     sha1 = hashlib.sha1
-    ids = [c.get("messageId") for c in calls]
-    for row, mid in enumerate(ids):
+    ids: list[bytes] = []
+    for row, mid in enumerate([c.get("messageId") for c in calls]):
         if type(mid) is str and mid:
-            ids[row] = sha1(prefix + mid.encode()).digest()[:16]
+            ids.append(sha1(prefix + mid.encode()).digest()[:16])
         else:
-            ids[row] = os.urandom(16)
+            ids.append(os.urandom(16))
             into.random.append(before + row)
     into.ids.extend(ids)
     into.stamps.extend([c.get("timestamp") for c in calls])
@@ -264,11 +267,13 @@ def _ids(parts: list[Gathered]) -> pa.Array:
     raw = raw.reshape(-1, 16).copy()
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x50
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
-    start, random = 0, []
+    random_rows: list[int] = []  # rows without a messageId, across the parts
+    start = 0
     for p in parts:
-        random.extend(start + r for r in p.random)
+        random_rows.extend(start + r for r in p.random)
         start += len(p)
-    if random:
+    if random_rows:
+        random = np.asarray(random_rows, np.int64)
         raw[random, 6] = (raw[random, 6] & 0x0F) | 0x40
     return _uuid_text(raw)
 
