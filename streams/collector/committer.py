@@ -15,6 +15,7 @@ loop reads the next requests meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -150,7 +151,8 @@ class Committer:
             durable: asyncio.Future[None] = loop.create_future()
 
             def done() -> None:  # on the producer's reporting thread
-                loop.call_soon_threadsafe(_settle, durable)
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                    loop.call_soon_threadsafe(_settle, durable)
 
             self.producer.when_durable(mark, done)
             try:
