@@ -76,10 +76,11 @@ class TimeWindow:
     def bounds_us(self, now: datetime | None = None) -> tuple[int, int]:
         """The bounds as microseconds since the epoch."""
         low, high = self.bounds(now)
-        return _micros(low), _micros(high)
+        return micros(low), micros(high)
 
 
-def _micros(at: datetime) -> int:
+def micros(at: datetime) -> int:
+    """An aware datetime as integer microseconds since the epoch (exact)."""
     delta = at - EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 

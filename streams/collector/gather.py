@@ -23,7 +23,7 @@ import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from eddyline.schemas.arrow import _uuid_text, arrow_schema
 from eddyline.schemas.deadletter import Reason
-from eddyline.schemas.events import BaseEvent
+from eddyline.schemas.events import BaseEvent, micros
 from eddyline.streams.collector.mapping import Mapping, RoutePlan, WriteKey
 from eddyline.streams.collector.segment import (
     _NAMESPACE_BYTES,
@@ -44,14 +44,7 @@ from eddyline.streams.collector.segment import (
 )
 
 _OWN = ("event_id", "occurred_at", "user_id", "app_id")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TIME = pa.timestamp("us", tz="UTC")
-
-
-def micros(t: datetime) -> int:
-    """An aware datetime as integer microseconds since the epoch (exact)."""
-    delta = t - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 @dataclass
