@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -127,7 +128,8 @@ class ModelRegistry:
 
     def artifact_dir(self, version: ModelVersion) -> Path:
         """A local folder holding ``version``'s files: the artifact folder itself, or (on an
-        object store) a copy downloaded once into a cache folder."""
+        object store) a copy downloaded once into a cache folder, removed when this registry
+        is garbage-collected or the process exits."""
         if not self.artifacts.remote:
             return Path(version.artifact)
         local = self._downloaded.get(version.artifact)
@@ -135,6 +137,7 @@ class ModelRegistry:
             return local
         # a private folder of this process (artifacts are code-bearing: never a shared path)
         local = Path(tempfile.mkdtemp(prefix="eddyline-artifact-"))
+        weakref.finalize(self, shutil.rmtree, local, ignore_errors=True)
         prefix = version.artifact[len(self.artifacts.root) + 1 :]
         for name in self.artifacts.names(prefix):
             data = self.artifacts.get(name)

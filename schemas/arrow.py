@@ -87,6 +87,22 @@ def _uuid_text(raw: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(text)])
 
 
+def uuid_text(raw: np.ndarray, version: int | np.ndarray) -> pa.Array:
+    """UUIDs from an ``(n, 16)`` uint8 array of hashed or random bytes, stamped (in place)
+    with ``version`` (one for all, or one a row) and the RFC 4122 variant, as canonical
+    strings.
+
+    Examples:
+        >>> import uuid
+        >>> raw = np.frombuffer(bytes(range(16)), np.uint8).reshape(1, 16).copy()
+        >>> uuid_text(raw, 5)[0].as_py() == str(uuid.UUID(bytes=bytes(range(16)), version=5))
+        True
+    """
+    raw[:, 6] = (raw[:, 6] & 0x0F) | (np.asarray(version, np.uint8) << 4)
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
+    return _uuid_text(raw)
+
+
 def uuid_column_of_ints(values: Sequence[int | None]) -> pa.Array:
     """UUIDs given by their ``.int`` (None for null) as canonical strings: what
     ``pa.array([str(UUID(int=v)) ...])`` gives, ~5x cheaper (``str(UUID)`` is Python
@@ -103,10 +119,7 @@ def uuid_column_of_ints(values: Sequence[int | None]) -> pa.Array:
 def new_uuid_column(n: int) -> pa.Array:
     """``n`` new random (version 4) UUIDs as strings: the ids ``emit_many`` gives rows
     sent without one."""
-    raw = np.frombuffer(random_id_bytes(n), np.uint8).reshape(n, 16).copy()
-    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
-    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
-    return _uuid_text(raw)
+    return uuid_text(np.frombuffer(random_id_bytes(n), np.uint8).reshape(n, 16).copy(), 4)
 
 
 class SchemaMismatchError(UserError, ValueError):

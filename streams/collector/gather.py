@@ -29,14 +29,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from eddyline.schemas.arrow import _uuid_text, arrow_schema
+from eddyline.schemas.arrow import arrow_schema, uuid_text
 from eddyline.schemas.deadletter import Reason
 from eddyline.schemas.events import BaseEvent, micros
 from eddyline.streams.collector.mapping import Mapping, RoutePlan, WriteKey
 from eddyline.streams.collector.segment import (
-    _NAMESPACE_BYTES,
     CALLS,
     DROPPED_CALLS,
+    ID_NAMESPACE,
     Converted,
     Rejected,
     convert,
@@ -194,7 +194,7 @@ def _add(
         column.extend(values)
     into.columns.setdefault("user_id", [None] * before).extend(users)
     into.columns.setdefault("app_id", [None] * before).extend([into.key.app_id] * n)
-    prefix = _NAMESPACE_BYTES + into.key.name.encode() + b"\x00"
+    prefix = ID_NAMESPACE + into.key.name.encode() + b"\x00"
     sha1 = hashlib.sha1
     ids: list[bytes] = []
     for row, mid in enumerate([c.get("messageId") for c in calls]):
@@ -258,17 +258,12 @@ def _ids(parts: list[Gathered]) -> pa.Array:
     """Each call's 16 bytes as a UUID: version 5 (hashed), or 4 (random, no messageId)."""
     raw = np.frombuffer(b"".join(i for p in parts for i in p.ids), np.uint8)
     raw = raw.reshape(-1, 16).copy()
-    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x50
-    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
-    random_rows: list[int] = []  # rows without a messageId, across the parts
+    versions = np.full(len(raw), 5, np.uint8)
     start = 0
-    for p in parts:
-        random_rows.extend(start + r for r in p.random)
+    for p in parts:  # rows without a messageId, across the parts
+        versions[[start + r for r in p.random]] = 4
         start += len(p)
-    if random_rows:
-        random = np.asarray(random_rows, np.int64)
-        raw[random, 6] = (raw[random, 6] & 0x0F) | 0x40
-    return _uuid_text(raw)
+    return uuid_text(raw, versions)
 
 
 def _parsed(values: list[Any]) -> np.ndarray:

@@ -28,8 +28,7 @@ from eddyline.streams.collector.mapping import Mapping, WriteKey
 #: and aliases never pass the privacy boundary)
 DROPPED_CALLS = frozenset({"identify", "alias", "group"})
 CALLS = frozenset({"track", "page", "screen"}) | DROPPED_CALLS
-_NAMESPACE = uuid.UUID("6f1e4a52-8c1d-4b7e-9a43-1d2f3c4b5a69")
-_NAMESPACE_BYTES = _NAMESPACE.bytes
+ID_NAMESPACE = uuid.UUID("6f1e4a52-8c1d-4b7e-9a43-1d2f3c4b5a69").bytes  # of event ids (UUID 5)
 _MISSING = object()
 
 
@@ -82,7 +81,7 @@ def event_id(key: WriteKey, message_id: Any) -> str:
         return str(uuid.uuid4())
     digest = bytearray(
         hashlib.sha1(  # noqa: S324 - UUID 5 is SHA-1 by definition
-            _NAMESPACE_BYTES + f"{key.name}\x00{message_id}".encode()
+            ID_NAMESPACE + f"{key.name}\x00{message_id}".encode()
         ).digest()[:16]
     )
     digest[6] = (digest[6] & 0x0F) | 0x50  # version 5

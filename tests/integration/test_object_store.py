@@ -3,6 +3,7 @@ session (tests/azurite.py says why it is the closest to the real service for Del
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import uuid
@@ -103,6 +104,9 @@ def test_checkpoints_and_the_registry_live_on_the_object_store(object_store: str
             accountant_history=[], data_key="k", lineage={},
         )  # fmt: skip
     assert [v.version for v in fresh.versions("click")] == [1]
+    del fresh  # the downloaded copy is private to that registry and goes with it
+    gc.collect()
+    assert not local.exists()
 
 
 @pytest.mark.parametrize("where", ["object store", "local folder"])
