@@ -135,10 +135,7 @@ class Committer:
     def _emit_one_by_one(self, model: type[BaseEvent], r: _Request) -> None:
         assert r.source is not None
         rows, rejected = r.rows[model].rows()
-        for i, why in rejected:
-            r.dead.append(
-                DeadLetter(why.reason, why.detail, r.source, field=why.field, rows=f"{i}")
-            )
+        r.dead.extend(why.letter(r.source, i) for i, why in rejected)
         try:
             r.taken[model] = emit_rows(self.producer, model, rows, r.source, r.dead)
         except HttpError as exc:

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from eddyline.schemas.deadletter import Reason
+from eddyline.schemas.deadletter import DeadLetter, Reason
 from eddyline.schemas.events import BaseEvent
+from eddyline.schemas.source import SourceRef
 from eddyline.streams.collector.mapping import Mapping, WriteKey
 
 #: calls Segment defines that carry no event of ours: accepted and dropped (traits, groups
@@ -46,6 +47,10 @@ class Rejected:
     reason: Reason
     detail: str
     field: str | None = None
+
+    def letter(self, source: SourceRef, place: int) -> DeadLetter:
+        """The dead letter of the request's call at ``place``."""
+        return DeadLetter(self.reason, self.detail, source, field=self.field, rows=str(place))
 
 
 def parse_time(value: Any) -> datetime | None:

@@ -271,10 +271,7 @@ class Collector:
         )
         for call, n in dropped.items():
             self.m["dropped"].labels(key.name, call).inc(n)
-        dead = [
-            DeadLetter(why.reason, why.detail, source, field=why.field, rows=str(i))
-            for i, why in rejected
-        ]
+        dead = [why.letter(source, i) for i, why in rejected]
         taken = await self.committer.submit(converted, source, dead) if converted else {}
         for model, n in taken.items():
             self.m["events"].labels(key.name, model.event_name).inc(n)
