@@ -11,9 +11,15 @@ rise is a true alarm of the detector, and each would be a drift event for the sa
 ``ChangeReports`` places each alarm in **event time** (the rows' ``occurred_at``): where the
 change began (the row at the alarm's ``change_index``) and when it was detected (the row it
 fired on). An alarm in the same direction as the change last reported, whose change began
-before that change was detected (plus one detection delay of slack), is the same change
-reaching the model through another partition: it is merged, not reported. A change that
-begins after the last one was detected is reported, however soon after it is learned.
+before that change was detected (plus one detection delay of slack, and at least
+``MIN_SLACK_US``), is the same change reaching the model through another partition: it is
+merged, not reported. A change that begins later than that is reported, however soon after
+it is learned.
+
+The floor: a detector places a change to within a few thousand rows, and a row's event
+time is interpolated within its envelope (rows ``first``..``last`` ``occurred_at``), so a
+change seen again through a lagging partition can be placed up to about a second after
+where it was first placed, while the first detection delay can be a tenth of that.
 
 Examples:
     >>> r = ChangeReports()
@@ -32,6 +38,7 @@ from dataclasses import dataclass, field
 from eddyline.online_learning.detectors import Alarm
 
 _KEEP_ROWS = 30_000  # how far back a change is placed (the detector locates within 5,000)
+MIN_SLACK_US = 5_000_000  # changes placed within 5 s (event time) of the last are one change
 
 
 @dataclass
@@ -72,7 +79,7 @@ class ChangeReports:
                 continue
             last = self.reported
             if last is not None and rising == last[0]:
-                slack = max(last[2] - last[1], 0)  # one detection delay
+                slack = max(last[2] - last[1], MIN_SLACK_US)  # one detection delay, or more
                 if began <= last[2] + slack:
                     self.merged += 1
                     continue

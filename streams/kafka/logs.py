@@ -14,6 +14,9 @@ Examples:
     True
     >>> f.filter(rec("[thrd:2] 127.0.0.1:9092 Connect failed (after 3ms)"))
     False
+    >>> g = OncePerInterval(60.0, clock=lambda: 0.0, only=("aiokafka",))
+    >>> [g.filter(rec("drift: click 0.2 -> 0.7")) for _ in range(2)]  # not a Kafka client's
+    [True, True]
 """
 
 from __future__ import annotations
@@ -28,17 +31,26 @@ _VARYING = re.compile(r"\[thrd:[^\]]*\]|\d+")
 
 class OncePerInterval(logging.Filter):
     """Passes the first record of each kind (logger, level, message without its numbers)
-    per ``interval_s``; the next one that passes says how many were held back."""
+    per ``interval_s``; the next one that passes says how many were held back. ``only``:
+    the logger names (and their children) it limits; every other record passes."""
 
     def __init__(
-        self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+        self,
+        interval_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        only: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__()
         self.interval_s, self._clock = interval_s, clock
+        self._only = only
         self._last: dict[tuple[str, int, str], float] = {}
         self._held: dict[tuple[str, int, str], int] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self._only is not None and not any(
+            record.name == name or record.name.startswith(name + ".") for name in self._only
+        ):
+            return True
         kind = (record.name, record.levelno, _VARYING.sub("#", record.getMessage())[:120])
         now = self._clock()
         last = self._last.get(kind)
@@ -53,7 +65,9 @@ class OncePerInterval(logging.Filter):
         return True
 
 
-_FILTER = OncePerInterval()
+# The Kafka clients' loggers only: eddyline's own lines (a drift, an ownership change) are
+# each worth reading, however alike.
+_FILTER = OncePerInterval(only=("eddyline.kafka", "aiokafka", "faust.transport"))
 
 
 def kafka_logger() -> logging.Logger:

@@ -264,8 +264,15 @@ class LearnStage:
             event = await asyncio.to_thread(self.drift_event, model, alarm, signal, watched)
             out.drift.append(event)
             self.metrics.drift_events.labels(model.name).inc()
-            what = watched or signal
-            log.warning("drift: %s %s %.3f -> %.3f", model.name, what, alarm.before, alarm.after)
+            log.warning(
+                "drift: %s %s %.3f -> %.3f at %d events (%s)",
+                model.name,
+                watched or signal,
+                alarm.before,
+                alarm.after,
+                alarm.index,
+                event.idempotency_key,
+            )
 
     def drift_event(
         self,
@@ -288,6 +295,9 @@ class LearnStage:
                 lo, hi = after.get(partition, (first, last))
                 after[partition] = (min(lo, first), max(hi, last))
                 keys[partition] = key
+        if not after and self.learned[model.name]:  # the cut lies late in the last message:
+            _, _, partition, first, last, key = self.learned[model.name][-1]  # that one, then
+            after[partition], keys[partition] = (first, last), key
         key = ",".join(f"{p}:{lo}" for p, (lo, _) in sorted(after.items()))
         return DriftEvent(
             idempotency_key=f"{model.name}:{model.version}:{watched or signal}:{key}",

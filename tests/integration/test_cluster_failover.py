@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -108,6 +109,7 @@ def test_losing_a_node_mid_stream_loses_and_doubles_nothing(
             lambda: samples and samples[-1]["under"] == [0.0, 0.0],
             120,
             "the cluster fully replicated again",
+            status=lambda: f"last samples (under, brokers): {_recent(samples)}",
         )
         recovered = samples[-1]["t"]
     finally:
@@ -141,3 +143,8 @@ def test_losing_a_node_mid_stream_loses_and_doubles_nothing(
         "doubled": len(written) - len(set(written)),
     }
     print(json.dumps({"test": "cluster_failover", **figures}))
+
+
+def _recent(samples: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
+    """The last few samples' under-replicated and broker gauges (a failure's evidence)."""
+    return [(s["under"], s["brokers"]) for s in samples[-5:]]
