@@ -66,51 +66,22 @@ def test_the_model_places_its_batches_by_their_occurred_at() -> None:
         }
     )
     model.process(rows)
-    start, end, first, last, _ = model.reports.batches[-1]
+    start, end, first, last = model.reports.batches[-1]
     assert (end - start, last - first) == (4, 3 * S)
     assert model.reports.at(start + 2) == first + 2 * S
 
 
 def test_a_change_placed_a_little_late_through_a_lagging_partition_is_merged() -> None:
     """The first detection came 0.1 s (event time) after the change; the same change seen
-    through a partition that lags is placed 8 s later than that: within MIN_SLACK_US, one
-    change. One placed 40 s after the first detection is a new change."""
+    through a partition that lags is placed 1 s later than that: within MIN_SLACK_US, one
+    change. One placed 6 s after the first detection is a new change."""
     r = ChangeReports()
     r.learned(0, 1_000, 99 * S, 101 * S)  # P2 crossing t = 100 s at count 500
-    r.learned(1_000, 2_000, 100 * S, 116 * S)  # P1, 30,000 rows behind, crossing it late
-    r.learned(2_000, 3_000, 137 * S, 143 * S)  # later rows
+    r.learned(1_000, 2_000, 100 * S, 102 * S)  # P1, 30,000 rows behind, crossing it late
+    r.learned(2_000, 3_000, 107 * S, 109 * S)  # later rows
     first = Alarm(550, 0.23, 0.69, 500)  # began at 100.0 s, detected at 100.1 s
-    again = Alarm(1_700, 0.30, 0.70, 1_500)  # placed at ~108 s: 8 s after the detection
-    later = Alarm(2_900, 0.30, 0.95, 2_500)  # placed at ~140 s: a new change
+    again = Alarm(1_700, 0.30, 0.70, 1_550)  # placed at ~101.1 s: 1 s after the detection
+    later = Alarm(2_900, 0.30, 0.95, 2_100)  # placed at ~107.2 s: a new change
     assert r.new([first]) == [first]
     assert r.new([again]) == [] and r.merged == 1
     assert r.new([later]) == [later]
-
-
-def test_a_change_reaching_the_model_through_a_partition_far_behind_is_merged() -> None:
-    """P1's worker was away for minutes: the others ran far ahead before P1's backlog was
-    learned, and the model, adapting meanwhile, placed P1's view of the change 40 s after
-    it began. Its rows are behind what was learned before them: the same change. A change
-    at the frontier, in the same direction, after that: a new one."""
-    r = ChangeReports()
-    r.learned(0, 1_000, 95 * S, 105 * S)  # P2 crossing t = 100 s at count 500
-    r.learned(1_000, 2_000, 200 * S, 250 * S)  # P0 and P2 run ahead
-    r.learned(2_000, 3_000, 250 * S, 300 * S)
-    r.learned(3_000, 4_000, 120 * S, 160 * S)  # P1's backlog, after the change
-    first = Alarm(700, 0.23, 0.69, 500)  # began at 100 s, detected at ~102 s
-    echo = Alarm(3_900, 0.22, 0.68, 3_500)  # placed at ~140 s, behind the frontier (300 s)
-    assert r.new([first]) == [first]
-    assert r.frontier(3_500) == 300 * S
-    assert r.new([echo]) == [] and r.merged == 1
-    r.learned(4_000, 5_000, 300 * S, 400 * S)
-    fresh = Alarm(4_900, 0.25, 0.80, 4_600)  # began at ~360 s: at the frontier
-    assert r.new([fresh]) == [fresh]
-
-
-def test_checkpoints_from_before_the_frontier_still_place_changes() -> None:
-    r = ChangeReports()
-    r.batches.append((0, 1_000, 95 * S, 105 * S))  # a batch as older checkpoints held it
-    del r.__dict__["high_water"]
-    r.learned(1_000, 2_000, 105 * S, 115 * S)
-    assert r.at(500) == 95 * S + 10 * S * 500 // 999
-    assert r.frontier(500) == 95 * S and r.frontier(1_500) == 105 * S
