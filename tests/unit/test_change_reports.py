@@ -71,13 +71,14 @@ def test_the_model_places_its_batches_by_their_occurred_at() -> None:
     assert model.reports.at(start + 2) == first + 2 * S
 
 
-def test_a_change_placed_a_little_late_through_a_lagging_partition_is_merged() -> None:
+def test_a_change_placed_a_little_late_through_another_partition_is_merged() -> None:
     """The first detection came 0.1 s (event time) after the change; the same change seen
-    through a partition that lags is placed 1 s later than that: within MIN_SLACK_US, one
-    change. One placed 6 s after the first detection is a new change."""
+    through another partition is placed 1 s later than that (times are interpolated within
+    an envelope, which spans seconds): within MIN_SLACK_US, one change. One placed 6 s after
+    the first detection is a new change."""
     r = ChangeReports()
     r.learned(0, 1_000, 99 * S, 101 * S)  # P2 crossing t = 100 s at count 500
-    r.learned(1_000, 2_000, 100 * S, 102 * S)  # P1, 30,000 rows behind, crossing it late
+    r.learned(1_000, 2_000, 100 * S, 102 * S)  # P1 crossing it, placed late
     r.learned(2_000, 3_000, 107 * S, 109 * S)  # later rows
     first = Alarm(550, 0.23, 0.69, 500)  # began at 100.0 s, detected at 100.1 s
     again = Alarm(1_700, 0.30, 0.70, 1_550)  # placed at ~101.1 s: 1 s after the detection
