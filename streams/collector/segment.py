@@ -14,7 +14,6 @@ Examples:
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +28,8 @@ from eddyline.streams.collector.mapping import Mapping, WriteKey
 #: and aliases never pass the privacy boundary)
 DROPPED_CALLS = frozenset({"identify", "alias", "group"})
 CALLS = frozenset({"track", "page", "screen"}) | DROPPED_CALLS
-ID_NAMESPACE = uuid.UUID("6f1e4a52-8c1d-4b7e-9a43-1d2f3c4b5a69").bytes  # of event ids (UUID 5)
+_ID_NAMESPACE = uuid.UUID("6f1e4a52-8c1d-4b7e-9a43-1d2f3c4b5a69")  # of event ids (UUID 5)
+ID_NAMESPACE = _ID_NAMESPACE.bytes
 _MISSING = object()
 
 
@@ -80,19 +80,11 @@ def corrected_time(message: dict[str, Any], sent_at: Any, received_at: datetime)
 
 def event_id(key: WriteKey, message_id: Any) -> str:
     """The same UUID (as text) for the same write key and ``messageId``: the UUID 5 of the
-    name ``<key name>\\0<messageId>`` (``uuid.uuid5``'s bytes, made without its objects);
-    a new one without an id."""
+    name ``<key name>\\0<messageId>`` (``gather`` makes the same ids column-wise); a new
+    one without an id."""
     if not isinstance(message_id, str) or not message_id:
         return str(uuid.uuid4())
-    digest = bytearray(
-        hashlib.sha1(  # noqa: S324 - UUID 5 is SHA-1 by definition
-            ID_NAMESPACE + f"{key.name}\x00{message_id}".encode()
-        ).digest()[:16]
-    )
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    x = digest.hex()
-    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{key.name}\x00{message_id}"))
 
 
 def _path(message: dict[str, Any], parts: tuple[str, ...]) -> Any:

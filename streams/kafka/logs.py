@@ -42,14 +42,12 @@ class OncePerInterval(logging.Filter):
     ) -> None:
         super().__init__()
         self.interval_s, self._clock = interval_s, clock
-        self._only = only
+        self._only = None if only is None else tuple(name + "." for name in only)
         self._last: dict[tuple[str, int, str], float] = {}
         self._held: dict[tuple[str, int, str], int] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._only is not None and not any(
-            record.name == name or record.name.startswith(name + ".") for name in self._only
-        ):
+        if self._only is not None and not (record.name + ".").startswith(self._only):
             return True
         kind = (record.name, record.levelno, _VARYING.sub("#", record.getMessage())[:120])
         now = self._clock()
