@@ -42,6 +42,7 @@ from eddyline.streams.collector.limits import Bucket, HttpError, parse_json, rea
 from eddyline.streams.collector.mapping import Mapping, WriteKey
 from eddyline.streams.collector.segment import CALLS
 from eddyline.streams.collector.sending import rows_to_columns
+from eddyline.streams.heap import tune_gc
 from eddyline.streams.kafka.settings import KafkaSettings, ProducerSettings
 from eddyline.streams.kafka.topics import Topics
 from eddyline.streams.sdk.producer import EventProducer
@@ -68,6 +69,8 @@ class CollectorSettings(BaseSettings):
     # the producer sends at once: librdkafka's linger is 0 unless extra_config says).
     commit_window_ms: float = Field(default=2.0, ge=0)
     max_waiting_events: int = Field(default=200_000, ge=1)  # more waiting: 503
+    # The cyclic GC's young generation (0: Python's 700; streams/heap.py).
+    gc_young_threshold: int = Field(default=100_000, ge=0)
 
 
 def _metrics(registry: CollectorRegistry) -> dict[str, Any]:
@@ -345,6 +348,7 @@ async def serve(collector: Collector) -> None:
     await runner.setup()
     site = web.TCPSite(runner, collector.settings.host, collector.settings.port)
     await site.start()
+    tune_gc(collector.settings.gc_young_threshold)  # start-up is done: freeze what it made
     log.info("collector on %s:%d", collector.settings.host, collector.settings.port)
     try:
         await asyncio.Event().wait()

@@ -191,6 +191,9 @@ class WorkerSettings(BaseSettings):
     # The longest a fetch may wait at the broker for data (Faust fixes 1,500 ms, which
     # stalled every other partition behind one empty one: streams/transport.py).
     fetch_max_wait_ms: int = Field(default=100, ge=0)
+    # The cyclic GC collects new objects every this many container allocations, and
+    # start-up's objects are frozen out of it (0: Python's 700; streams/heap.py says why).
+    gc_young_threshold: int = Field(default=100_000, ge=0)
     # A worker killed with -9 holds its partitions until this expires; keep it short.
     session_timeout_s: float = Field(default=10.0, gt=1)
     # Model checkpoints (with the offsets they cover) go to checkpoint_path this often.

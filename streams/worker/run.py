@@ -9,9 +9,11 @@ import os
 import sys
 import threading
 import time
+from typing import Any
 
 import faust
 
+from eddyline.streams.heap import tune_gc
 from eddyline.streams.kafka.logs import quieten_handlers
 from eddyline.streams.kafka.settings import KafkaSettings, WorkerSettings
 from eddyline.streams.kafka.topics import cluster_replication, ensure_topics
@@ -28,7 +30,8 @@ def run_worker(
     ks = cluster_replication(ks)  # Faust creates its changelogs with it
     ensure_topics(ks, ws.load_streams())
     app, _ = build_app(ws, ks)
-    _Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    worker = _Worker(app, loglevel=loglevel, quiet=True, gc_young=ws.gc_young_threshold)
+    worker.execute_from_commandline()
 
 
 class _Worker(faust.Worker):
@@ -42,8 +45,13 @@ class _Worker(faust.Worker):
 
     crash_exit_grace_s = 30.0
 
+    def __init__(self, app: faust.App, *, gc_young: int, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.gc_young = gc_young  # streams/heap.py
+
     async def on_first_start(self) -> None:
         await super().on_first_start()
+        tune_gc(self.gc_young)  # start-up is done: freeze what it made
         quieten_handlers()  # Faust has set up logging: aiokafka's retries, one line a minute
         logging.getLogger("eddyline.kafka").setLevel(logging.WARNING)  # librdkafka's too
         watch = threading.Thread(target=self._exit_if_stuck_after_a_crash, daemon=True)
