@@ -308,7 +308,7 @@ class LearnStage:
             feature=watched.split(":", 1)[1]
             if watched and watched.startswith("feature:")
             else None,
-            detector="adwin",
+            detector="adwin" if watched else model.spec.drift.error.method,  # watchers: ADWIN
             severity=alarm.severity,
             stat_before=alarm.before,
             stat_after=alarm.after,

@@ -118,3 +118,33 @@ def test_a_refresh_racing_an_assignment_leaves_the_models_to_the_new_owner(tmp_p
     learn.store.modified = assigned_meanwhile  # type: ignore[method-assign]
     assert learn.refresh_followed() == []  # it is the owner's to load, on its next message
     assert learn.reload_due("interaction") and learn.models["click"].seen == 0
+
+
+def test_a_drift_event_names_the_data_after_the_change_and_the_detector_that_fired(
+    tmp_path,
+) -> None:
+    """``LearnStage.drift_event``: the messages learned mostly after the located change, per
+    raw partition (first..last offset); a change located late in the last message learned
+    still names that message (never an event without data to retrain on); the detector is
+    the spec's error method for the error, ADWIN for a watched signal."""
+    from eddyline.online_learning.detectors import Alarm
+
+    learn = Pipeline(_settings(tmp_path, learners="click"), KafkaSettings(), STREAMS).learn
+    model = learn.models["click"]
+    # (events seen before, after, raw partition, first offset, last offset, source key)
+    for row in [(0, 100, 0, 0, 9, "a"), (100, 200, 1, 0, 4, "b"), (200, 300, 0, 10, 19, "a")]:
+        learn.learned["click"].append(row)
+
+    event = learn.drift_event(model, Alarm(index=260, before=0.2, after=0.5, change_index=120))
+    assert event.offsets_after == {1: (0, 4), 0: (10, 19)}  # midpoints 150 and 250 > 120
+    assert event.idempotency_key == "click:1:error_rate:0:10,1:0"
+    assert event.detector == "cusum" and event.severity == pytest.approx(0.3)
+
+    late = learn.drift_event(model, Alarm(index=300, before=0.2, after=0.5, change_index=290))
+    assert late.offsets_after == {0: (10, 19)}  # past every midpoint: the last message
+    assert late.idempotency_key == "click:1:error_rate:0:10"
+
+    watched = learn.drift_event(
+        model, Alarm(300, 0.1, 0.4, change_index=120), "feature", "feature:position"
+    )
+    assert watched.detector == "adwin" and watched.feature == "position"
