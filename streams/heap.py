@@ -20,26 +20,22 @@ import logging
 
 log = logging.getLogger("eddyline")
 
-PYTHON_DEFAULT_YOUNG = 700
-
 
 def tune_gc(young: int) -> None:
     """Freeze every object alive now (never collected again) and collect the youngest
-    generation every ``young`` new containers (0: Python's defaults, nothing frozen).
+    generation every ``young`` new containers (0: nothing changed, Python's defaults).
 
     Examples:
         >>> before = gc.get_threshold()
         >>> tune_gc(50_000)
         >>> gc.get_threshold()[0], gc.get_freeze_count() > 0
         (50000, True)
-        >>> tune_gc(0)  # back to Python's defaults
-        >>> gc.get_threshold()[0], gc.get_freeze_count()
-        (700, 0)
-        >>> gc.set_threshold(*before)
+        >>> gc.unfreeze(); gc.set_threshold(*before)  # this test's process as it was
+        >>> tune_gc(0)
+        >>> gc.get_threshold() == before, gc.get_freeze_count()
+        (True, 0)
     """
     if young <= 0:
-        gc.unfreeze()
-        gc.set_threshold(PYTHON_DEFAULT_YOUNG, 10, 10)
         return
     gc.collect()  # what start-up left as garbage goes now, not into the permanent generation
     gc.freeze()

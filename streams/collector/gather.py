@@ -194,7 +194,7 @@ def _add(
         column.extend(values)
     into.columns.setdefault("user_id", [None] * before).extend(users)
     into.columns.setdefault("app_id", [None] * before).extend([into.key.app_id] * n)
-    prefix = ID_NAMESPACE + into.key.name.encode() + b"\x00"
+    prefix = ID_NAMESPACE.bytes + into.key.name.encode() + b"\x00"
     sha1 = hashlib.sha1
     ids: list[bytes] = []
     for row, mid in enumerate([c.get("messageId") for c in calls]):

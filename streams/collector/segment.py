@@ -28,8 +28,7 @@ from eddyline.streams.collector.mapping import Mapping, WriteKey
 #: and aliases never pass the privacy boundary)
 DROPPED_CALLS = frozenset({"identify", "alias", "group"})
 CALLS = frozenset({"track", "page", "screen"}) | DROPPED_CALLS
-_ID_NAMESPACE = uuid.UUID("6f1e4a52-8c1d-4b7e-9a43-1d2f3c4b5a69")  # of event ids (UUID 5)
-ID_NAMESPACE = _ID_NAMESPACE.bytes
+ID_NAMESPACE = uuid.UUID("6f1e4a52-8c1d-4b7e-9a43-1d2f3c4b5a69")  # of event ids (UUID 5)
 _MISSING = object()
 
 
@@ -84,7 +83,7 @@ def event_id(key: WriteKey, message_id: Any) -> str:
     one without an id."""
     if not isinstance(message_id, str) or not message_id:
         return str(uuid.uuid4())
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{key.name}\x00{message_id}"))
+    return str(uuid.uuid5(ID_NAMESPACE, f"{key.name}\x00{message_id}"))
 
 
 def _path(message: dict[str, Any], parts: tuple[str, ...]) -> Any:
