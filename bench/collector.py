@@ -151,15 +151,52 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _ceiling(bodies: list[bytes], clients: int, seconds: float, tmp: Path) -> float:
+class _Box:
+    """CPU used while a phase runs: the box's (all processes, /proc/stat, in cores), the
+    server's and this process's (the clients), each as µs an event."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.pid = server_pid
+        self.box, self.server, self.own = _box_busy_s(), _cpu_s(server_pid), _own_cpu_s()
+        self.started = time.monotonic()
+
+    def done(self, events: int) -> dict[str, float]:
+        per = 1e6 / max(events, 1)
+        box, server = _box_busy_s() - self.box, _cpu_s(self.pid) - self.server
+        own = _own_cpu_s() - self.own
+        return {
+            "box_cores_busy": round(box / (time.monotonic() - self.started), 2),
+            "server_us": round(server * per, 1),
+            "clients_us": round(own * per, 1),
+            "others_us": round((box - server - own) * per, 1),  # the broker, the rest
+        }
+
+
+def _box_busy_s() -> float:
+    """CPU seconds the whole box has been busy (not idle, not waiting for the disk)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _ceiling(
+    bodies: list[bytes], clients: int, seconds: float, tmp: Path
+) -> tuple[float, dict[str, float]]:
     port = free_port()
     argv = [sys.executable, __file__, "--serve-ceiling", str(port)]
     proc = _run_server(argv, dict(os.environ), port, tmp / "ceiling.log")
     try:
         url = f"http://127.0.0.1:{port}/v1/batch"
         asyncio.run(_clients(url, bodies, clients, 3, None))  # warm up
+        box = _Box(proc.pid)
         accepted, _, _ = asyncio.run(_clients(url, bodies, clients, seconds, None))
-        return accepted / seconds
+        return accepted / seconds, box.done(accepted)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -212,15 +249,18 @@ def main() -> None:
             try:
                 url = f"http://127.0.0.1:{port}/v1/batch"
                 asyncio.run(_clients(url, bodies, args.clients, 3, None))  # warm up
-                cpu_before = _cpu_s(proc.pid)
+                box = _Box(proc.pid)
                 accepted, _, refused = asyncio.run(
                     _clients(url, bodies, args.clients, args.seconds, None)
                 )
-                cpu_us = (_cpu_s(proc.pid) - cpu_before) / max(accepted, 1) * 1e6
+                cpu = box.done(accepted)
+                cpu_us = cpu["server_us"]
                 rate = accepted / args.seconds
                 log(
                     f"collector: {rate:,.0f} events/s ({refused} requests refused), "
-                    f"{cpu_us:.1f} µs of its CPU an event"
+                    f"{cpu_us:.1f} µs of its CPU an event; the box {cpu['box_cores_busy']} "
+                    f"cores busy (clients {cpu['clients_us']} µs an event, the broker and "
+                    f"the rest {cpu['others_us']})"
                 )
                 half = rate / 2
                 _, latencies, refused_half = asyncio.run(
@@ -233,8 +273,12 @@ def main() -> None:
                 proc.wait(30)
             sdk = _sdk(kafka, 1_000_000, str(Path(tmp) / "sdk-spool"))
             log(f"SDK emit_many: {sdk:,.0f} events/s")
-        ceiling = _ceiling(bodies, args.clients, args.seconds, Path(tmp))
-        log(f"ceiling (bare aiohttp, decode and answer): {ceiling:,.0f} events/s")
+        ceiling, bare = _ceiling(bodies, args.clients, args.seconds, Path(tmp))
+        log(
+            f"ceiling (bare aiohttp, decode and answer): {ceiling:,.0f} events/s, "
+            f"{bare['server_us']} µs of its CPU an event; the box {bare['box_cores_busy']} "
+            f"cores busy (clients {bare['clients_us']} µs an event)"
+        )
     print(
         json.dumps(
             {
@@ -243,7 +287,11 @@ def main() -> None:
                 "sdk_events_per_s": round(sdk),
                 "ratio_vs_sdk": round(rate / sdk, 3),
                 "collector_cpu_us_per_event": round(cpu_us, 1),
+                "box_cores_busy": cpu["box_cores_busy"],
+                "clients_cpu_us_per_event": cpu["clients_us"],
+                "broker_and_rest_cpu_us_per_event": cpu["others_us"],
                 "ceiling_events_per_s": round(ceiling),
+                "ceiling_server_cpu_us_per_event": bare["server_us"],
                 "ratio_vs_ceiling": round(rate / ceiling, 3),
                 "clients": args.clients,
                 "events_per_request": PER_REQUEST,
