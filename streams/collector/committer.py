@@ -1,9 +1,7 @@
 """Group commit: the collector answers a request once its events are durable.
 
-Segment requests hand their gathered columns to the committer (``submit``). A window
-closes ``window_s`` after its first request joined, or at once when the previous window's
-work kept that request waiting longer (no wait is added to a wait already paid); the
-committer makes the window's events of each type into one table and emits it in one
+Segment requests hand their gathered columns to the committer (``submit``); every
+``window_s`` it makes the window's events of each type into one table and emits it in one
 ``emit_many`` call (a call costs ~1.5 ms whatever its size, so 100-event requests one by
 one paid ~15 µs an event for it), falling back to each request's own calls one by one
 (``Gathered.rows``, ``emit_rows``: invalid calls dead-lettered one by one) only when the
@@ -59,7 +57,6 @@ class Committer:
         self.producer, self.window_s, self.timeout_s = producer, window_s, timeout_s
         self.waiting: list[_Request] = []
         self.waiting_events = 0
-        self._opened = 0.0  # when the waiting window's first request joined (loop time)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -89,11 +86,8 @@ class Committer:
         source: SourceRef | None = None,
         dead: list[DeadLetter] | None = None,
     ) -> _Request:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         request = _Request(future, events, rows or {}, source, dead if dead is not None else [])
-        if not self.waiting:
-            self._opened = loop.time()
         self.waiting.append(request)
         self.waiting_events += events
         self._wake.set()
@@ -103,11 +97,7 @@ class Committer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            # let the window's requests join: until window_s after its first one (at once
-            # if that one has waited so long already, behind the previous window's work)
-            wait = self._opened + self.window_s - asyncio.get_running_loop().time()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            await asyncio.sleep(self.window_s)  # let the window's requests join
             batch, self.waiting = self.waiting, []
             try:
                 mark = await asyncio.to_thread(self._emit_and_seal, batch)

@@ -1,7 +1,8 @@
 """The collector's group commit: when a window closes (streams/collector/committer.py).
 
-The producer here is a stand-in that only records when each window's emit ran and takes
-as long as told; ``when_durable`` answers at once. Margins are tens of milliseconds against
+The producer here is a stand-in that only records each window's emit (when, and how many
+requests' rows it held) and takes as long as told; ``when_durable`` answers at once; the
+table is the list of the requests' rows. Margins are tens of milliseconds against
 differences of 50 ms or more, so a slow box cannot flip them."""
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ class _Producer:
 
     def __init__(self) -> None:
         self.emits: list[tuple[float, float]] = []  # (started, ended) of each window's emit
+        self.tables: list[int] = []  # how many requests' rows each emitted table held
 
     def emit_many(self, model: Any, table: Any) -> int:
+        self.tables.append(len(table))
         started = time.monotonic()
         time.sleep(EMIT_S)
         self.emits.append((started, time.monotonic()))
@@ -77,18 +80,16 @@ def test_a_lone_request_waits_the_window_for_others_to_join(
     assert emit[0] - started >= WINDOW_S - 0.005
 
 
-def test_a_request_that_waited_behind_the_last_window_is_committed_without_more_wait(
+def test_requests_within_one_window_share_one_emit_and_seal(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A opens the first window; B joins while A's window is being emitted. B's window
-    # opened when B joined, so by the time A's emit ends (EMIT_S later) it has waited longer
-    # than WINDOW_S: its emit starts at once, not WINDOW_S after A's ended.
     async def scenario(committer: Committer) -> float:
         first = asyncio.create_task(_submit(committer))
-        await asyncio.sleep(WINDOW_S + 0.02)  # A's emit is running now
-        await asyncio.gather(first, _submit(committer))
+        await asyncio.sleep(WINDOW_S / 5)
+        taken = await asyncio.gather(first, _submit(committer))
+        assert taken == [{InteractionEvent: 1}, {InteractionEvent: 1}]  # both answered
         return 0.0
 
     producer, _ = _run(scenario, monkeypatch)
-    (_, a_ended), (b_started, _) = producer.emits
-    assert b_started - a_ended < WINDOW_S / 2
+    assert len(producer.emits) == 1
+    assert producer.tables == [2]  # one table made of both requests' rows
