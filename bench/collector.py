@@ -2,16 +2,20 @@
 
 1. Throughput: 8 concurrent clients (aiohttp, keep-alive) post ``/v1/batch`` requests of 100
    ``Product Clicked`` calls to one ``eddyline collector run`` process for ``--seconds``;
-   events/s answered 200 (a 200 means in Kafka or in the spool).
+   events/s answered 200 (a 200 means in Kafka or in the spool). Beside it, CPU an event:
+   the collector process's (user + system, /proc: what one core would carry if the clients
+   and the broker ran elsewhere), the clients' (this process) and everything else's (the
+   broker's mostly), and the box's cores busy (/proc/stat).
 2. Baseline, same run: the same events through the SDK's ``emit_many`` in this process
    (columns, 10,000 a call) to Kafka's acknowledgement.
 3. Latency: the clients paced at half the measured throughput; p50/p99 of the request
    latency (to the durable answer).
-   Beside it, the collector process's CPU time per event (user + system, /proc): what
-   one core would carry if the clients and the broker ran elsewhere.
 4. Ceiling, same run: the same clients against a bare aiohttp server that only reads each
    body, decodes its JSON and answers ``{"success": true}`` (the least an HTTP collector in
-   Python does per request): what this box and this harness can measure at all.
+   Python does per request): what this box and this harness can measure at all, and that
+   server's CPU an event.
+
+The collector's path without HTTP, stage by stage: ``bench/collector_stages.py``.
 
     .venv/bin/python bench/collector.py [--seconds 20] [--clients 8]
 """
