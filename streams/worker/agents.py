@@ -253,6 +253,12 @@ def _learn_agent(w: Wiring, topic: faust.TopicT, name: str) -> None:
                 if not p.learn.owns(name):
                     continue  # fetched before a revoke: its new owner learns it (never acked)
                 async with lock:
+                    if event.message.generation_id != w.app.consumer_generation_id:
+                        # Fetched before a rebalance and held up since (behind the data path,
+                        # the lock): after the reload below it would move the model's offsets
+                        # past the messages Kafka now re-delivers from the checkpoint, and
+                        # those would be skipped as learned. Never acked: it comes again.
+                        continue
                     if p.learn.reload_due(name):  # (re)assigned: from the shared checkpoint on
                         await asyncio.to_thread(p.learn.reload, name)
                         unacked.clear()  # Kafka resumes at the checkpoint: these come again
