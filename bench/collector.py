@@ -161,13 +161,13 @@ class _Box:
 
     def __init__(self, server_pid: int) -> None:
         self.pid = server_pid
-        self.box, self.server, self.own = _box_busy_s(), _cpu_s(server_pid), _own_cpu_s()
+        self.box, self.server, self.own = _box_busy_s(), _cpu_s(server_pid), time.process_time()
         self.started = time.monotonic()
 
     def done(self, events: int) -> dict[str, float]:
         per = 1e6 / max(events, 1)
         box, server = _box_busy_s() - self.box, _cpu_s(self.pid) - self.server
-        own = _own_cpu_s() - self.own
+        own = time.process_time() - self.own
         return {
             "box_cores_busy": round(box / (time.monotonic() - self.started), 2),
             "server_us": round(server * per, 1),
@@ -182,11 +182,6 @@ def _box_busy_s() -> float:
         int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
     )
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 def _ceiling(
